@@ -1,0 +1,41 @@
+// swift-tools-version:6.0
+// SwiftLDM: a Swift trainer for two-stage Latent Diffusion Models.
+// Layers (one-way imports) are described in ../shared/DESIGN.md and README.md.
+import PackageDescription
+
+/// Numeric kernels are built optimised even in debug builds (debug numeric Swift
+/// runs ~100x slower), for a Haswell (AVX2 + FMA) baseline so loops vectorise.
+/// oneDNN picks AVX-512 kernels itself at run time. Not -Ounchecked: it drops the
+/// preconditions that name mismatched shapes (and skips their side effects).
+let kernelSettings: [SwiftSetting] = [
+    .unsafeFlags(["-O", "-target-cpu", "haswell"]),
+]
+
+let package = Package(
+    name: "SwiftLDM",
+    products: [
+        .executable(name: "ldm-train", targets: ["LDMTrain"]),
+        .library(name: "TensorEngine", targets: ["TensorEngine"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C shims: a module map and shim.h each, nothing else.
+        .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c"),
+        .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5-openmpi"),
+
+        .target(name: "TensorEngine", dependencies: ["CDNNL"], swiftSettings: kernelSettings),
+        .executableTarget(
+            name: "LDMTrain",
+            dependencies: [
+                "TensorEngine", "CMPI", "CHDF5",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+
+        .target(name: "TestSupport", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
+        .testTarget(name: "TensorEngineTests", dependencies: ["TensorEngine", "TestSupport"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,71 @@
+/// 2-D convolution over NHWC activations with OIHW weights, through oneDNN.
+
+/// Zero padding of a 2-D convolution; asymmetric for the LDM downsample (0,1,0,1).
+public struct Padding2D: Hashable, Sendable {
+    public var top, bottom, left, right: Int
+    public init(top: Int, bottom: Int, left: Int, right: Int) {
+        (self.top, self.bottom, self.left, self.right) = (top, bottom, left, right)
+    }
+    /// The same padding on every side.
+    public init(_ p: Int) { self.init(top: p, bottom: p, left: p, right: p) }
+}
+
+/// y[n, oh, ow, o] = b[o] + Σ_{c, i, j} x[n, oh·s + i − top, ow·s + j − left, c] · w[o, c, i, j].
+/// x: [N, H, W, C]; weight: [O, C, kH, kW]; bias: [O]; result [N, H', W', O].
+public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1,
+                   padding: Padding2D = Padding2D(0)) -> Tensor {
+    precondition(x.rank == 4 && weight.rank == 4 && weight.shape[1] == x.shape[3],
+                 "conv2d: input \(x.shape) (NHWC) and weight \(weight.shape) (OIHW) do not match")
+    precondition(bias == nil || bias!.shape == [weight.shape[0]],
+                 "conv2d: bias \(bias!.shape) does not match weight \(weight.shape)")
+    precondition(stride >= 1 && [padding.top, padding.bottom, padding.left, padding.right].allSatisfy { $0 >= 0 },
+                 "conv2d: stride \(stride) and padding \(padding) must be positive / non-negative")
+    let g = ConvGeometry(n: x.shape[0], h: x.shape[1], w: x.shape[2], c: x.shape[3],
+                         o: weight.shape[0], kh: weight.shape[2], kw: weight.shape[3], stride: stride,
+                         padTop: padding.top, padBottom: padding.bottom, padLeft: padding.left, padRight: padding.right,
+                         hasBias: bias != nil)
+    precondition(g.outH >= 1 && g.outW >= 1, "conv2d: input \(x.shape) too small for weight \(weight.shape) with \(padding)")
+    let kernels = DNNL.conv(g)
+    let y = Tensor(uninitialized: [g.n, g.outH, g.outW, g.o])
+    kernels.forward(x: x.pointer, w: weight.pointer, b: bias?.pointer, y: y.pointer)
+    if Tape.needsGrad(x, weight, bias) {
+        Tape.record(y) { dy in
+            if x.requiresGrad {
+                x.withGradient { dx, accumulate in
+                    if accumulate {
+                        let tmp = Tensor(uninitialized: x.shape)
+                        kernels.backwardData(dy: dy.pointer, w: weight.pointer, dx: tmp.pointer)
+                        addInPlace(dx, tmp.pointer, x.count)
+                    } else {
+                        kernels.backwardData(dy: dy.pointer, w: weight.pointer, dx: dx)
+                    }
+                }
+            }
+            if weight.requiresGrad || bias?.requiresGrad == true {
+                let dw = Tensor(uninitialized: weight.shape)
+                let db = bias.map { Tensor(uninitialized: $0.shape) }
+                kernels.backwardWeights(x: x.pointer, dy: dy.pointer, dw: dw.pointer, db: db?.pointer)
+                weight.accumulateGradient(dw)
+                if let bias, let db { bias.accumulateGradient(db) }
+            }
+        }
+    }
+    return y
+}
+
+/// d[i] += s[i] for i in 0..<n, split across threads.
+func addInPlace(_ d: UnsafeMutablePointer<Float>, _ s: UnsafeMutablePointer<Float>, _ n: Int) {
+    parallelFor(n, grain: 65536) { r in for i in r { d[i] += s[i] } }
+}
+
+extension Tensor {
+    /// Adds `g` (same shape) into this tensor's gradient, taking it over when there is none.
+    func accumulateGradient(_ g: Tensor) {
+        guard requiresGrad else { return }
+        if let existing = grad {
+            addInPlace(existing.pointer, g.pointer, count)
+        } else {
+            grad = g
+        }
+    }
+}

@@ -1,0 +1,354 @@
+import CDNNL
+import Foundation
+
+/// The one file that talks to oneDNN (v2 C API). Convolutions and matrix products
+/// run as oneDNN primitives created once per shape and cached; activations are
+/// NHWC, weights OIHW in our memory and reordered into whatever layout oneDNN's
+/// fastest kernel asks for. Calls are serialised by one lock (primitives and their
+/// memory objects are reused, so two threads must not run the same one at once).
+enum DNNL {
+    nonisolated(unsafe) static let engine: dnnl_engine_t = {
+        var e: dnnl_engine_t?
+        check(dnnl_engine_create(&e, dnnl_cpu, 0), "engine_create")
+        return e!
+    }()
+    nonisolated(unsafe) static let stream: dnnl_stream_t = {
+        var s: dnnl_stream_t?
+        check(dnnl_stream_create(&s, engine, UInt32(dnnl_stream_default_flags.rawValue)), "stream_create")
+        return s!
+    }()
+    static let lock = NSLock()
+    nonisolated(unsafe) static var convCache: [ConvGeometry: ConvPrimitives] = [:]
+    nonisolated(unsafe) static var matmulCache: [MatmulGeometry: MatmulPrimitive] = [:]
+
+    /// oneDNN failures here are programmer errors (an unsupported shape or layout).
+    static func check(_ status: dnnl_status_t, _ what: @autoclosure () -> String) {
+        precondition(status == dnnl_success, "oneDNN \(what()) failed with status \(status.rawValue)")
+    }
+
+    static func setThreads(_ n: Int) { omp_set_num_threads(Int32(n)) }
+
+    /// Runs `body` holding the lock, with OpenMP's thread count set on this thread.
+    static func locked<R>(_ body: () -> R) -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        if omp_get_max_threads() != Threads.count { setThreads(Threads.count) }
+        return body()
+    }
+
+    static func desc(_ dims: [Int], tag: dnnl_format_tag_t) -> dnnl_memory_desc_t {
+        var md = dnnl_memory_desc_t()
+        check(dnnl_memory_desc_init_by_tag(&md, Int32(dims.count), dims.map(Int64.init), dnnl_f32, tag), "memory_desc \(dims)")
+        return md
+    }
+
+    static func desc(_ dims: [Int], strides: [Int]) -> dnnl_memory_desc_t {
+        var md = dnnl_memory_desc_t()
+        check(dnnl_memory_desc_init_by_strides(&md, Int32(dims.count), dims.map(Int64.init), dnnl_f32, strides.map(Int64.init)),
+              "memory_desc \(dims) strides \(strides)")
+        return md
+    }
+
+    /// Creates a primitive descriptor and its primitive from an op descriptor.
+    /// Every primitive gets a user-managed scratchpad: the library-managed one is
+    /// shared per thread and breaks when a primitive runs on another thread.
+    static func primitive<D>(_ opDesc: inout D, postOpsSum: Bool = false,
+                             hint: dnnl_primitive_desc_t? = nil, _ what: String) -> Primitive {
+        let attr = attributes(postOpsSum: postOpsSum)
+        defer { dnnl_primitive_attr_destroy(attr) }
+        var pd: dnnl_primitive_desc_t?
+        withUnsafePointer(to: &opDesc) { p in
+            check(dnnl_primitive_desc_create(&pd, UnsafeRawPointer(p), attr, engine, hint), "\(what) primitive_desc")
+        }
+        return Primitive(pd: pd!, what)
+    }
+
+    /// Attributes: user-managed scratchpad, and dst += result when `postOpsSum`.
+    static func attributes(postOpsSum: Bool = false) -> dnnl_primitive_attr_t? {
+        var attr: dnnl_primitive_attr_t?
+        check(dnnl_primitive_attr_create(&attr), "attr_create")
+        check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "set_scratchpad_mode")
+        if postOpsSum {
+            var ops: dnnl_post_ops_t?
+            check(dnnl_post_ops_create(&ops), "post_ops_create")
+            check(dnnl_post_ops_append_sum(ops, 1), "post_ops_append_sum")
+            check(dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops")
+            dnnl_post_ops_destroy(ops)
+        }
+        return attr
+    }
+}
+
+/// A primitive with its descriptor and its own scratchpad.
+final class Primitive {
+    let pd: dnnl_primitive_desc_t
+    let handle: dnnl_primitive_t
+    private let scratchpad: Memory
+    private let scratchpadBuffer: ScratchBuffer
+
+    init(pd: dnnl_primitive_desc_t, _ what: String) {
+        self.pd = pd
+        var p: dnnl_primitive_t?
+        DNNL.check(dnnl_primitive_create(&p, pd), "\(what) primitive_create")
+        handle = p!
+        scratchpad = Memory(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0).pointee)
+        scratchpadBuffer = ScratchBuffer(bytes: scratchpad.byteCount)
+        scratchpad.bind(scratchpadBuffer.pointer)
+    }
+
+    /// The memory descriptor the primitive chose for `query` (e.g. weights).
+    func md(_ query: dnnl_query_t) -> dnnl_memory_desc_t { dnnl_primitive_desc_query_md(pd, query, 0).pointee }
+
+    func execute(_ args: [(Int32, Memory)]) {
+        let exec = args.map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1.handle) }
+            + [dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: scratchpad.handle)]
+        DNNL.check(dnnl_primitive_execute(handle, DNNL.stream, Int32(exec.count), exec), "execute")
+        DNNL.check(dnnl_stream_wait(DNNL.stream), "stream_wait")
+    }
+}
+
+/// A oneDNN memory object whose data pointer is set before each use.
+final class Memory {
+    let handle: dnnl_memory_t
+    var desc: dnnl_memory_desc_t
+
+    init(_ desc: dnnl_memory_desc_t) {
+        var d = desc
+        self.desc = desc
+        var m: dnnl_memory_t?
+        DNNL.check(dnnl_memory_create(&m, &d, DNNL.engine, nil), "memory_create")
+        handle = m!
+    }
+
+    /// Points the memory at `p` and returns self, for use in an argument list.
+    @discardableResult
+    func bind(_ p: UnsafeMutableRawPointer) -> Memory {
+        DNNL.check(dnnl_memory_set_data_handle(handle, p), "set_data_handle")
+        return self
+    }
+
+    var byteCount: Int { dnnl_memory_desc_get_size(&desc) }
+}
+
+/// Copies between two layouts of the same tensor (e.g. OIHW ↔ oneDNN's blocked
+/// weights). Nil-free: when the layouts are equal, `run` is a plain copy.
+final class Reorder {
+    let from: Memory, to: Memory
+    let primitive: Primitive?
+    /// Sizes of the source and destination layouts (blocked layouts are padded).
+    let fromBytes: Int, toBytes: Int
+
+    init(from: dnnl_memory_desc_t, to: dnnl_memory_desc_t) {
+        var a = from, b = to
+        self.from = Memory(a)
+        self.to = Memory(b)
+        fromBytes = dnnl_memory_desc_get_size(&a)
+        toBytes = dnnl_memory_desc_get_size(&b)
+        if dnnl_memory_desc_equal(&a, &b) != 0 {
+            primitive = nil
+        } else {
+            var pd: dnnl_primitive_desc_t?
+            let attr = DNNL.attributes()
+            defer { dnnl_primitive_attr_destroy(attr) }
+            DNNL.check(dnnl_reorder_primitive_desc_create(&pd, &a, DNNL.engine, &b, DNNL.engine, attr), "reorder")
+            primitive = Primitive(pd: pd!, "reorder")
+        }
+    }
+
+    func run(_ src: UnsafeMutableRawPointer, _ dst: UnsafeMutableRawPointer) {
+        if let primitive {
+            primitive.execute([(DNNL_ARG_FROM, from.bind(src)), (DNNL_ARG_TO, to.bind(dst))])
+        } else {
+            dst.copyMemory(from: src, byteCount: toBytes)
+        }
+    }
+}
+
+/// A scratch buffer of at least `bytes` bytes, 64-byte aligned, owned by a cache entry.
+final class ScratchBuffer {
+    let pointer: UnsafeMutableRawPointer
+    init(bytes: Int) {
+        var raw: UnsafeMutableRawPointer?
+        let status = posix_memalign(&raw, 64, max(bytes, 64))
+        guard status == 0, let raw else { fatalError("out of memory allocating \(bytes) bytes") }
+        pointer = raw
+    }
+    deinit { free(pointer) }
+}
+
+// MARK: - Convolution
+
+/// One conv2d: NHWC input [n, h, w, c], OIHW weights [o, c, kh, kw], optional bias
+/// [o], stride, and asymmetric zero padding.
+struct ConvGeometry: Hashable, CustomStringConvertible {
+    let n, h, w, c, o, kh, kw, stride: Int
+    let padTop, padBottom, padLeft, padRight: Int
+    let hasBias: Bool
+    var outH: Int { (h + padTop + padBottom - kh) / stride + 1 }
+    var outW: Int { (w + padLeft + padRight - kw) / stride + 1 }
+    fileprivate var strides: [Int64] { [Int64(stride), Int64(stride)] }
+    fileprivate var padL: [Int64] { [Int64(padTop), Int64(padLeft)] }
+    fileprivate var padR: [Int64] { [Int64(padBottom), Int64(padRight)] }
+    var description: String {
+        "conv \(n)x\(h)x\(w)x\(c) -> \(o) k\(kh)x\(kw) s\(stride) pad(\(padTop),\(padBottom),\(padLeft),\(padRight))"
+    }
+}
+
+/// Forward, backward-data and backward-weights primitives of one conv geometry.
+/// The backward ones are made on first use (inference never needs them).
+final class ConvPrimitives {
+    let g: ConvGeometry
+    private var srcMD, dstMD, oihwMD, biasMD, anyWeightsMD: dnnl_memory_desc_t
+    private let forward: Primitive
+    private let forwardWeights: Reorder
+    private let forwardWeightsBuffer: ScratchBuffer
+    private let src, dst, bias: Memory
+
+    init(_ g: ConvGeometry) {
+        self.g = g
+        var srcMD = DNNL.desc([g.n, g.c, g.h, g.w], tag: dnnl_nhwc)
+        var dstMD = DNNL.desc([g.n, g.o, g.outH, g.outW], tag: dnnl_nhwc)
+        var anyWeightsMD = DNNL.desc([g.o, g.c, g.kh, g.kw], tag: dnnl_format_tag_any)
+        var biasMD = DNNL.desc([g.o], tag: dnnl_a)
+        var d = dnnl_convolution_desc_t()
+        let status = g.hasBias
+            ? dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct, &srcMD, &anyWeightsMD,
+                                                 &biasMD, &dstMD, g.strides, g.padL, g.padR)
+            : dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct, &srcMD, &anyWeightsMD,
+                                                 nil, &dstMD, g.strides, g.padL, g.padR)
+        DNNL.check(status, "\(g) forward desc")
+        forward = DNNL.primitive(&d, "\(g) forward")
+        (self.srcMD, self.dstMD, self.anyWeightsMD, self.biasMD) = (srcMD, dstMD, anyWeightsMD, biasMD)
+        oihwMD = DNNL.desc([g.o, g.c, g.kh, g.kw], tag: dnnl_oihw)
+        forwardWeights = Reorder(from: oihwMD, to: forward.md(dnnl_query_weights_md))
+        forwardWeightsBuffer = ScratchBuffer(bytes: forwardWeights.toBytes)
+        src = Memory(srcMD)
+        dst = Memory(dstMD)
+        bias = Memory(biasMD)
+    }
+
+    /// y = conv(x, w) + b.
+    func forward(x: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>,
+                 b: UnsafeMutablePointer<Float>?, y: UnsafeMutablePointer<Float>) {
+        DNNL.locked {
+            forwardWeights.run(w, forwardWeightsBuffer.pointer)
+            var args = [(DNNL_ARG_SRC, src.bind(x)), (DNNL_ARG_WEIGHTS, forwardWeights.to.bind(forwardWeightsBuffer.pointer)),
+                        (DNNL_ARG_DST, dst.bind(y))]
+            if let b { args.append((DNNL_ARG_BIAS, bias.bind(b))) }
+            forward.execute(args)
+        }
+    }
+
+    /// A backward primitive, the reorder between OIHW and its weights layout, and a
+    /// buffer holding the weights in its layout.
+    private final class Backward {
+        let primitive: Primitive, weights: Reorder, buffer: ScratchBuffer
+        init(_ primitive: Primitive, weights: Reorder, bufferBytes: Int) {
+            (self.primitive, self.weights, buffer) = (primitive, weights, ScratchBuffer(bytes: bufferBytes))
+        }
+    }
+    private var backwardDataKernel: Backward?
+    private var backwardWeightsKernel: Backward?
+
+    private func makeBackwardData() -> Backward {
+        var d = dnnl_convolution_desc_t()
+        DNNL.check(dnnl_convolution_backward_data_desc_init(&d, dnnl_convolution_direct, &srcMD, &anyWeightsMD, &dstMD,
+                                                            g.strides, g.padL, g.padR), "\(g) backward-data desc")
+        let p = DNNL.primitive(&d, hint: forward.pd, "\(g) backward data")
+        let weights = Reorder(from: oihwMD, to: p.md(dnnl_query_weights_md))
+        return Backward(p, weights: weights, bufferBytes: weights.toBytes)
+    }
+
+    /// dx = conv_transpose(dy, w) (overwrites dx).
+    func backwardData(dy: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>, dx: UnsafeMutablePointer<Float>) {
+        DNNL.locked {
+            let k = backwardDataKernel ?? makeBackwardData()
+            backwardDataKernel = k
+            k.weights.run(w, k.buffer.pointer)
+            k.primitive.execute([(DNNL_ARG_DIFF_DST, dst.bind(dy)), (DNNL_ARG_WEIGHTS, k.weights.to.bind(k.buffer.pointer)),
+                                 (DNNL_ARG_DIFF_SRC, src.bind(dx))])
+        }
+    }
+
+    private func makeBackwardWeights() -> Backward {
+        var d = dnnl_convolution_desc_t()
+        let status = g.hasBias
+            ? dnnl_convolution_backward_weights_desc_init(&d, dnnl_convolution_direct, &srcMD, &anyWeightsMD, &biasMD, &dstMD,
+                                                          g.strides, g.padL, g.padR)
+            : dnnl_convolution_backward_weights_desc_init(&d, dnnl_convolution_direct, &srcMD, &anyWeightsMD, nil, &dstMD,
+                                                          g.strides, g.padL, g.padR)
+        DNNL.check(status, "\(g) backward-weights desc")
+        let p = DNNL.primitive(&d, hint: forward.pd, "\(g) backward weights")
+        let weights = Reorder(from: p.md(dnnl_query_diff_weights_md), to: oihwMD)
+        return Backward(p, weights: weights, bufferBytes: weights.fromBytes)
+    }
+
+    /// dw = Σ x ⋆ dy in OIHW and db = Σ dy (both overwritten).
+    func backwardWeights(x: UnsafeMutablePointer<Float>, dy: UnsafeMutablePointer<Float>,
+                         dw: UnsafeMutablePointer<Float>, db: UnsafeMutablePointer<Float>?) {
+        DNNL.locked {
+            let k = backwardWeightsKernel ?? makeBackwardWeights()
+            backwardWeightsKernel = k
+            var args = [(DNNL_ARG_SRC, src.bind(x)), (DNNL_ARG_DIFF_DST, dst.bind(dy)),
+                        (DNNL_ARG_DIFF_WEIGHTS, k.weights.from.bind(k.buffer.pointer))]
+            if let db { args.append((DNNL_ARG_DIFF_BIAS, bias.bind(db))) }
+            k.primitive.execute(args)
+            k.weights.run(k.buffer.pointer, dw)
+        }
+    }
+}
+
+extension DNNL {
+    /// The cached primitives for a conv geometry.
+    static func conv(_ g: ConvGeometry) -> ConvPrimitives {
+        locked {
+            if let p = convCache[g] { return p }
+            let p = ConvPrimitives(g)
+            convCache[g] = p
+            return p
+        }
+    }
+}
+
+// MARK: - Matrix product
+
+/// C[b] (+)= op(A[b]) · op(B[b]) for b in 0..<batch, op = transpose when asked.
+/// A is stored [batch, m, k] ([batch, k, m] when transposed), B [batch, k, n]
+/// ([batch, n, k] when transposed), C [batch, m, n]; `accumulate` adds into C.
+struct MatmulGeometry: Hashable {
+    let batch, m, k, n: Int
+    let transposeA, transposeB, accumulate: Bool
+}
+
+final class MatmulPrimitive {
+    private let primitive: Primitive
+    private let a, b, c: Memory
+
+    init(_ g: MatmulGeometry) {
+        var aMD = DNNL.desc([g.batch, g.m, g.k], strides: g.transposeA ? [g.m * g.k, 1, g.m] : [g.m * g.k, g.k, 1])
+        var bMD = DNNL.desc([g.batch, g.k, g.n], strides: g.transposeB ? [g.k * g.n, 1, g.k] : [g.k * g.n, g.n, 1])
+        var cMD = DNNL.desc([g.batch, g.m, g.n], strides: [g.m * g.n, g.n, 1])
+        var d = dnnl_matmul_desc_t()
+        DNNL.check(dnnl_matmul_desc_init(&d, &aMD, &bMD, nil, &cMD), "matmul desc \(g)")
+        primitive = DNNL.primitive(&d, postOpsSum: g.accumulate, "matmul \(g)")
+        a = Memory(aMD)
+        b = Memory(bMD)
+        c = Memory(cMD)
+    }
+
+    func run(_ pa: UnsafeMutablePointer<Float>, _ pb: UnsafeMutablePointer<Float>, _ pc: UnsafeMutablePointer<Float>) {
+        primitive.execute([(DNNL_ARG_SRC, a.bind(pa)), (DNNL_ARG_WEIGHTS, b.bind(pb)), (DNNL_ARG_DST, c.bind(pc))])
+    }
+}
+
+extension DNNL {
+    /// Runs the cached matmul primitive for `g`.
+    static func matmul(_ g: MatmulGeometry, _ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>,
+                       _ c: UnsafeMutablePointer<Float>) {
+        locked {
+            let p: MatmulPrimitive
+            if let cached = matmulCache[g] { p = cached } else { p = MatmulPrimitive(g); matmulCache[g] = p }
+            p.run(a, b, c)
+        }
+    }
+}

@@ -1,0 +1,60 @@
+/// Matrix products through oneDNN: plain, batched, and the linear layer.
+
+/// a · b for a: [..., M, K] with b: [K, N] (shared by every leading index), or
+/// a: [B, M, K] with b: [B, K, N] (batched). With `transposeA` a holds [.., K, M];
+/// with `transposeB` b holds [N, K] or [B, N, K]. Result [..., M, N].
+public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
+    precondition(a.rank >= 2 && (b.rank == 2 || b.rank == a.rank),
+                 "matmul: shapes \(a.shape) and \(b.shape) are not [.., M, K] x [K, N] or batched")
+    let batched = b.rank > 2
+    precondition(batched || !transposeA || a.rank == 2,
+                 "matmul: transposeA with a shared b needs a 2-D a, got \(a.shape) x \(b.shape)")
+    let (m, k) = transposeA ? (a.shape[a.rank - 1], a.shape[a.rank - 2]) : (a.shape[a.rank - 2], a.shape[a.rank - 1])
+    let (kb, n) = transposeB ? (b.shape[b.rank - 1], b.shape[b.rank - 2]) : (b.shape[b.rank - 2], b.shape[b.rank - 1])
+    let lead = Array(a.shape.dropLast(2))
+    precondition(k == kb, "matmul: inner dimensions differ: \(a.shape)\(transposeA ? "ᵀ" : "") x \(b.shape)\(transposeB ? "ᵀ" : "")")
+    precondition(!batched || Array(b.shape.dropLast(2)) == lead, "matmul: batch dimensions differ: \(a.shape) x \(b.shape)")
+    // A shared b folds the leading dimensions of a into its rows.
+    let (batch, rows) = batched ? (lead.reduce(1, *), m) : (1, lead.reduce(1, *) * m)
+    let out = Tensor(uninitialized: lead + [m, n])
+    DNNL.matmul(MatmulGeometry(batch: batch, m: rows, k: k, n: n, transposeA: transposeA, transposeB: transposeB,
+                               accumulate: false), a.pointer, b.pointer, out.pointer)
+    if Tape.needsGrad(a, b) {
+        Tape.record(out) { dc in
+            // C = op(A)·op(B)  ⇒  d op(A) = dC·op(B)ᵀ,  d op(B) = op(A)ᵀ·dC.
+            if a.requiresGrad {
+                a.withGradient { da, accumulate in
+                    if transposeA {   // dA, stored K×M, = op(B)·dCᵀ
+                        DNNL.matmul(MatmulGeometry(batch: batch, m: k, k: n, n: rows, transposeA: transposeB,
+                                                   transposeB: true, accumulate: accumulate), b.pointer, dc.pointer, da)
+                    } else {          // dA, stored M×K, = dC·op(B)ᵀ
+                        DNNL.matmul(MatmulGeometry(batch: batch, m: rows, k: n, n: k, transposeA: false,
+                                                   transposeB: !transposeB, accumulate: accumulate), dc.pointer, b.pointer, da)
+                    }
+                }
+            }
+            if b.requiresGrad {
+                b.withGradient { db, accumulate in
+                    if transposeB {   // dB, stored N×K, = dCᵀ·op(A)
+                        DNNL.matmul(MatmulGeometry(batch: batch, m: n, k: rows, n: k, transposeA: true,
+                                                   transposeB: transposeA, accumulate: accumulate), dc.pointer, a.pointer, db)
+                    } else {          // dB, stored K×N, = op(A)ᵀ·dC
+                        DNNL.matmul(MatmulGeometry(batch: batch, m: k, k: rows, n: n, transposeA: !transposeA,
+                                                   transposeB: false, accumulate: accumulate), a.pointer, dc.pointer, db)
+                    }
+                }
+            }
+        }
+    }
+    return out
+}
+
+/// y = x · Wᵀ + b for x: [..., in], weight: [out, in] (PyTorch layout), bias: [out].
+public func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil) -> Tensor {
+    precondition(weight.rank == 2 && x.shape.last == weight.shape[1],
+                 "linear: input \(x.shape) does not match weight \(weight.shape) ([out, in])")
+    let y = matmul(x, weight, transposeB: true)
+    guard let bias else { return y }
+    precondition(bias.shape == [weight.shape[0]], "linear: bias \(bias.shape) does not match weight \(weight.shape)")
+    return y + bias
+}

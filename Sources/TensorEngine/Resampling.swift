@@ -1,0 +1,65 @@
+/// Nearest-neighbour upsampling and embedding lookup.
+
+/// Nearest 2× upsampling of x [N, H, W, C] to [N, 2H, 2W, C]; the backward sums
+/// each 2×2 block of dy.
+public func upsampleNearest2x(_ x: Tensor) -> Tensor {
+    precondition(x.rank == 4, "upsampleNearest2x: input \(x.shape) is not [N, H, W, C]")
+    let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    let y = Tensor(uninitialized: [n, 2 * h, 2 * w, c])
+    let px = x.pointer, py = y.pointer
+    parallelFor(n * h) { range in
+        for row in range {   // row = sample · h + i
+            let src = px + row * w * c
+            for a in 0..<2 {
+                let dst = py + (row * 2 + a) * 2 * w * c
+                for j in 0..<w {
+                    (dst + 2 * j * c).update(from: src + j * c, count: c)
+                    (dst + (2 * j + 1) * c).update(from: src + j * c, count: c)
+                }
+            }
+        }
+    }
+    if Tape.needsGrad(x) {
+        Tape.record(y) { dy in
+            let pg = dy.pointer
+            x.withGradient { dx, accumulate in
+                parallelFor(n * h) { range in
+                    for row in range {
+                        let d = dx + row * w * c, top = pg + row * 2 * 2 * w * c, bottom = top + 2 * w * c
+                        for j in 0..<w {
+                            let t0 = top + 2 * j * c, t1 = t0 + c, b0 = bottom + 2 * j * c, b1 = b0 + c, dj = d + j * c
+                            if accumulate {
+                                for ch in 0..<c { dj[ch] += t0[ch] + t1[ch] + b0[ch] + b1[ch] }
+                            } else {
+                                for ch in 0..<c { dj[ch] = t0[ch] + t1[ch] + b0[ch] + b1[ch] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return y
+}
+
+/// Rows of `table` [V, D] picked by `indices` (shape `indexShape`) → [indexShape..., D].
+public func embedding(_ table: Tensor, indices: [Int], shape indexShape: [Int]? = nil) -> Tensor {
+    precondition(table.rank == 2, "embedding: table \(table.shape) is not [V, D]")
+    let (v, d) = (table.shape[0], table.shape[1])
+    for i in indices { precondition(i >= 0 && i < v, "embedding: index \(i) out of range for table \(table.shape)") }
+    let outShape = (indexShape ?? [indices.count]) + [d]
+    precondition(outShape.dropLast().reduce(1, *) == indices.count, "embedding: \(indices.count) indices do not fill \(indexShape!)")
+    let y = Tensor(uninitialized: outShape)
+    for (r, i) in indices.enumerated() { (y.pointer + r * d).update(from: table.pointer + i * d, count: d) }
+    if Tape.needsGrad(table) {
+        Tape.record(y) { dy in
+            table.withZeroedGradient { dt in
+                for (r, i) in indices.enumerated() {
+                    let src = dy.pointer + r * d, dst = dt + i * d
+                    for j in 0..<d { dst[j] += src[j] }
+                }
+            }
+        }
+    }
+    return y
+}

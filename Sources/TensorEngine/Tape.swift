@@ -1,0 +1,107 @@
+import Foundation
+
+/// Reverse-mode autodiff: every differentiable op run while recording appends one
+/// entry (its output and a closure mapping the output's gradient to its inputs'
+/// gradients). `backward()` replays the entries in reverse and empties the tape, so
+/// each training step starts with an empty tape. One tape per thread.
+public final class Tape {
+    struct Entry {
+        let output: Tensor
+        let backward: (_ dOutput: Tensor) -> Void
+    }
+
+    var entries: [Entry] = []
+    /// False inside `withoutGradient`.
+    public internal(set) var isRecording = true
+
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { if let p = $0 { Unmanaged<Tape>.fromOpaque(p).release() } }
+        return key
+    }()
+
+    /// The calling thread's tape.
+    public static var current: Tape {
+        if let p = pthread_getspecific(key) { return Unmanaged<Tape>.fromOpaque(p).takeUnretainedValue() }
+        let tape = Tape()
+        pthread_setspecific(key, Unmanaged.passRetained(tape).toOpaque())
+        return tape
+    }
+
+    /// Number of recorded ops not yet consumed by backward().
+    public var count: Int { entries.count }
+
+    /// Drops recorded ops without running them (an evaluation pass, an aborted step).
+    public func reset() { entries.removeAll(keepingCapacity: true) }
+
+    /// True when an op over these inputs must be recorded.
+    @inline(__always)
+    static func needsGrad(_ inputs: Tensor?...) -> Bool { needsGrad(inputs) }
+
+    @inline(__always)
+    static func needsGrad(_ inputs: [Tensor?]) -> Bool {
+        guard inputs.contains(where: { $0?.requiresGrad == true }) else { return false }
+        return current.isRecording
+    }
+
+    /// Records `output` as produced by an op whose backward is `backward`.
+    static func record(_ output: Tensor, backward: @escaping (_ dOutput: Tensor) -> Void) {
+        output.requiresGrad = true
+        output.hasTapeEntry = true
+        current.entries.append(Entry(output: output, backward: backward))
+    }
+}
+
+/// Runs `body` without recording ops on this thread's tape (inference, EMA, metrics).
+public func withoutGradient<R>(_ body: () throws -> R) rethrows -> R {
+    let tape = Tape.current
+    let was = tape.isRecording
+    tape.isRecording = false
+    defer { tape.isRecording = was }
+    return try body()
+}
+
+extension Tensor {
+    /// Backpropagates from this tensor: seeds its gradient with `gradient` (ones
+    /// when nil, which needs a one-element tensor), runs the tape in reverse, and
+    /// empties it. Leaf gradients accumulate across calls until `zeroGrad()`;
+    /// intermediate gradients are freed as soon as they have been used.
+    public func backward(gradient seed: Tensor? = nil) {
+        precondition(requiresGrad, "backward() on a tensor that does not require grad (shape \(shape))")
+        if let seed {
+            precondition(seed.shape == shape, "gradient shape \(seed.shape) does not match tensor shape \(shape)")
+            grad = seed
+        } else {
+            precondition(count == 1, "backward() without a gradient needs one element, shape is \(shape)")
+            grad = Tensor(shape: shape, repeating: 1)
+        }
+        let tape = Tape.current
+        for entry in tape.entries.reversed() {
+            guard let dOutput = entry.output.grad else { continue }
+            entry.backward(dOutput)
+            entry.output.grad = nil
+        }
+        tape.reset()
+    }
+
+    /// Gives `body` this tensor's gradient buffer. `accumulate` is false when the
+    /// buffer is fresh (uninitialised): the kernel must overwrite it, not add to it.
+    @inline(__always)
+    func withGradient(_ body: (_ dSelf: UnsafeMutablePointer<Float>, _ accumulate: Bool) -> Void) {
+        if let g = grad {
+            body(g.pointer, true)
+        } else {
+            let g = Tensor(uninitialized: shape)
+            body(g.pointer, false)
+            grad = g
+        }
+    }
+
+    /// Like `withGradient`, but a fresh buffer is zeroed first, for kernels that
+    /// only know how to accumulate (broadcast reductions, scatter).
+    @inline(__always)
+    func withZeroedGradient(_ body: (_ dSelf: UnsafeMutablePointer<Float>) -> Void) {
+        if grad == nil { grad = Tensor(zeros: shape) }
+        body(grad!.pointer)
+    }
+}
