@@ -1,0 +1,108 @@
+import Foundation
+import Testing
+import TensorEngine
+import TestSupport
+
+/// Forwards of the oneDNN-backed and fused ops against the naive Double references
+/// in TestSupport/References.swift (written from the definitions). Tolerances:
+/// float32 sums of up to a few hundred products, rtol 1e-4 / atol 1e-5.
+@Suite("Forward against naive references")
+struct ReferenceTests {
+    struct ConvCase: Sendable, CustomStringConvertible {
+        let description: String
+        let x: [Int], w: [Int], stride: Int, padding: Padding2D, bias: Bool
+    }
+
+    static let convCases: [ConvCase] = [
+        ConvCase(description: "3x3 stride 1 pad 1", x: [2, 8, 8, 5], w: [7, 5, 3, 3], stride: 1, padding: Padding2D(1), bias: true),
+        ConvCase(description: "3x3 pad 0", x: [2, 6, 6, 3], w: [4, 3, 3, 3], stride: 1, padding: Padding2D(0), bias: true),
+        ConvCase(description: "stride 2 asymmetric pad (0,1,0,1)", x: [2, 8, 8, 4], w: [4, 4, 3, 3], stride: 2,
+                 padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1), bias: true),
+        ConvCase(description: "stride 2 pad 1", x: [2, 9, 9, 4], w: [6, 4, 3, 3], stride: 2, padding: Padding2D(1), bias: false),
+        ConvCase(description: "1x1", x: [3, 4, 4, 16], w: [8, 16, 1, 1], stride: 1, padding: Padding2D(0), bias: true),
+        ConvCase(description: "odd sizes", x: [3, 7, 5, 3], w: [5, 3, 3, 3], stride: 1, padding: Padding2D(1), bias: true),
+        ConvCase(description: "batch 1, one input channel", x: [1, 6, 6, 1], w: [8, 1, 3, 3], stride: 1, padding: Padding2D(1), bias: true),
+        ConvCase(description: "wide channels (blocked weights)", x: [2, 4, 4, 64], w: [32, 64, 3, 3], stride: 1,
+                 padding: Padding2D(1), bias: true),
+    ]
+
+    @Test("conv2d matches the naive convolution", arguments: convCases)
+    func conv(_ c: ConvCase) {
+        let x = randn(c.x, 1), w = randn(c.w, 2, scale: 0.3), b = c.bias ? randn([c.w[0]], 3) : nil
+        let y = conv2d(x, weight: w, bias: b, stride: c.stride, padding: c.padding)
+        let ref = Reference.conv2d(x, w, b, stride: c.stride, padding: c.padding)
+        #expect(isClose(y, ref), "\(c)")
+    }
+
+    @Test("matmul matches the naive product", arguments: [
+        ([5, 7], [7, 3], false, false), ([2, 5, 7], [7, 3], false, false), ([7, 5], [7, 3], true, false),
+        ([5, 7], [3, 7], false, true), ([4, 5, 7], [4, 7, 3], false, false), ([4, 7, 5], [4, 3, 7], true, true),
+        ([64, 128], [128, 128], false, false),
+    ] as [([Int], [Int], Bool, Bool)])
+    func matmulReference(_ a: [Int], _ b: [Int], _ ta: Bool, _ tb: Bool) {
+        let x = randn(a, 1), y = randn(b, 2)
+        #expect(isClose(matmul(x, y, transposeA: ta, transposeB: tb), Reference.matmul(x, y, transposeA: ta, transposeB: tb)))
+    }
+
+    @Test("groupNorm matches the definition", arguments: [([2, 4, 4, 64], 32), ([1, 3, 5, 6], 3), ([2, 2, 2, 4], 4)])
+    func groupNormReference(_ shape: [Int], _ groups: Int) {
+        let x = randn(shape, 1, scale: 3).adding(1.5), w = randn([shape[3]], 2), b = randn([shape[3]], 3)
+        let y = groupNorm(x, groups: groups, weight: w, bias: b, eps: 1e-6)
+        #expect(isClose(y, Reference.groupNorm(x, groups: groups, w, b, eps: 1e-6), rtol: 1e-4, atol: 1e-4))
+    }
+
+    @Test("softmax matches the definition and rows sum to one")
+    func softmaxReference() {
+        let x = randn([3, 4, 37], 1, scale: 4)
+        let y = softmax(x)
+        #expect(isClose(y, Reference.softmax(x.scalars.map(Double.init), rowLength: 37), rtol: 1e-5, atol: 1e-6))
+        let rowSums = y.sum(axes: [-1]).scalars
+        #expect(rowSums.allSatisfy { abs($0 - 1) < 1e-5 })
+    }
+
+    @Test("attention matches softmax(q kᵀ/√d) v")
+    func attentionReference() {
+        let q = randn([4, 16, 32], 1), k = randn([4, 9, 32], 2), v = randn([4, 9, 8], 3)
+        #expect(isClose(attention(query: q, key: k, value: v), Reference.attention(q, k, v), rtol: 1e-4, atol: 1e-5))
+    }
+
+    @Test("broadcast add, upsample and slices by hand")
+    func smallExact() {
+        let a = Tensor(shape: [2, 1, 3], scalars: [1, 2, 3, 4, 5, 6])
+        let b = Tensor(shape: [2, 1], scalars: [10, 20])
+        #expect((a + b).shape == [2, 2, 3])
+        #expect((a + b).scalars == [11, 12, 13, 21, 22, 23, 14, 15, 16, 24, 25, 26])
+        let x = Tensor(shape: [1, 1, 2, 1], scalars: [1, 2])
+        #expect(upsampleNearest2x(x).scalars == [1, 1, 2, 2, 1, 1, 2, 2])
+        let m = Tensor(shape: [2, 3], scalars: [1, 2, 3, 4, 5, 6])
+        #expect(m.permuted([1, 0]).scalars == [1, 4, 2, 5, 3, 6])
+        #expect(m.slice(axis: 1, 1..<3).scalars == [2, 3, 5, 6])
+        #expect(concat([m, m.slice(axis: 1, 0..<1)], axis: 1).scalars == [1, 2, 3, 1, 4, 5, 6, 4])
+        #expect(m.sum(axes: [0]).scalars == [5, 7, 9])
+        #expect(m.mean().item == 3.5)
+        #expect(embedding(m, indices: [1, 0]).scalars == [4, 5, 6, 1, 2, 3])
+    }
+
+    @Test("losses and the KL term by hand")
+    func losses() {
+        let x = Tensor(shape: [2, 2], scalars: [1, 2, 3, 4]), y = Tensor(shape: [2, 2], scalars: [2, 2, 1, 8])
+        #expect(l1Loss(x, y).item == Float(1 + 0 + 2 + 4) / 4)
+        #expect(mseLoss(x, y).item == Float(1 + 0 + 4 + 16) / 4)
+        let mean = Tensor(shape: [2, 1], scalars: [0, 1]), logvar = Tensor(shape: [2, 1], scalars: [0, 0.5])
+        let kl = klDiagonalGaussian(mean: mean, logvar: logvar).scalars
+        #expect(kl[0] == 0)
+        #expect(abs(Double(kl[1]) - 0.5 * (1 + 1.6487212707 - 1 - 0.5)) < 1e-6)
+    }
+
+    @Test("fastExp is within a few ulp of exp on the range that matters")
+    func fastExpAccuracy() {
+        var worst: Float = 0
+        for i in 0...20000 {
+            let x = -80 + Float(i) * 0.008
+            let r = Float(Foundation.exp(Double(x)))
+            worst = max(worst, abs(fastExp(x) - r) / r)
+        }
+        #expect(worst < 4e-7)
+        #expect(fastExp(.nan).isNaN)
+    }
+}
