@@ -28,34 +28,42 @@ private func broadcastMap(_ a: Tensor, _ b: Tensor, _ name: String,
     return (out, plan)
 }
 
-/// dT += Σ_broadcast dOut ⊙ f(other) for operand `t` (which is `a` when `isA`).
-/// `factor(g, aValue, bValue)` is the local derivative times g.
+/// dT (+)= Σ_broadcast factor(dOut, a, b) for operand `t` (which is `a` when `isA`).
+/// A full-size operand's gradient is written (or added) row by row, split across
+/// threads; a broadcast operand's rows alias, so it is zeroed and accumulated serially.
 @inline(__always)
 private func broadcastBackward(_ t: Tensor, isA: Bool, plan: BroadcastPlan, dOut: Tensor,
                                a: Tensor, b: Tensor, _ factor: (Float, Float, Float) -> Float) {
     guard t.requiresGrad else { return }
     let pa = a.pointer, pb = b.pointer, pg = dOut.pointer
     let n = plan.rowLength, ia = plan.aInner, ib = plan.bInner
-    let full = t.count == dOut.count
-    t.withZeroedGradient { d in
-        // Rows of a broadcast operand alias each other, so only a full-size
-        // operand is safe to split across threads.
-        let rows = plan.rowCount
-        func body(_ range: Range<Int>) {
-            plan.forEachRow(range) { o, ao, bo in
-                let x = pa + ao, y = pb + bo, g = pg + o
-                let dst = d + (isA ? ao : bo)
-                let inner = isA ? ia : ib
-                if inner == 1 {
-                    for i in 0..<n { dst[i] += factor(g[i], x[i * ia], y[i * ib]) }
-                } else {
-                    var s: Float = 0
-                    for i in 0..<n { s += factor(g[i], x[i * ia], y[i * ib]) }
-                    dst[0] += s
+    if t.count == dOut.count {
+        t.withGradient { d, accumulate in
+            parallelFor(plan.rowCount, grain: max(1, 32768 / max(n, 1))) { rows in
+                plan.forEachRow(rows) { o, ao, bo in
+                    let x = pa + ao, y = pb + bo, g = pg + o, dst = d + (isA ? ao : bo)
+                    if accumulate {
+                        for i in 0..<n { dst[i] += factor(g[i], x[i * ia], y[i * ib]) }
+                    } else {
+                        for i in 0..<n { dst[i] = factor(g[i], x[i * ia], y[i * ib]) }
+                    }
                 }
             }
         }
-        if full { parallelFor(rows, grain: max(1, 32768 / max(n, 1)), body) } else { body(0..<rows) }
+        return
+    }
+    t.withZeroedGradient { d in
+        plan.forEachRow { o, ao, bo in
+            let x = pa + ao, y = pb + bo, g = pg + o
+            let dst = d + (isA ? ao : bo)
+            if (isA ? ia : ib) == 1 {
+                for i in 0..<n { dst[i] += factor(g[i], x[i * ia], y[i * ib]) }
+            } else {
+                var s: Float = 0
+                for i in 0..<n { s += factor(g[i], x[i * ia], y[i * ib]) }
+                dst[0] += s
+            }
+        }
     }
 }
 
@@ -107,22 +115,28 @@ public func / (a: Tensor, b: Tensor) -> Tensor {
     return out
 }
 
-/// y = f(x) elementwise; backward dx += dy ⊙ f'(x, y).
+/// A pointwise function and its derivative, given x and y = f(x). Ops are generic
+/// over it (not closures), so each specialises into a vectorised loop.
+protocol PointwiseFunction {
+    func value(_ x: Float) -> Float
+    func derivative(_ x: Float, _ y: Float) -> Float
+}
+
+/// y = f(x) elementwise; backward dx (+)= dy ⊙ f'(x, y).
 @inline(__always)
-private func pointwise(_ x: Tensor, _ f: (Float) -> Float,
-                       derivative: @escaping (_ x: Float, _ y: Float) -> Float) -> Tensor {
+private func pointwise<F: PointwiseFunction>(_ x: Tensor, _ f: F) -> Tensor {
     let out = Tensor(uninitialized: x.shape)
     let px = x.pointer, py = out.pointer
-    parallelFor(x.count, grain: 65536) { r in for i in r { py[i] = f(px[i]) } }
+    parallelFor(x.count, grain: 65536) { r in for i in r { py[i] = f.value(px[i]) } }
     if Tape.needsGrad(x) {
         Tape.record(out) { g in
             let pg = g.pointer
             x.withGradient { dx, accumulate in
                 parallelFor(x.count, grain: 65536) { r in
                     if accumulate {
-                        for i in r { dx[i] += pg[i] * derivative(px[i], py[i]) }
+                        for i in r { dx[i] += pg[i] * f.derivative(px[i], py[i]) }
                     } else {
-                        for i in r { dx[i] = pg[i] * derivative(px[i], py[i]) }
+                        for i in r { dx[i] = pg[i] * f.derivative(px[i], py[i]) }
                     }
                 }
             }
@@ -131,31 +145,55 @@ private func pointwise(_ x: Tensor, _ f: (Float) -> Float,
     return out
 }
 
-public prefix func - (x: Tensor) -> Tensor { pointwise(x, { -$0 }, derivative: { _, _ in -1 }) }
+private struct Affine: PointwiseFunction {       // s·x + c
+    let s: Float, c: Float
+    func value(_ x: Float) -> Float { s * x + c }
+    func derivative(_ x: Float, _ y: Float) -> Float { s }
+}
+private struct Exp: PointwiseFunction {
+    func value(_ x: Float) -> Float { fastExp(x) }
+    func derivative(_ x: Float, _ y: Float) -> Float { y }
+}
+private struct Log: PointwiseFunction {
+    func value(_ x: Float) -> Float { logf(x) }
+    func derivative(_ x: Float, _ y: Float) -> Float { 1 / x }
+}
+private struct Sqrt: PointwiseFunction {
+    func value(_ x: Float) -> Float { x.squareRoot() }
+    func derivative(_ x: Float, _ y: Float) -> Float { 0.5 / y }
+}
+private struct Sigmoid: PointwiseFunction {
+    func value(_ x: Float) -> Float { 1 / (1 + fastExp(-x)) }
+    func derivative(_ x: Float, _ y: Float) -> Float { y * (1 - y) }
+}
+/// SiLU(x) = x·σ(x); d/dx = σ(x)·(1 + x·(1 − σ(x))).
+private struct SiLU: PointwiseFunction {
+    func value(_ x: Float) -> Float { x / (1 + fastExp(-x)) }
+    func derivative(_ x: Float, _ y: Float) -> Float {
+        let s = 1 / (1 + fastExp(-x))
+        return s * (1 + x * (1 - s))
+    }
+}
+/// GELU(x) = x·Φ(x) with the exact normal CDF (PyTorch's default); d/dx = Φ(x) + x·φ(x).
+private struct GELU: PointwiseFunction {
+    func value(_ x: Float) -> Float { 0.5 * x * (1 + fastErf(x * 0.70710678)) }
+    func derivative(_ x: Float, _ y: Float) -> Float {
+        0.5 * (1 + fastErf(x * 0.70710678)) + x * 0.39894228 * fastExp(-0.5 * x * x)
+    }
+}
+
+public prefix func - (x: Tensor) -> Tensor { pointwise(x, Affine(s: -1, c: 0)) }
 
 extension Tensor {
     /// s · x for a constant s.
-    public func scaled(by s: Float) -> Tensor { pointwise(self, { $0 * s }, derivative: { _, _ in s }) }
-    /// x + s for a constant s.
-    public func adding(_ s: Float) -> Tensor { pointwise(self, { $0 + s }, derivative: { _, _ in 1 }) }
+    public func scaled(by s: Float) -> Tensor { pointwise(self, Affine(s: s, c: 0)) }
+    /// x + c for a constant c.
+    public func adding(_ c: Float) -> Tensor { pointwise(self, Affine(s: 1, c: c)) }
 }
 
-public func exp(_ x: Tensor) -> Tensor { pointwise(x, { fastExp($0) }, derivative: { _, y in y }) }
-public func log(_ x: Tensor) -> Tensor { pointwise(x, { logf($0) }, derivative: { x, _ in 1 / x }) }
-public func sqrt(_ x: Tensor) -> Tensor { pointwise(x, { sqrtf($0) }, derivative: { _, y in 0.5 / y }) }
-public func sigmoid(_ x: Tensor) -> Tensor {
-    pointwise(x, { 1 / (1 + fastExp(-$0)) }, derivative: { _, y in y * (1 - y) })
-}
-/// SiLU(x) = x·σ(x); d/dx = σ(x)·(1 + x·(1 − σ(x))).
-public func silu(_ x: Tensor) -> Tensor {
-    pointwise(x, { $0 / (1 + fastExp(-$0)) }, derivative: { x, _ in
-        let s = 1 / (1 + fastExp(-x))
-        return s * (1 + x * (1 - s))
-    })
-}
-/// GELU(x) = x·Φ(x) with the exact normal CDF (PyTorch's default); d/dx = Φ(x) + x·φ(x).
-public func gelu(_ x: Tensor) -> Tensor {
-    pointwise(x, { 0.5 * $0 * (1 + erff($0 * 0.70710678)) }, derivative: { x, _ in
-        0.5 * (1 + erff(x * 0.70710678)) + x * 0.39894228 * fastExp(-0.5 * x * x)
-    })
-}
+public func exp(_ x: Tensor) -> Tensor { pointwise(x, Exp()) }
+public func log(_ x: Tensor) -> Tensor { pointwise(x, Log()) }
+public func sqrt(_ x: Tensor) -> Tensor { pointwise(x, Sqrt()) }
+public func sigmoid(_ x: Tensor) -> Tensor { pointwise(x, Sigmoid()) }
+public func silu(_ x: Tensor) -> Tensor { pointwise(x, SiLU()) }
+public func gelu(_ x: Tensor) -> Tensor { pointwise(x, GELU()) }

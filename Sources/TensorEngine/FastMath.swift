@@ -1,7 +1,10 @@
-/// e^x without a libm call, so loops over it vectorise (Cephes expf: x = n·ln2 + r,
-/// |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^n built in the exponent bits).
-/// Relative error ≲ 2 ulp on [-87, 88]; inputs are clamped to that range and NaN
-/// propagates.
+/// Vectorisable math kernels: e^x and erf without libm calls, and SIMD row
+/// reductions (a plain `s += x[i]` loop cannot vectorise, since float addition is
+/// not reassociated, so it runs at one add per FP latency).
+
+/// e^x (Cephes expf: x = n·ln2 + r, |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^n
+/// built in the exponent bits). Relative error ≲ 2 ulp on [-87, 88]; inputs are
+/// clamped to that range and NaN propagates.
 @inline(__always)
 public func fastExp(_ x: Float) -> Float {
     let c = min(max(x, -87.0), 88.0)
@@ -18,4 +21,94 @@ public func fastExp(_ x: Float) -> Float {
     let er = p * r * r + r + 1
     let ni = Int32(bitPattern: t.bitPattern &- magic.bitPattern)
     return er * Float(bitPattern: UInt32(bitPattern: (ni &+ 127) << 23))
+}
+
+/// erf(x) by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7):
+/// erf(|x|) = 1 − (a1·t + … + a5·t⁵)·e^(−x²), t = 1 / (1 + p·|x|).
+@inline(__always)
+public func fastErf(_ x: Float) -> Float {
+    let a = abs(x)
+    let t = 1 / (1 + 0.3275911 * a)
+    var poly: Float = 1.061405429
+    poly = poly * t - 1.453152027
+    poly = poly * t + 1.421413741
+    poly = poly * t - 0.284496736
+    poly = poly * t + 0.254829592
+    let y = 1 - poly * t * fastExp(-a * a)
+    return x < 0 ? -y : y
+}
+
+/// Σ p[0..<n].
+@inline(__always)
+func rowSum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD16<Float>(repeating: 0)
+    var i = 0
+    while i + 16 <= n {
+        acc += UnsafeRawPointer(p + i).loadUnaligned(as: SIMD16<Float>.self)
+        i += 16
+    }
+    var s = acc.sum()
+    while i < n { s += p[i]; i += 1 }
+    return s
+}
+
+/// Σ a[i]·b[i] over 0..<n.
+@inline(__always)
+func rowDot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD16<Float>(repeating: 0)
+    var i = 0
+    while i + 16 <= n {
+        acc += UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
+            * UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
+        i += 16
+    }
+    var s = acc.sum()
+    while i < n { s += a[i] * b[i]; i += 1 }
+    return s
+}
+
+/// Σ a[i]·b[i]·c[i] over 0..<n.
+@inline(__always)
+func rowDot3(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD16<Float>(repeating: 0)
+    var i = 0
+    while i + 16 <= n {
+        acc += UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
+            * UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
+            * UnsafeRawPointer(c + i).loadUnaligned(as: SIMD16<Float>.self)
+        i += 16
+    }
+    var s = acc.sum()
+    while i < n { s += a[i] * b[i] * c[i]; i += 1 }
+    return s
+}
+
+/// Σ (p[i] − c)² over 0..<n.
+@inline(__always)
+func rowSquaredDeviation(_ p: UnsafePointer<Float>, _ n: Int, from c: Float) -> Float {
+    var acc = SIMD16<Float>(repeating: 0)
+    let cv = SIMD16<Float>(repeating: c)
+    var i = 0
+    while i + 16 <= n {
+        let d = UnsafeRawPointer(p + i).loadUnaligned(as: SIMD16<Float>.self) - cv
+        acc += d * d
+        i += 16
+    }
+    var s = acc.sum()
+    while i < n { let d = p[i] - c; s += d * d; i += 1 }
+    return s
+}
+
+/// max p[0..<n] (−∞ for n = 0).
+@inline(__always)
+func rowMax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD16<Float>(repeating: -.infinity)
+    var i = 0
+    while i + 16 <= n {
+        acc = pointwiseMax(acc, UnsafeRawPointer(p + i).loadUnaligned(as: SIMD16<Float>.self))
+        i += 16
+    }
+    var m = acc.max()
+    while i < n { m = max(m, p[i]); i += 1 }
+    return m
 }

@@ -132,12 +132,8 @@ public func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, eps: Float = 1e
     parallelFor(rows, grain: 64) { range in
         for r in range {
             let xi = px + r * d, yi = py + r * d
-            var s: Float = 0
-            for j in 0..<d { s += xi[j] }
-            let mu = s / Float(d)
-            var v: Float = 0
-            for j in 0..<d { let t = xi[j] - mu; v += t * t }
-            let rs = 1 / sqrtf(v / Float(d) + eps)
+            let mu = rowSum(xi, d) / Float(d)
+            let rs = 1 / sqrtf(rowSquaredDeviation(xi, d, from: mu) / Float(d) + eps)
             pm[r] = mu; pr[r] = rs
             for j in 0..<d { yi[j] = (xi[j] - mu) * rs * pw[j] + pb[j] }
         }
@@ -150,9 +146,10 @@ public func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, eps: Float = 1e
                     parallelFor(rows, grain: 64) { range in
                         for r in range {
                             let xi = px + r * d, gi = pg + r * d, di = dx + r * d, mu = pm[r], rs = pr[r]
-                            var m1: Float = 0, m2: Float = 0
-                            for j in 0..<d { let dh = gi[j] * pw[j]; m1 += dh; m2 += dh * (xi[j] - mu) * rs }
-                            m1 /= Float(d); m2 /= Float(d)
+                            // mean(dx̂) and mean(dx̂ ⊙ x̂) with dx̂ = dy ⊙ γ, x̂ = (x − μ)·rstd
+                            let sumDh = rowDot(gi, pw, d)
+                            let m2 = (rowDot3(gi, pw, xi, d) - mu * sumDh) * rs / Float(d)
+                            let m1 = sumDh / Float(d)
                             for j in 0..<d {
                                 let v = rs * (gi[j] * pw[j] - m1 - (xi[j] - mu) * rs * m2)
                                 if accumulate { di[j] += v } else { di[j] = v }

@@ -9,11 +9,9 @@ public func softmax(_ x: Tensor) -> Tensor {
     parallelFor(rows, grain: 64) { range in
         for r in range {
             let xi = px + r * d, yi = py + r * d
-            var m = -Float.infinity
-            for j in 0..<d { m = max(m, xi[j]) }
-            var s: Float = 0
-            for j in 0..<d { let e = fastExp(xi[j] - m); yi[j] = e; s += e }
-            let inv = 1 / s
+            let m = rowMax(xi, d)
+            for j in 0..<d { yi[j] = fastExp(xi[j] - m) }
+            let inv = 1 / rowSum(yi, d)
             for j in 0..<d { yi[j] *= inv }
         }
     }
@@ -24,8 +22,7 @@ public func softmax(_ x: Tensor) -> Tensor {
                 parallelFor(rows, grain: 64) { range in
                     for r in range {
                         let yi = py + r * d, gi = pg + r * d, di = dx + r * d
-                        var s: Float = 0
-                        for j in 0..<d { s += gi[j] * yi[j] }
+                        let s = rowDot(gi, yi, d)
                         if accumulate { for j in 0..<d { di[j] += yi[j] * (gi[j] - s) } } else { for j in 0..<d { di[j] = yi[j] * (gi[j] - s) } }
                     }
                 }
