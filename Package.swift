@@ -27,15 +27,18 @@ let package = Package(
         .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5-openmpi"),
 
         .target(name: "TensorEngine", dependencies: ["CDNNL"], swiftSettings: kernelSettings),
+        .target(name: "Training", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .executableTarget(
             name: "LDMTrain",
             dependencies: [
-                "TensorEngine", "CMPI", "CHDF5",
+                "TensorEngine", "Training",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
         .target(name: "TestSupport", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .testTarget(name: "TensorEngineTests", dependencies: ["TensorEngine", "TestSupport"]),
+        .testTarget(name: "ShimTests", dependencies: ["CDNNL", "CMPI", "CHDF5"]),
+        .testTarget(name: "CommandTests", dependencies: ["Training"]),
     ],
     swiftLanguageModes: [.v5]
 )

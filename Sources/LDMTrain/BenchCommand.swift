@@ -1,0 +1,72 @@
+import ArgumentParser
+import Foundation
+import TensorEngine
+import Training
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Time the engine: every conv/matmul shape of the reference models (ops), or whole training steps.",
+        discussion: "Launch/bench-vs-pytorch runs 'bench ops' beside PyTorch on the same shapes and prints the ratios.")
+
+    enum Target: String, ExpressibleByArgument, CaseIterable { case ops, autoencoder, unet }
+
+    @Argument(help: "ops, autoencoder or unet.") var target: Target
+    @Option(name: .customLong("batch-size"), help: "Batch size of the shapes.") var batchSize = 64
+    @Option(help: "Model steps to time (autoencoder, unet).") var steps = 10
+    @Option(help: "Threads for the engine and oneDNN (default: cores ÷ local ranks).") var threads: Int?
+    @Option(help: "ops: autoencoder, unet or all.") var model = "all"
+    @Option(help: "ops: seconds of measuring per shape.") var seconds = 0.5
+    @Option(help: "ops: only shapes whose name contains this text.") var filter: String?
+    @Flag(help: "One JSON object per line.") var json = false
+    @Flag(help: "ops: print the shapes as JSON lines without timing them.") var list = false
+
+    func validate() throws {
+        guard batchSize > 0 else { throw ValidationError("--batch-size must be positive, got \(batchSize)") }
+        guard steps > 0 else { throw ValidationError("--steps must be positive, got \(steps)") }
+        guard (threads ?? 1) > 0 else { throw ValidationError("--threads must be positive, got \(threads!)") }
+        guard ["autoencoder", "unet", "all"].contains(model) else {
+            throw ValidationError("--model must be autoencoder, unet or all, got '\(model)'")
+        }
+    }
+
+    func run() throws {
+        guard target == .ops else { throw NotBuiltYet(command: "bench \(target.rawValue)", issue: target == .unet ? 6 : 3) }
+        if let threads { Threads.configure(threads) } else { Threads.configure(Threads.count) }
+        var shapes: [OpShape] = []
+        if model != "unet" { shapes += ReferenceShapes.autoencoder(batch: batchSize) }
+        if model != "autoencoder" { shapes += ReferenceShapes.unet(batch: batchSize) }
+        if let filter { shapes = shapes.filter { $0.name.localizedCaseInsensitiveContains(filter) } }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        if list {
+            for s in shapes { print(String(decoding: try encoder.encode(s), as: UTF8.self)) }
+            return
+        }
+        if !json {
+            print("bench ops: forward + backward, batch \(batchSize), \(Threads.count) thread(s), median of repeats")
+            print(pad("model", 12) + pad("op", 46) + pad("shape", 34) + pad("ms", 10) + "rate")
+        }
+        let timings = OpBenchmark.run(shapes, seconds: seconds) { t in
+            if json {
+                print(String(decoding: (try? encoder.encode(t)) ?? Data(), as: UTF8.self))
+            } else {
+                let rate = t.gflops.map { String(format: "%7.1f GFLOP/s", $0) } ?? String(format: "%7.1f GB/s", t.gbps ?? 0)
+                print(pad(t.model, 12) + pad(t.name, 46) + pad(t.shape, 34) + pad(String(format: "%.3f", t.ms), 10) + rate)
+            }
+            fflush(stdout)
+        }
+        if !json {
+            for m in Set(shapes.map(\.model)).sorted() {
+                let rows = zip(shapes, timings).filter { $0.0.model == m }
+                let ms = rows.map { Double($0.0.count) * $0.1.ms }.reduce(0, +)
+                let flops = rows.map { Double($0.0.count) * $0.0.trainingFlops }.reduce(0, +)
+                print(String(format: "%@: these ops take %.1f ms per step of %d images (%.2f GFLOP/image, %.0f GFLOP/s)",
+                             m, ms, batchSize, flops / Double(batchSize) / 1e9, flops / (ms * 1e6)))
+            }
+        }
+    }
+
+    private func pad(_ s: String, _ n: Int) -> String {
+        s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count)
+    }
+}

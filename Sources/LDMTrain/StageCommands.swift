@@ -1,0 +1,65 @@
+import ArgumentParser
+
+/// Options every training command shares (DESIGN.md, "The command line").
+struct TrainingOptions: ParsableArguments {
+    @Option(help: "Config file (YAML).") var config = "Launch/configs/fmnist.yaml"
+    @Option(help: "Train until global optimizer step N.") var steps: Int?
+    @Option(name: .customLong("batch-size"), help: "Per-rank batch size.") var batchSize: Int?
+    @Option(help: "Micro-batches per optimizer step.") var accumulate: Int?
+    @Option(help: "Random seed.") var seed: UInt64?
+    @Option(help: "auto, none, or a checkpoint path.") var resume = "auto"
+    @Option(name: .customLong("checkpoint-every"), help: "Checkpoint every N steps.") var checkpointEvery: Int?
+    @Option(help: "Checkpoints to keep.") var keep: Int?
+    @Option(name: .customLong("set"), help: "Config override key.path=value (repeatable).") var overrides: [String] = []
+}
+
+struct Pipeline: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "prepare → autoencoder → encode → diffusion → sample, skipping complete stages.")
+    @OptionGroup var training: TrainingOptions
+    func run() throws { throw NotBuiltYet(command: "pipeline", issue: 6) }
+}
+
+struct Prepare: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Convert the Debian Fashion-MNIST package to HDF5.")
+    @Option(help: "Directory of the IDX .gz files.") var source = "/usr/share/datasets/fashion-mnist"
+    @Option(help: "Output HDF5 file.") var out = "Datasets/fashion-mnist.h5"
+    func run() throws { throw NotBuiltYet(command: "prepare", issue: 3) }
+}
+
+struct Autoencoder: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stage 1: train the autoencoder.")
+    @OptionGroup var training: TrainingOptions
+    @Option(help: "Dataset file.") var data = "Datasets/fashion-mnist.h5"
+    @Option(name: .customLong("run-dir"), help: "Run directory.") var runDir = "Checkpoints/autoencoder"
+    func run() throws { throw NotBuiltYet(command: "autoencoder", issue: 3) }
+}
+
+struct Encode: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write the latent cache z = E(x).")
+    @Option(help: "Autoencoder run directory.") var autoencoder: String
+    @Option(help: "Dataset file.") var data = "Datasets/fashion-mnist.h5"
+    @Option(help: "Output directory.") var out = "Datasets/fashion-mnist-latents"
+    func run() throws { throw NotBuiltYet(command: "encode", issue: 5) }
+}
+
+struct Diffusion: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stage 2: train the latent diffusion UNet.")
+    @OptionGroup var training: TrainingOptions
+    @Option(help: "Latent cache directory.") var latents: String
+    @Option(name: .customLong("run-dir"), help: "Run directory.") var runDir = "Checkpoints/diffusion"
+    func run() throws { throw NotBuiltYet(command: "diffusion", issue: 6) }
+}
+
+struct Sample: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Sample images (and export latents) from a trained model.")
+    @Option(help: "Diffusion run directory.") var diffusion: String
+    @Option(help: "Autoencoder run directory.") var autoencoder: String
+    func run() throws { throw NotBuiltYet(command: "sample", issue: 6) }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "What a checkpoint, latent cache or dataset holds.")
+    @Argument(help: "Path to inspect.") var path: String
+    func run() throws { throw NotBuiltYet(command: "inspect", issue: 5) }
+}
