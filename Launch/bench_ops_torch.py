@@ -1,12 +1,8 @@
-#!/usr/bin/python3
-"""Times forward + backward of SwiftLDM's reference-model op shapes in PyTorch.
+"""PyTorch's side of the op benchmark, imported by Launch/bench_vs_pytorch.py.
 
-Reads the shapes as JSON lines (from `ldm-train bench ops --list`) on stdin and
-prints one JSON object per shape with the median milliseconds, in PyTorch's default
-NCHW layout and in channels_last. Used by Launch/bench-vs-pytorch.
+make_step(shape, channels_last) builds one forward + backward of a shape from
+`ldm-train bench ops --list` (NCHW, or channels_last for convs); median_ms times it.
 """
-import json
-import sys
 import time
 
 import torch
@@ -77,21 +73,3 @@ def make_step(s, channels_last):
         for leaf in leaves:
             leaf.grad = None
     return step
-
-
-def main():
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
-    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 0.5
-    torch.set_num_threads(threads)
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        s = json.loads(line)
-        out = {"model": s["model"], "name": s["name"], "threads": torch.get_num_threads()}
-        out["nchw_ms"] = median_ms(make_step(s, False), seconds)
-        out["channels_last_ms"] = median_ms(make_step(s, True), seconds) if s["kind"] in ("conv",) else out["nchw_ms"]
-        print(json.dumps(out), flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -20,6 +20,9 @@ enum DNNL {
     static let lock = NSLock()
     nonisolated(unsafe) static var convCache: [ConvGeometry: ConvPrimitives] = [:]
     nonisolated(unsafe) static var matmulCache: [MatmulGeometry: MatmulPrimitive] = [:]
+    /// Activation layout policy of new conv primitives (see `ConvLayout`).
+    nonisolated(unsafe) static var convLayout: ConvLayout =
+        ProcessInfo.processInfo.environment["LDM_CONV_LAYOUT"] == "nhwc" ? .nhwc : .kernelChoice
 
     /// oneDNN failures here are programmer errors (an unsupported shape or layout).
     static func check(_ status: dnnl_status_t, _ what: @autoclosure () -> String) {
@@ -189,74 +192,140 @@ struct ConvGeometry: Hashable, CustomStringConvertible {
     fileprivate var strides: [Int64] { [Int64(stride), Int64(stride)] }
     fileprivate var padL: [Int64] { [Int64(padTop), Int64(padLeft)] }
     fileprivate var padR: [Int64] { [Int64(padBottom), Int64(padRight)] }
+    /// Whether a blocked activation layout (with reorders around the call) pays off:
+    /// measured with `bench ops` on AVX2, it does for 3×3 kernels with ≥ 8 channels
+    /// in and out, and loses for 1×1 kernels and for the few-channel model ends.
+    var prefersBlockedLayout: Bool { (kh > 1 || kw > 1) && c >= 8 && o >= 8 }
     var description: String {
         "conv \(n)x\(h)x\(w)x\(c) -> \(o) k\(kh)x\(kw) s\(stride) pad(\(padTop),\(padBottom),\(padLeft),\(padRight))"
     }
 }
 
+/// An activation argument of a conv primitive: our NHWC tensor on one side, the
+/// layout the kernel chose on the other. When they differ (oneDNN's AVX2 kernels
+/// prefer channel-blocked nChw8c for wide layers), the data is reordered through a
+/// pooled buffer around the call, as PyTorch does for its NCHW tensors.
+final class ActivationPort {
+    private let user: Memory, kernel: Memory
+    private let toKernel: Reorder?, toUser: Reorder?
+    private let kernelFloats: Int
+
+    init(nhwc: dnnl_memory_desc_t, kernel kernelMD: dnnl_memory_desc_t) {
+        var a = nhwc, b = kernelMD
+        user = Memory(nhwc)
+        kernel = Memory(kernelMD)
+        let same = dnnl_memory_desc_equal(&a, &b) != 0
+        toKernel = same ? nil : Reorder(from: nhwc, to: kernelMD)
+        toUser = same ? nil : Reorder(from: kernelMD, to: nhwc)
+        kernelFloats = (dnnl_memory_desc_get_size(&b) + 3) / 4
+    }
+
+    /// True when the kernel reads and writes NHWC directly.
+    var isDirect: Bool { toKernel == nil }
+
+    /// Gives `body` the kernel-side memory holding the NHWC data at `p`.
+    func input<R>(_ p: UnsafeMutablePointer<Float>, _ body: (Memory) -> R) -> R {
+        guard let toKernel else { return body(user.bind(p)) }
+        let tmp = BufferPool.shared.take(count: kernelFloats)
+        defer { BufferPool.shared.give(tmp, count: kernelFloats) }
+        toKernel.run(p, tmp)
+        return body(kernel.bind(tmp))
+    }
+
+    /// Gives `body` kernel-side memory to write; the result lands at `p` in NHWC.
+    func output(_ p: UnsafeMutablePointer<Float>, _ body: (Memory) -> Void) {
+        guard let toUser else { return body(user.bind(p)) }
+        let tmp = BufferPool.shared.take(count: kernelFloats)
+        defer { BufferPool.shared.give(tmp, count: kernelFloats) }
+        body(kernel.bind(tmp))
+        toUser.run(tmp, p)
+    }
+}
+
 /// Forward, backward-data and backward-weights primitives of one conv geometry.
-/// The backward ones are made on first use (inference never needs them).
+/// Activation layouts are left to oneDNN (`any`) unless `nhwcOnly`; the backward
+/// primitives are made on first use (inference never needs them).
 final class ConvPrimitives {
     let g: ConvGeometry
-    private var srcMD, dstMD, oihwMD, biasMD, anyWeightsMD: dnnl_memory_desc_t
+    private let nhwcOnly: Bool
+    private var nhwcSrc, nhwcDst, oihwMD, biasMD, anyWeightsMD: dnnl_memory_desc_t
     private let forward: Primitive
     private let forwardWeights: Reorder
     private let forwardWeightsBuffer: ScratchBuffer
-    private let src, dst, bias: Memory
+    private let forwardSrc, forwardDst: ActivationPort
+    private let bias: Memory
 
-    init(_ g: ConvGeometry) {
-        self.g = g
-        var srcMD = DNNL.desc([g.n, g.c, g.h, g.w], tag: dnnl_nhwc)
-        var dstMD = DNNL.desc([g.n, g.o, g.outH, g.outW], tag: dnnl_nhwc)
+    init(_ g: ConvGeometry, nhwcOnly: Bool) {
+        (self.g, self.nhwcOnly) = (g, nhwcOnly)
+        let nhwcSrc = DNNL.desc([g.n, g.c, g.h, g.w], tag: dnnl_nhwc)
+        let nhwcDst = DNNL.desc([g.n, g.o, g.outH, g.outW], tag: dnnl_nhwc)
         var anyWeightsMD = DNNL.desc([g.o, g.c, g.kh, g.kw], tag: dnnl_format_tag_any)
         var biasMD = DNNL.desc([g.o], tag: dnnl_a)
+        var src = nhwcOnly ? nhwcSrc : DNNL.desc([g.n, g.c, g.h, g.w], tag: dnnl_format_tag_any)
+        var dst = nhwcOnly ? nhwcDst : DNNL.desc([g.n, g.o, g.outH, g.outW], tag: dnnl_format_tag_any)
         var d = dnnl_convolution_desc_t()
-        let status = g.hasBias
-            ? dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct, &srcMD, &anyWeightsMD,
-                                                 &biasMD, &dstMD, g.strides, g.padL, g.padR)
-            : dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct, &srcMD, &anyWeightsMD,
-                                                 nil, &dstMD, g.strides, g.padL, g.padR)
-        DNNL.check(status, "\(g) forward desc")
-        forward = DNNL.primitive(&d, "\(g) forward")
-        (self.srcMD, self.dstMD, self.anyWeightsMD, self.biasMD) = (srcMD, dstMD, anyWeightsMD, biasMD)
+        withUnsafeMutablePointer(to: &biasMD) { b in
+            DNNL.check(dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct, &src,
+                                                          &anyWeightsMD, g.hasBias ? b : nil, &dst,
+                                                          g.strides, g.padL, g.padR), "\(g) forward desc")
+        }
+        (self.nhwcSrc, self.nhwcDst, self.anyWeightsMD, self.biasMD) = (nhwcSrc, nhwcDst, anyWeightsMD, biasMD)
         oihwMD = DNNL.desc([g.o, g.c, g.kh, g.kw], tag: dnnl_oihw)
+        forward = DNNL.primitive(&d, "\(g) forward")
         forwardWeights = Reorder(from: oihwMD, to: forward.md(dnnl_query_weights_md))
         forwardWeightsBuffer = ScratchBuffer(bytes: forwardWeights.toBytes)
-        src = Memory(srcMD)
-        dst = Memory(dstMD)
+        forwardSrc = ActivationPort(nhwc: nhwcSrc, kernel: forward.md(dnnl_query_src_md))
+        forwardDst = ActivationPort(nhwc: nhwcDst, kernel: forward.md(dnnl_query_dst_md))
         bias = Memory(biasMD)
     }
+
+    /// True when the forward kernel works on NHWC directly (no reorders).
+    var isDirect: Bool { forwardSrc.isDirect && forwardDst.isDirect }
 
     /// y = conv(x, w) + b.
     func forward(x: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>,
                  b: UnsafeMutablePointer<Float>?, y: UnsafeMutablePointer<Float>) {
         DNNL.locked {
             forwardWeights.run(w, forwardWeightsBuffer.pointer)
-            var args = [(DNNL_ARG_SRC, src.bind(x)), (DNNL_ARG_WEIGHTS, forwardWeights.to.bind(forwardWeightsBuffer.pointer)),
-                        (DNNL_ARG_DST, dst.bind(y))]
-            if let b { args.append((DNNL_ARG_BIAS, bias.bind(b))) }
-            forward.execute(args)
+            forwardSrc.input(x) { src in
+                forwardDst.output(y) { dst in
+                    var args = [(DNNL_ARG_SRC, src), (DNNL_ARG_WEIGHTS, forwardWeights.to.bind(forwardWeightsBuffer.pointer)),
+                                (DNNL_ARG_DST, dst)]
+                    if let b { args.append((DNNL_ARG_BIAS, bias.bind(b))) }
+                    forward.execute(args)
+                }
+            }
         }
     }
 
-    /// A backward primitive, the reorder between OIHW and its weights layout, and a
-    /// buffer holding the weights in its layout.
+    /// A backward primitive, the reorder between OIHW and its weights layout, a
+    /// buffer holding the weights in its layout, and its activation ports.
     private final class Backward {
         let primitive: Primitive, weights: Reorder, buffer: ScratchBuffer
-        init(_ primitive: Primitive, weights: Reorder, bufferBytes: Int) {
+        let src: ActivationPort, dst: ActivationPort
+        init(_ primitive: Primitive, weights: Reorder, bufferBytes: Int, src: ActivationPort, dst: ActivationPort) {
             (self.primitive, self.weights, buffer) = (primitive, weights, ScratchBuffer(bytes: bufferBytes))
+            (self.src, self.dst) = (src, dst)
         }
     }
     private var backwardDataKernel: Backward?
     private var backwardWeightsKernel: Backward?
 
+    private func activationDescs() -> (dnnl_memory_desc_t, dnnl_memory_desc_t) {
+        nhwcOnly ? (nhwcSrc, nhwcDst)
+            : (DNNL.desc([g.n, g.c, g.h, g.w], tag: dnnl_format_tag_any), DNNL.desc([g.n, g.o, g.outH, g.outW], tag: dnnl_format_tag_any))
+    }
+
     private func makeBackwardData() -> Backward {
+        var (src, dst) = activationDescs()
         var d = dnnl_convolution_desc_t()
-        DNNL.check(dnnl_convolution_backward_data_desc_init(&d, dnnl_convolution_direct, &srcMD, &anyWeightsMD, &dstMD,
+        DNNL.check(dnnl_convolution_backward_data_desc_init(&d, dnnl_convolution_direct, &src, &anyWeightsMD, &dst,
                                                             g.strides, g.padL, g.padR), "\(g) backward-data desc")
         let p = DNNL.primitive(&d, hint: forward.pd, "\(g) backward data")
         let weights = Reorder(from: oihwMD, to: p.md(dnnl_query_weights_md))
-        return Backward(p, weights: weights, bufferBytes: weights.toBytes)
+        return Backward(p, weights: weights, bufferBytes: weights.toBytes,
+                        src: ActivationPort(nhwc: nhwcSrc, kernel: p.md(dnnl_query_diff_src_md)),
+                        dst: ActivationPort(nhwc: nhwcDst, kernel: p.md(dnnl_query_diff_dst_md)))
     }
 
     /// dx = conv_transpose(dy, w) (overwrites dx).
@@ -265,22 +334,29 @@ final class ConvPrimitives {
             let k = backwardDataKernel ?? makeBackwardData()
             backwardDataKernel = k
             k.weights.run(w, k.buffer.pointer)
-            k.primitive.execute([(DNNL_ARG_DIFF_DST, dst.bind(dy)), (DNNL_ARG_WEIGHTS, k.weights.to.bind(k.buffer.pointer)),
-                                 (DNNL_ARG_DIFF_SRC, src.bind(dx))])
+            k.dst.input(dy) { diffDst in
+                k.src.output(dx) { diffSrc in
+                    k.primitive.execute([(DNNL_ARG_DIFF_DST, diffDst), (DNNL_ARG_WEIGHTS, k.weights.to.bind(k.buffer.pointer)),
+                                         (DNNL_ARG_DIFF_SRC, diffSrc)])
+                }
+            }
         }
     }
 
     private func makeBackwardWeights() -> Backward {
+        var (src, dst) = activationDescs()
         var d = dnnl_convolution_desc_t()
-        let status = g.hasBias
-            ? dnnl_convolution_backward_weights_desc_init(&d, dnnl_convolution_direct, &srcMD, &anyWeightsMD, &biasMD, &dstMD,
-                                                          g.strides, g.padL, g.padR)
-            : dnnl_convolution_backward_weights_desc_init(&d, dnnl_convolution_direct, &srcMD, &anyWeightsMD, nil, &dstMD,
-                                                          g.strides, g.padL, g.padR)
-        DNNL.check(status, "\(g) backward-weights desc")
+        var biasDesc = biasMD
+        withUnsafeMutablePointer(to: &biasDesc) { b in
+            DNNL.check(dnnl_convolution_backward_weights_desc_init(&d, dnnl_convolution_direct, &src, &anyWeightsMD,
+                                                                   g.hasBias ? b : nil, &dst, g.strides, g.padL, g.padR),
+                       "\(g) backward-weights desc")
+        }
         let p = DNNL.primitive(&d, hint: forward.pd, "\(g) backward weights")
         let weights = Reorder(from: p.md(dnnl_query_diff_weights_md), to: oihwMD)
-        return Backward(p, weights: weights, bufferBytes: weights.fromBytes)
+        return Backward(p, weights: weights, bufferBytes: weights.fromBytes,
+                        src: ActivationPort(nhwc: nhwcSrc, kernel: p.md(dnnl_query_src_md)),
+                        dst: ActivationPort(nhwc: nhwcDst, kernel: p.md(dnnl_query_diff_dst_md)))
     }
 
     /// dw = Σ x ⋆ dy in OIHW and db = Σ dy (both overwritten).
@@ -289,10 +365,14 @@ final class ConvPrimitives {
         DNNL.locked {
             let k = backwardWeightsKernel ?? makeBackwardWeights()
             backwardWeightsKernel = k
-            var args = [(DNNL_ARG_SRC, src.bind(x)), (DNNL_ARG_DIFF_DST, dst.bind(dy)),
-                        (DNNL_ARG_DIFF_WEIGHTS, k.weights.from.bind(k.buffer.pointer))]
-            if let db { args.append((DNNL_ARG_DIFF_BIAS, bias.bind(db))) }
-            k.primitive.execute(args)
+            k.src.input(x) { src in
+                k.dst.input(dy) { diffDst in
+                    var args = [(DNNL_ARG_SRC, src), (DNNL_ARG_DIFF_DST, diffDst),
+                                (DNNL_ARG_DIFF_WEIGHTS, k.weights.from.bind(k.buffer.pointer))]
+                    if let db { args.append((DNNL_ARG_DIFF_BIAS, bias.bind(db))) }
+                    k.primitive.execute(args)
+                }
+            }
             k.weights.run(k.buffer.pointer, dw)
         }
     }
@@ -303,7 +383,7 @@ extension DNNL {
     static func conv(_ g: ConvGeometry) -> ConvPrimitives {
         locked {
             if let p = convCache[g] { return p }
-            let p = ConvPrimitives(g)
+            let p = ConvPrimitives(g, nhwcOnly: convLayout == .nhwc || !g.prefersBlockedLayout)
             convCache[g] = p
             return p
         }

@@ -38,16 +38,29 @@ public func fastErf(_ x: Float) -> Float {
     return x < 0 ? -y : y
 }
 
+// The row reductions keep eight partial results in one AVX register (SIMD8, the
+// native width here; SIMD16 spills to the stack) and combine them at the end.
+
+@inline(__always)
+private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+}
+
+/// Sum of the eight lanes, pairwise.
+@inline(__always)
+private func laneSum(_ v: SIMD8<Float>) -> Float {
+    let h = v.lowHalf + v.highHalf
+    let q = h.lowHalf + h.highHalf
+    return q[0] + q[1]
+}
+
 /// Σ p[0..<n].
 @inline(__always)
 func rowSum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
-    var acc = SIMD16<Float>(repeating: 0)
+    var acc = SIMD8<Float>(repeating: 0)
     var i = 0
-    while i + 16 <= n {
-        acc += UnsafeRawPointer(p + i).loadUnaligned(as: SIMD16<Float>.self)
-        i += 16
-    }
-    var s = acc.sum()
+    while i + 8 <= n { acc += load8(p + i); i += 8 }
+    var s = laneSum(acc)
     while i < n { s += p[i]; i += 1 }
     return s
 }
@@ -55,14 +68,10 @@ func rowSum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
 /// Σ a[i]·b[i] over 0..<n.
 @inline(__always)
 func rowDot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-    var acc = SIMD16<Float>(repeating: 0)
+    var acc = SIMD8<Float>(repeating: 0)
     var i = 0
-    while i + 16 <= n {
-        acc += UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
-            * UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
-        i += 16
-    }
-    var s = acc.sum()
+    while i + 8 <= n { acc += load8(a + i) * load8(b + i); i += 8 }
+    var s = laneSum(acc)
     while i < n { s += a[i] * b[i]; i += 1 }
     return s
 }
@@ -70,15 +79,10 @@ func rowDot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> F
 /// Σ a[i]·b[i]·c[i] over 0..<n.
 @inline(__always)
 func rowDot3(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafePointer<Float>, _ n: Int) -> Float {
-    var acc = SIMD16<Float>(repeating: 0)
+    var acc = SIMD8<Float>(repeating: 0)
     var i = 0
-    while i + 16 <= n {
-        acc += UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
-            * UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
-            * UnsafeRawPointer(c + i).loadUnaligned(as: SIMD16<Float>.self)
-        i += 16
-    }
-    var s = acc.sum()
+    while i + 8 <= n { acc += load8(a + i) * load8(b + i) * load8(c + i); i += 8 }
+    var s = laneSum(acc)
     while i < n { s += a[i] * b[i] * c[i]; i += 1 }
     return s
 }
@@ -86,29 +90,28 @@ func rowDot3(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafePo
 /// Σ (p[i] − c)² over 0..<n.
 @inline(__always)
 func rowSquaredDeviation(_ p: UnsafePointer<Float>, _ n: Int, from c: Float) -> Float {
-    var acc = SIMD16<Float>(repeating: 0)
-    let cv = SIMD16<Float>(repeating: c)
+    var acc = SIMD8<Float>(repeating: 0)
+    let cv = SIMD8<Float>(repeating: c)
     var i = 0
-    while i + 16 <= n {
-        let d = UnsafeRawPointer(p + i).loadUnaligned(as: SIMD16<Float>.self) - cv
-        acc += d * d
-        i += 16
-    }
-    var s = acc.sum()
+    while i + 8 <= n { let d = load8(p + i) - cv; acc += d * d; i += 8 }
+    var s = laneSum(acc)
     while i < n { let d = p[i] - c; s += d * d; i += 1 }
     return s
 }
 
-/// max p[0..<n] (−∞ for n = 0).
+/// max p[0..<n] (−∞ for n = 0). A NaN in the row may be dropped; softmax of
+/// such a row is NaN anyway through the sum.
 @inline(__always)
 func rowMax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
-    var acc = SIMD16<Float>(repeating: -.infinity)
+    var acc = SIMD8<Float>(repeating: -.infinity)
     var i = 0
-    while i + 16 <= n {
-        acc = pointwiseMax(acc, UnsafeRawPointer(p + i).loadUnaligned(as: SIMD16<Float>.self))
-        i += 16
+    while i + 8 <= n {
+        let v = load8(p + i)
+        acc.replace(with: v, where: v .> acc)
+        i += 8
     }
-    var m = acc.max()
-    while i < n { m = max(m, p[i]); i += 1 }
+    var m = -Float.infinity
+    for lane in 0..<8 where acc[lane] > m { m = acc[lane] }
+    while i < n { if p[i] > m { m = p[i] }; i += 1 }
     return m
 }

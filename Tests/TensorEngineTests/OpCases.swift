@@ -79,6 +79,12 @@ let opCases: [OpCase] = [
          tinyW: [1, 1, 3, 3], stride: 2, padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1)),
     conv("conv stride 2 pad 1 (UNet downsample)", x: [2, 8, 8, 4], w: [5, 4, 3, 3], tinyX: [1, 4, 4, 1], tinyW: [1, 1, 3, 3],
          stride: 2, padding: Padding2D(1)),
+    // ≥ 8 channels in and out with a 3×3 kernel: oneDNN's blocked layout, reordered
+    // around the call (the tiny Jacobian shapes stay on the NHWC path).
+    conv("conv 3x3 wide (blocked layout)", x: [2, 5, 5, 8], w: [16, 8, 3, 3], tinyX: [1, 3, 3, 2], tinyW: [2, 2, 3, 3],
+         padding: Padding2D(1)),
+    conv("conv stride 2 asymmetric pad wide (blocked layout)", x: [2, 6, 6, 16], w: [8, 16, 3, 3], tinyX: [1, 4, 4, 1],
+         tinyW: [1, 1, 3, 3], stride: 2, padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1)),
     conv("conv 1x1", x: [2, 5, 5, 6], w: [3, 6, 1, 1], tinyX: [1, 2, 2, 3], tinyW: [2, 3, 1, 1], padding: Padding2D(0)),
     conv("conv odd sizes", x: [3, 7, 5, 3], w: [5, 3, 3, 3], tinyX: [1, 3, 5, 1], tinyW: [1, 1, 3, 3], padding: Padding2D(1)),
     conv("conv batch 1", x: [1, 6, 6, 2], w: [3, 2, 3, 3], tinyX: [1, 3, 3, 1], tinyW: [1, 1, 3, 3], padding: Padding2D(1)),

@@ -22,8 +22,12 @@ struct ReferenceTests {
         ConvCase(description: "1x1", x: [3, 4, 4, 16], w: [8, 16, 1, 1], stride: 1, padding: Padding2D(0), bias: true),
         ConvCase(description: "odd sizes", x: [3, 7, 5, 3], w: [5, 3, 3, 3], stride: 1, padding: Padding2D(1), bias: true),
         ConvCase(description: "batch 1, one input channel", x: [1, 6, 6, 1], w: [8, 1, 3, 3], stride: 1, padding: Padding2D(1), bias: true),
-        ConvCase(description: "wide channels (blocked weights)", x: [2, 4, 4, 64], w: [32, 64, 3, 3], stride: 1,
+        ConvCase(description: "wide channels (blocked layout)", x: [2, 4, 4, 64], w: [32, 64, 3, 3], stride: 1,
                  padding: Padding2D(1), bias: true),
+        ConvCase(description: "wide, stride 2 asymmetric pad (blocked layout)", x: [2, 8, 8, 16], w: [24, 16, 3, 3], stride: 2,
+                 padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1), bias: true),
+        ConvCase(description: "wide 1x1 (NHWC kernel)", x: [2, 5, 5, 32], w: [16, 32, 1, 1], stride: 1,
+                 padding: Padding2D(0), bias: false),
     ]
 
     @Test("conv2d matches the naive convolution", arguments: convCases)
