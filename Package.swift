@@ -27,7 +27,8 @@ let package = Package(
         .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5-openmpi"),
 
         .target(name: "TensorEngine", dependencies: ["CDNNL"], swiftSettings: kernelSettings),
-        .target(name: "Training", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
+        .target(name: "NN", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
+        .target(name: "Training", dependencies: ["TensorEngine", "NN"], swiftSettings: kernelSettings),
         .executableTarget(
             name: "LDMTrain",
             dependencies: [
@@ -37,6 +38,7 @@ let package = Package(
 
         .target(name: "TestSupport", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .testTarget(name: "TensorEngineTests", dependencies: ["TensorEngine", "TestSupport"]),
+        .testTarget(name: "NNTests", dependencies: ["NN", "TensorEngine", "TestSupport"]),
         .testTarget(name: "ShimTests", dependencies: ["CDNNL", "CMPI", "CHDF5"]),
         .testTarget(name: "CommandTests", dependencies: ["Training"]),
     ],

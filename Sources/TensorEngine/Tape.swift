@@ -28,6 +28,11 @@ public final class Tape {
         return tape
     }
 
+    static func setCurrent(_ tape: Tape) {
+        if let p = pthread_getspecific(key) { Unmanaged<Tape>.fromOpaque(p).release() }
+        pthread_setspecific(key, Unmanaged.passRetained(tape).toOpaque())
+    }
+
     /// Number of recorded ops not yet consumed by backward().
     public var count: Int { entries.count }
 
@@ -50,6 +55,17 @@ public final class Tape {
         output.hasTapeEntry = true
         current.entries.append(Entry(output: output, backward: backward))
     }
+}
+
+/// Runs `body` on a fresh tape of its own, then puts the caller's tape back. A
+/// backward inside sees only the ops recorded inside: e.g. gradients of a loss
+/// with respect to a detached output, while the model's own ops wait on the outer tape.
+public func withSeparateTape<R>(_ body: () throws -> R) rethrows -> R {
+    let outer = Tape.current
+    let inner = Tape()
+    Tape.setCurrent(inner)
+    defer { Tape.setCurrent(outer) }
+    return try body()
 }
 
 /// Runs `body` without recording ops on this thread's tape (inference, EMA, metrics).

@@ -7,7 +7,7 @@ public enum DType: Sendable { case float32 }
 /// weights are [out, in].
 public final class Tensor {
     public let shape: [Int]
-    public let storage: TensorStorage
+    public private(set) var storage: TensorStorage
     public var dtype: DType { .float32 }
     /// Whether backward() computes a gradient for this tensor.
     public var requiresGrad: Bool
@@ -70,6 +70,15 @@ public final class Tensor {
         let t = Tensor(uninitialized: shape)
         t.pointer.update(from: pointer, count: count)
         return t
+    }
+
+    /// Moves this tensor's values into `newStorage` (same size) and keeps them there,
+    /// e.g. a parameter joining its model's arena. Tensors that shared the old
+    /// storage (reshapes) keep the old copy.
+    public func moveStorage(to newStorage: TensorStorage) {
+        precondition(newStorage.count == count, "moveStorage: \(newStorage.count) floats for shape \(shape)")
+        newStorage.base.update(from: pointer, count: count)
+        storage = newStorage
     }
 
     /// Sets the gradient to nil (the next backward allocates and overwrites it).

@@ -59,6 +59,19 @@ public func gradCheck(_ inputs: [Tensor], seed: UInt64 = 7, directions: Int = 4,
     return report
 }
 
+/// `gradCheck` for tensors that `f` reads itself (a model's parameters): they are
+/// perturbed in place along random directions and restored afterwards.
+public func gradCheckInPlace(_ tensors: [Tensor], seed: UInt64 = 7, directions: Int = 4, step h: Float = 1e-2,
+                             _ f: () -> Tensor) -> GradCheckReport {
+    let saved = tensors.map { $0.detached() }
+    func restore() { for (t, s) in zip(tensors, saved) { t.pointer.update(from: s.pointer, count: t.count) } }
+    return gradCheck(tensors, seed: seed, directions: directions, step: h) { perturbed in
+        for (t, p) in zip(tensors, perturbed) where t !== p { t.pointer.update(from: p.pointer, count: t.count) }
+        defer { if zip(tensors, perturbed).contains(where: { $0 !== $1 }) { restore() } }
+        return f()
+    }
+}
+
 /// Checks every entry of the Jacobian of f (all outputs × all input elements):
 /// row i by backward with the one-hot gradient e_i, column j by central
 /// differences on input element j. For tiny shapes only.

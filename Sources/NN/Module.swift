@@ -1,0 +1,76 @@
+import TensorEngine
+
+/// A layer or a model: a class whose stored properties hold its parameters
+/// (`Tensor`) and its sub-modules (`Module`, arrays of them, optionals). The
+/// parameters are found by walking those properties, and each gets a stable
+/// hierarchical name equal to the CompVis state_dict key
+/// (`encoder.down.1.block.0.nin_shortcut.weight`), so weights map one-to-one to
+/// the PyTorch world and double as checkpoint keys.
+///
+/// A property's key is its name in snake_case (`ninShortcut` → `nin_shortcut`);
+/// a module's `keys` override that where the PyTorch name does not follow the rule
+/// (`block1` → `block_1`, or a dotted path such as `inConv` → `in_layers.2`). Array
+/// elements are keyed by their index. Every `Tensor` property is a trainable parameter.
+open class Module {
+    public init() {}
+
+    /// Property name → key, for the properties whose key is not their snake_case name.
+    open class var keys: [String: String] { [:] }
+
+    /// Every parameter with its full key, in declaration order (depth first).
+    public final func namedParameters() -> [(key: String, tensor: Tensor)] {
+        var out: [(key: String, tensor: Tensor)] = []
+        visit(self, prefix: "") { out.append(($0, $1)) }
+        return out
+    }
+
+    /// The parameters, in the order of `namedParameters()`.
+    public final func parameters() -> [Tensor] { namedParameters().map(\.tensor) }
+
+    /// Total number of scalars in the parameters.
+    public final func parameterCount() -> Int { parameters().reduce(0) { $0 + $1.count } }
+}
+
+/// Calls `found(key, tensor)` for each parameter reachable from `value`.
+private func visit(_ value: Any, prefix: String, _ found: (String, Tensor) -> Void) {
+    func join(_ key: String) -> String { prefix.isEmpty ? key : prefix + "." + key }
+    switch value {
+    case let t as Tensor:
+        found(prefix, t)
+    case let m as Module:
+        var mirror: Mirror? = Mirror(reflecting: m)
+        var levels: [Mirror] = []
+        while let current = mirror { levels.append(current); mirror = current.superclassMirror }
+        let overrides = type(of: m).keys
+        for level in levels.reversed() {   // superclass properties first
+            for child in level.children {
+                guard let label = child.label else { continue }
+                visit(child.value, prefix: join(overrides[label] ?? snakeCase(label)), found)
+            }
+        }
+    default:
+        let mirror = Mirror(reflecting: value)
+        switch mirror.displayStyle {
+        case .optional:
+            if let wrapped = mirror.children.first { visit(wrapped.value, prefix: prefix, found) }
+        case .collection:
+            for (i, child) in mirror.children.enumerated() { visit(child.value, prefix: join(String(i)), found) }
+        default:
+            break   // configuration values: Int, Float, Bool, enums, ...
+        }
+    }
+}
+
+/// `ninShortcut` → `nin_shortcut`; digits stay attached (`conv1`).
+func snakeCase(_ name: String) -> String {
+    var out = ""
+    for ch in name {
+        if ch.isUppercase {
+            if !out.isEmpty { out.append("_") }
+            out.append(contentsOf: ch.lowercased())
+        } else {
+            out.append(ch)
+        }
+    }
+    return out
+}
