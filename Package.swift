@@ -25,10 +25,12 @@ let package = Package(
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
         .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c"),
         .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5-openmpi"),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
 
         .target(name: "TensorEngine", dependencies: ["CDNNL"], swiftSettings: kernelSettings),
         .target(name: "NN", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
-        .target(name: "Training", dependencies: ["TensorEngine", "NN"], swiftSettings: kernelSettings),
+        .target(name: "Storage", dependencies: ["TensorEngine", "CHDF5", "CZlib"], swiftSettings: kernelSettings),
+        .target(name: "Training", dependencies: ["TensorEngine", "NN", "Storage"], swiftSettings: kernelSettings),
         .executableTarget(
             name: "LDMTrain",
             dependencies: [
@@ -39,6 +41,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .testTarget(name: "TensorEngineTests", dependencies: ["TensorEngine", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorEngine", "TestSupport"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage"]),
         .testTarget(name: "ShimTests", dependencies: ["CDNNL", "CMPI", "CHDF5"]),
         .testTarget(name: "CommandTests", dependencies: ["Training"]),
     ],

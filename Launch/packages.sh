@@ -2,7 +2,7 @@
 # Sourced by the Launch/ scripts; not run on its own.
 
 # Build and run: oneDNN, OpenMPI, HDF5 (its OpenMPI flavour), the data.
-LDM_RUNTIME_PACKAGES="pkg-config libdnnl-dev libopenmpi-dev openmpi-bin libhdf5-openmpi-dev dataset-fashion-mnist"
+LDM_RUNTIME_PACKAGES="pkg-config zlib1g-dev libdnnl-dev libopenmpi-dev openmpi-bin libhdf5-openmpi-dev dataset-fashion-mnist"
 # Checks that read our files as users do (h5py) and compare against PyTorch.
 LDM_CHECK_PACKAGES="python3-h5py hdf5-tools"
 # Side-by-side benchmarks: Debian's PyTorch with the BLAS it recommends (without

@@ -31,7 +31,7 @@ public enum Threads {
 /// Runs `body` over `0..<count` split into contiguous chunks, one per thread.
 /// Small jobs (below `grain` items) run inline on the caller.
 @inline(__always)
-func parallelFor(_ count: Int, grain: Int = 1, _ body: (Range<Int>) -> Void) {
+public func parallelFor(_ count: Int, grain: Int = 1, _ body: (Range<Int>) -> Void) {
     let threads = min(Threads.count, max(1, count / max(grain, 1)))
     if threads <= 1 {
         body(0..<count)

@@ -1,0 +1,85 @@
+import Foundation
+import TensorEngine
+
+/// Adam (Kingma & Ba, Algorithm 1) and AdamW (Loshchilov & Hutter: decoupled
+/// weight decay), stepping every parameter of an arena in one loop over its
+/// value, gradient and moment buffers. Matches torch.optim.Adam / AdamW.
+public final class Adam {
+    public struct Settings: Codable, Equatable, Sendable {
+        public var beta1: Double = 0.9
+        public var beta2: Double = 0.999
+        public var eps: Double = 1e-8
+        public var weightDecay: Double = 0
+        /// AdamW's decoupled decay when true; Adam's L2 term added to the gradient when false.
+        public var decoupled = false
+        public init() {}
+        enum CodingKeys: String, CodingKey {
+            case beta1, beta2, eps, weightDecay = "weight_decay", decoupled
+        }
+    }
+
+    public let settings: Settings
+    public let arena: ParameterArena
+    /// First and second moments, laid out like the arena.
+    public let m: Tensor, v: Tensor
+    /// Steps taken so far (t in the bias corrections).
+    public var step: Int = 0
+
+    public init(_ arena: ParameterArena, _ settings: Settings) {
+        self.arena = arena
+        self.settings = settings
+        m = Tensor(zeros: [arena.count])
+        v = Tensor(zeros: [arena.count])
+    }
+
+    /// One update with learning rate `lr` from the arena's gradients.
+    public func update(lr: Double) {
+        step += 1
+        let b1 = Float(settings.beta1), b2 = Float(settings.beta2), eps = Float(settings.eps)
+        let c1 = 1 - pow(settings.beta1, Double(step)), c2 = 1 - pow(settings.beta2, Double(step))
+        // p −= lr/c1 · m / (√v/√c2 + eps), the bias corrections folded into two scalars.
+        let stepSize = Float(lr / c1), rootC2 = Float(c2.squareRoot())
+        let wd = Float(settings.weightDecay), decay = Float(1 - lr * settings.weightDecay)
+        let l2 = settings.decoupled ? 0 : wd, decoupled = settings.decoupled && wd != 0
+        let p = arena.values.pointer, g = arena.gradients.pointer, pm = m.pointer, pv = v.pointer
+        parallelFor(arena.count, grain: 1 << 15) { range in
+            for i in range {
+                let gi = g[i] + l2 * p[i]
+                let mi = b1 * pm[i] + (1 - b1) * gi
+                let vi = b2 * pv[i] + (1 - b2) * gi * gi
+                pm[i] = mi
+                pv[i] = vi
+                let pi = decoupled ? p[i] * decay : p[i]
+                p[i] = pi - stepSize * mi / (vi.squareRoot() / rootC2 + eps)
+            }
+        }
+    }
+}
+
+/// Learning rate at a step: linear warm-up from 0 over `warmupSteps`, then constant.
+public func warmupLearningRate(base: Double, step: Int, warmupSteps: Int) -> Double {
+    warmupSteps <= 0 ? base : base * min(1, Double(step + 1) / Double(warmupSteps))
+}
+
+/// An exponential moving average of an arena's values (the weights sampling uses).
+public final class EMA {
+    public let arena: ParameterArena
+    /// The averaged values, laid out like the arena.
+    public let shadow: Tensor
+    /// Updates applied so far (LDM's warm-up: decay = min(decay, (1+n)/(10+n))).
+    public var updates: Int = 0
+    public let decay: Double
+
+    public init(_ arena: ParameterArena, decay: Double) {
+        self.arena = arena
+        self.decay = decay
+        shadow = arena.values.detached()
+    }
+
+    public func update() {
+        updates += 1
+        let d = Float(min(decay, Double(1 + updates) / Double(10 + updates)))
+        let s = shadow.pointer, p = arena.values.pointer
+        parallelFor(arena.count, grain: 1 << 16) { r in for i in r { s[i] = d * s[i] + (1 - d) * p[i] } }
+    }
+}

@@ -1,0 +1,460 @@
+import CHDF5
+import Foundation
+
+/// The one file that talks to HDF5 (serial: one writer per file). Every failing
+/// call becomes an `HDF5Error` naming the file, the object path and what HDF5 said.
+
+/// Debian's HDF5 is built without thread safety, and tests (and a rank's
+/// background work) may touch files from several threads: every call into the
+/// library holds this one recursive lock.
+enum HDF5Lock {
+    static let lock = NSRecursiveLock()
+    static func locked<R>(_ body: () throws -> R) rethrows -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+}
+
+/// An HDF5 failure, with the file and object it concerns.
+public struct HDF5Error: Error, CustomStringConvertible {
+    public let file: String
+    public let object: String
+    public let operation: String
+    public let detail: String
+    public var description: String {
+        "\(file)\(object.isEmpty ? "" : ": \(object)"): \(operation) failed\(detail.isEmpty ? "" : " (\(detail))")"
+    }
+}
+
+/// Element types stored in our files.
+public protocol HDF5Element {
+    static var nativeType: hid_t { get }
+    static var typeName: String { get }
+}
+extension Float: HDF5Element {
+    public static var nativeType: hid_t { shim_H5T_NATIVE_FLOAT() }
+    public static var typeName: String { "f32" }
+}
+extension Double: HDF5Element {
+    public static var nativeType: hid_t { shim_H5T_NATIVE_DOUBLE() }
+    public static var typeName: String { "f64" }
+}
+extension Int32: HDF5Element {
+    public static var nativeType: hid_t { shim_H5T_NATIVE_INT32() }
+    public static var typeName: String { "i32" }
+}
+extension Int64: HDF5Element {
+    public static var nativeType: hid_t { shim_H5T_NATIVE_INT64() }
+    public static var typeName: String { "i64" }
+}
+extension UInt8: HDF5Element {
+    public static var nativeType: hid_t { shim_H5T_NATIVE_UINT8() }
+    public static var typeName: String { "u8" }
+}
+
+/// One source of a virtual dataset: rows `rows` of the VDS (along axis 0) come from
+/// the whole dataset `dataset` in `file` (a path relative to the VDS's file).
+public struct VirtualSource {
+    public var file: String
+    public var dataset: String
+    public var rows: Range<Int>
+    public init(file: String, dataset: String, rows: Range<Int>) {
+        (self.file, self.dataset, self.rows) = (file, dataset, rows)
+    }
+}
+
+/// An open HDF5 file. Closed on deinit; `close()` reports errors.
+public final class HDF5File {
+    public let path: String
+    private var id: hid_t
+
+    private init(path: String, id: hid_t) {
+        self.path = path
+        self.id = id
+    }
+
+    /// Creates (or truncates) a file.
+    public static func create(_ path: String) throws -> HDF5File {
+        return try HDF5Lock.locked {
+            silenceErrorPrinting()
+            let fapl = H5Pcreate(shim_H5P_FILE_ACCESS())
+            defer { H5Pclose(fapl) }
+            H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110)   // VDS needs the 1.10 format
+            let id = H5Fcreate(path, shim_H5F_ACC_TRUNC(), shim_H5P_DEFAULT(), fapl)
+            guard id >= 0 else { throw error(path, "", "create file") }
+            return HDF5File(path: path, id: id)
+        }
+    }
+
+    /// Opens an existing file.
+    public static func open(_ path: String, writable: Bool = false) throws -> HDF5File {
+        return try HDF5Lock.locked {
+            silenceErrorPrinting()
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw HDF5Error(file: path, object: "", operation: "open", detail: "no such file")
+            }
+            let id = H5Fopen(path, writable ? shim_H5F_ACC_RDWR() : shim_H5F_ACC_RDONLY(), shim_H5P_DEFAULT())
+            guard id >= 0 else { throw error(path, "", "open (not an HDF5 file, or damaged)") }
+            return HDF5File(path: path, id: id)
+        }
+    }
+
+    /// Flushes and closes the file; later calls fail.
+    public func close() throws {
+        try HDF5Lock.locked {
+            guard id >= 0 else { return }
+            let status = H5Fclose(id)
+            id = -1
+            guard status >= 0 else { throw Self.error(path, "", "close") }
+        }
+    }
+
+    deinit { HDF5Lock.locked { if id >= 0 { _ = H5Fclose(id) } } }
+
+    // MARK: Datasets
+
+    /// Writes `data` as dataset `name` (parent groups are created) with `shape`,
+    /// chunked along axis 0 by `chunkRows` rows (whole when nil) and with the
+    /// Fletcher32 checksum filter on each chunk when `checksum`.
+    public func write<T: HDF5Element>(_ name: String, shape: [Int], _ data: UnsafeBufferPointer<T>,
+                                      chunkRows: Int? = nil, checksum: Bool = true) throws {
+        precondition(data.count == shape.reduce(1, *), "\(name): \(data.count) elements for shape \(shape)")
+        let space = try dataspace(shape, name)
+        defer { H5Sclose(space) }
+        let dcpl = H5Pcreate(shim_H5P_DATASET_CREATE())
+        defer { H5Pclose(dcpl) }
+        if !shape.isEmpty && data.count > 0 {
+            var chunk = shape.map { hsize_t(max($0, 1)) }
+            chunk[0] = hsize_t(max(1, min(shape[0], chunkRows ?? shape[0])))
+            guard H5Pset_chunk(dcpl, Int32(chunk.count), chunk) >= 0 else { throw Self.error(path, name, "set chunk") }
+            if checksum { guard H5Pset_fletcher32(dcpl) >= 0 else { throw Self.error(path, name, "set fletcher32") } }
+        }
+        let lcpl = linkCreationProperties()
+        defer { H5Pclose(lcpl) }
+        let dset = H5Dcreate2(id, name, T.nativeType, space, lcpl, dcpl, shim_H5P_DEFAULT())
+        guard dset >= 0 else { throw Self.error(path, name, "create dataset") }
+        defer { H5Dclose(dset) }
+        if data.count > 0 {
+            guard H5Dwrite(dset, T.nativeType, shim_H5S_ALL(), shim_H5S_ALL(), shim_H5P_DEFAULT(), data.baseAddress) >= 0 else {
+                throw Self.error(path, name, "write")
+            }
+        }
+    }
+
+    /// Convenience: writes an array.
+    public func write<T: HDF5Element>(_ name: String, shape: [Int], _ array: [T], chunkRows: Int? = nil,
+                                      checksum: Bool = true) throws {
+        try array.withUnsafeBufferPointer { try write(name, shape: shape, $0, chunkRows: chunkRows, checksum: checksum) }
+    }
+
+    /// The shape of dataset `name`.
+    public func shape(of name: String) throws -> [Int] {
+        return try HDF5Lock.locked {
+            let dset = try openDataset(name)
+            defer { H5Dclose(dset) }
+            let space = H5Dget_space(dset)
+            defer { H5Sclose(space) }
+            let rank = Int(H5Sget_simple_extent_ndims(space))
+            guard rank >= 0 else { throw Self.error(path, name, "read shape") }
+            var dims = [hsize_t](repeating: 0, count: rank)
+            H5Sget_simple_extent_dims(space, &dims, nil)
+            return dims.map { Int($0) }
+        }
+    }
+
+    /// The element type name of dataset `name` ("f32", "u8", ...; "other" otherwise).
+    public func elementType(of name: String) throws -> String {
+        return try HDF5Lock.locked {
+            let dset = try openDataset(name)
+            defer { H5Dclose(dset) }
+            let type = H5Dget_type(dset)
+            defer { H5Tclose(type) }
+            let candidates: [any HDF5Element.Type] = [Float.self, Double.self, Int32.self, Int64.self, UInt8.self]
+            for c in candidates where H5Tequal(type, c.nativeType) > 0 { return c.typeName }
+            return "other"
+        }
+    }
+
+    /// Reads rows `rows` (axis 0; all when nil) of dataset `name` into `out`, which
+    /// must hold exactly that many elements. The element type must match `T`.
+    public func read<T: HDF5Element>(_ name: String, rows: Range<Int>? = nil, into out: UnsafeMutableBufferPointer<T>) throws {
+        try HDF5Lock.locked {
+            let shape = try self.shape(of: name)
+            let type = try elementType(of: name)
+            guard type == T.typeName else {
+                throw HDF5Error(file: path, object: name, operation: "read", detail: "holds \(type), expected \(T.typeName)")
+            }
+            let rowLength = shape.dropFirst().reduce(1, *)
+            let selected = rows ?? 0..<(shape.first ?? 1)
+            guard shape.isEmpty || (selected.lowerBound >= 0 && selected.upperBound <= shape[0]) else {
+                throw HDF5Error(file: path, object: name, operation: "read", detail: "rows \(selected) outside shape \(shape)")
+            }
+            let expected = shape.isEmpty ? 1 : selected.count * rowLength
+            guard out.count == expected else {
+                throw HDF5Error(file: path, object: name, operation: "read",
+                                detail: "shape \(shape) rows \(selected) is \(expected) elements, buffer holds \(out.count)")
+            }
+            guard expected > 0 else { return }
+            let dset = try openDataset(name)
+            defer { H5Dclose(dset) }
+            var fileSpace = shim_H5S_ALL(), memSpace = shim_H5S_ALL()
+            if rows != nil && !shape.isEmpty {
+                fileSpace = H5Dget_space(dset)
+                var start = [hsize_t](repeating: 0, count: shape.count), count = shape.map { hsize_t($0) }
+                start[0] = hsize_t(selected.lowerBound)
+                count[0] = hsize_t(selected.count)
+                H5Sselect_hyperslab(fileSpace, H5S_SELECT_SET, start, nil, count, nil)
+                memSpace = H5Screate_simple(Int32(count.count), count, nil)
+            }
+            defer { if rows != nil && !shape.isEmpty { H5Sclose(fileSpace); H5Sclose(memSpace) } }
+            guard H5Dread(dset, T.nativeType, memSpace, fileSpace, shim_H5P_DEFAULT(), out.baseAddress) >= 0 else {
+                throw Self.error(path, name, "read (checksum mismatch or damaged data)")
+            }
+        }
+    }
+
+    /// Reads a whole dataset: its shape and elements.
+    public func read<T: HDF5Element>(_ name: String, as: T.Type = T.self) throws -> (shape: [Int], values: [T]) {
+        return try HDF5Lock.locked {
+            let shape = try self.shape(of: name)
+            var values = [T](unsafeUninitializedCapacity: shape.reduce(1, *)) { _, n in n = shape.reduce(1, *) }
+            try values.withUnsafeMutableBufferPointer { try read(name, into: $0) }
+            return (shape, values)
+        }
+    }
+
+    /// True when an object (group or dataset) exists at `name`.
+    public func exists(_ name: String) -> Bool {
+        return HDF5Lock.locked {
+            var prefix = ""
+            for part in name.split(separator: "/") {   // H5Lexists needs each parent to exist
+                prefix += "/" + part
+                guard H5Lexists(id, prefix, shim_H5P_DEFAULT()) > 0 else { return false }
+            }
+            return true
+        }
+    }
+
+    /// Every dataset below the root, as full paths without the leading slash, sorted.
+    public func datasetNames() throws -> [String] {
+        return try HDF5Lock.locked {
+            final class Names { var list: [String] = [] }
+            let names = Names()
+            let status = withExtendedLifetime(names) {
+                H5Ovisit2(id, H5_INDEX_NAME, H5_ITER_INC, { _, name, info, context in
+                    if let info, info.pointee.type == H5O_TYPE_DATASET, let name {
+                        Unmanaged<Names>.fromOpaque(context!).takeUnretainedValue().list.append(String(cString: name))
+                    }
+                    return 0
+                }, Unmanaged.passUnretained(names).toOpaque(), UInt32(H5O_INFO_BASIC))
+            }
+            guard status >= 0 else { throw Self.error(path, "", "list datasets") }
+            return names.list.sorted()
+        }
+    }
+
+    // MARK: Virtual datasets
+
+    /// Creates a virtual dataset `name` of `shape` whose rows come from `sources`
+    /// (each a whole dataset of shape [rows.count] + shape[1...]).
+    public func writeVirtual<T: HDF5Element>(_ name: String, shape: [Int], type: T.Type, sources: [VirtualSource]) throws {
+        try HDF5Lock.locked {
+            let vspace = try dataspace(shape, name)
+            defer { H5Sclose(vspace) }
+            let dcpl = H5Pcreate(shim_H5P_DATASET_CREATE())
+            defer { H5Pclose(dcpl) }
+            for s in sources {
+                var srcShape = shape
+                if !srcShape.isEmpty { srcShape[0] = s.rows.count }
+                let srcSpace = try dataspace(srcShape, name)
+                defer { H5Sclose(srcSpace) }
+                if !shape.isEmpty {
+                    var start = [hsize_t](repeating: 0, count: shape.count)
+                    start[0] = hsize_t(s.rows.lowerBound)
+                    let count = srcShape.map { hsize_t($0) }
+                    H5Sselect_hyperslab(vspace, H5S_SELECT_SET, start, nil, count, nil)
+                }
+                guard H5Pset_virtual(dcpl, vspace, s.file, s.dataset, srcSpace) >= 0 else {
+                    throw Self.error(path, name, "map virtual source \(s.file):\(s.dataset)")
+                }
+            }
+            H5Sselect_all(vspace)
+            let lcpl = linkCreationProperties()
+            defer { H5Pclose(lcpl) }
+            let dset = H5Dcreate2(id, name, T.nativeType, vspace, lcpl, dcpl, shim_H5P_DEFAULT())
+            guard dset >= 0 else { throw Self.error(path, name, "create virtual dataset") }
+            H5Dclose(dset)
+        }
+    }
+
+    /// The sources of virtual dataset `name` (empty for an ordinary dataset).
+    public func virtualSources(of name: String) throws -> [(file: String, dataset: String)] {
+        return try HDF5Lock.locked {
+            let dset = try openDataset(name)
+            defer { H5Dclose(dset) }
+            let dcpl = H5Dget_create_plist(dset)
+            defer { H5Pclose(dcpl) }
+            guard H5Pget_layout(dcpl) == H5D_VIRTUAL else { return [] }
+            var count = 0
+            H5Pget_virtual_count(dcpl, &count)
+            return (0..<count).map { i in
+                func string(_ get: (UnsafeMutablePointer<CChar>?, Int) -> Int) -> String {
+                    let n = get(nil, 0)
+                    var buffer = [CChar](repeating: 0, count: max(n, 0) + 1)
+                    _ = get(&buffer, buffer.count)
+                    return String(cString: buffer)
+                }
+                return (string { H5Pget_virtual_filename(dcpl, i, $0, $1) }, string { H5Pget_virtual_dsetname(dcpl, i, $0, $1) })
+            }
+        }
+    }
+
+    // MARK: Attributes
+
+    /// Sets a string attribute on the object at `object` ("/" for the file): a
+    /// variable-length UTF-8 string, which h5py reads as `str`.
+    public func setAttribute(_ name: String, _ value: String, on object: String = "/") throws {
+        try HDF5Lock.locked {
+            let type = H5Tcopy(shim_H5T_C_S1())
+            defer { H5Tclose(type) }
+            H5Tset_size(type, shim_H5T_VARIABLE())
+            H5Tset_cset(type, H5T_CSET_UTF8)
+            try writeAttribute(name, on: object, type: type, space: H5Screate(H5S_SCALAR)) { attr in
+                value.withCString { c in
+                    var p: UnsafePointer<CChar>? = c
+                    return H5Awrite(attr, type, &p)
+                }
+            }
+        }
+    }
+
+    /// Sets a numeric scalar attribute.
+    public func setAttribute<T: HDF5Element>(_ name: String, _ value: T, on object: String = "/") throws {
+        try HDF5Lock.locked {
+            try writeAttribute(name, on: object, type: T.nativeType, space: H5Screate(H5S_SCALAR)) { attr in
+                var v = value
+                return H5Awrite(attr, T.nativeType, &v)
+            }
+        }
+    }
+
+    /// A string attribute, or nil when absent.
+    public func stringAttribute(_ name: String, on object: String = "/") throws -> String? {
+        return try HDF5Lock.locked {
+            guard let attr = try openAttribute(name, on: object) else { return nil }
+            defer { H5Aclose(attr) }
+            let type = H5Aget_type(attr)
+            defer { H5Tclose(type) }
+            guard H5Tget_class(type) == H5T_STRING else {
+                throw HDF5Error(file: path, object: "\(object) @\(name)", operation: "read attribute", detail: "not a string")
+            }
+            if H5Tis_variable_str(type) > 0 {   // written by h5py and other tools
+                var p: UnsafeMutablePointer<CChar>?
+                guard H5Aread(attr, type, &p) >= 0, let p else { throw Self.error(path, "\(object) @\(name)", "read attribute") }
+                defer { H5free_memory(p) }
+                return String(cString: p)
+            }
+            let size = H5Tget_size(type)
+            var bytes = [UInt8](repeating: 0, count: size + 1)
+            guard H5Aread(attr, type, &bytes) >= 0 else { throw Self.error(path, "\(object) @\(name)", "read attribute") }
+            return String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+        }
+    }
+
+    /// A numeric scalar attribute (converted to `T`), or nil when absent.
+    public func attribute<T: HDF5Element>(_ name: String, on object: String = "/", as: T.Type = T.self) throws -> T? {
+        return try HDF5Lock.locked {
+            guard let attr = try openAttribute(name, on: object) else { return nil }
+            defer { H5Aclose(attr) }
+            var value = [T](unsafeUninitializedCapacity: 1) { _, n in n = 1 }
+            let status = value.withUnsafeMutableBufferPointer { H5Aread(attr, T.nativeType, $0.baseAddress) }
+            guard status >= 0 else { throw Self.error(path, "\(object) @\(name)", "read attribute") }
+            return value[0]
+        }
+    }
+
+    /// Names of the attributes on `object`.
+    public func attributeNames(on object: String = "/") throws -> [String] {
+        return try HDF5Lock.locked {
+            var names: [String] = []
+            let count = H5Aget_num_attrs_by_name(object)
+            for i in 0..<max(count, 0) {
+                let n = H5Aget_name_by_idx(id, object, H5_INDEX_NAME, H5_ITER_INC, hsize_t(i), nil, 0, shim_H5P_DEFAULT())
+                var buffer = [CChar](repeating: 0, count: n + 1)
+                H5Aget_name_by_idx(id, object, H5_INDEX_NAME, H5_ITER_INC, hsize_t(i), &buffer, buffer.count, shim_H5P_DEFAULT())
+                names.append(String(cString: buffer))
+            }
+            return names
+        }
+    }
+
+    // MARK: Helpers
+
+    private func H5Aget_num_attrs_by_name(_ object: String) -> Int {
+        var info = H5O_info_t()
+        guard H5Oget_info_by_name2(id, object, &info, UInt32(H5O_INFO_NUM_ATTRS), shim_H5P_DEFAULT()) >= 0 else { return 0 }
+        return Int(info.num_attrs)
+    }
+
+    private func openDataset(_ name: String) throws -> hid_t {
+        guard exists(name) else { throw HDF5Error(file: path, object: name, operation: "open dataset", detail: "no such dataset") }
+        let dset = H5Dopen2(id, name, shim_H5P_DEFAULT())
+        guard dset >= 0 else { throw Self.error(path, name, "open dataset") }
+        return dset
+    }
+
+    private func openAttribute(_ name: String, on object: String) throws -> hid_t? {
+        guard object == "/" || exists(object) else {
+            throw HDF5Error(file: path, object: object, operation: "read attribute \(name)", detail: "no such object")
+        }
+        guard H5Aexists_by_name(id, object, name, shim_H5P_DEFAULT()) > 0 else { return nil }
+        let attr = H5Aopen_by_name(id, object, name, shim_H5P_DEFAULT(), shim_H5P_DEFAULT())
+        guard attr >= 0 else { throw Self.error(path, "\(object) @\(name)", "open attribute") }
+        return attr
+    }
+
+    private func writeAttribute(_ name: String, on object: String, type: hid_t, space: hid_t,
+                                _ write: (hid_t) -> herr_t) throws {
+        defer { H5Sclose(space) }
+        if H5Aexists_by_name(id, object, name, shim_H5P_DEFAULT()) > 0 {
+            H5Adelete_by_name(id, object, name, shim_H5P_DEFAULT())
+        }
+        let attr = H5Acreate_by_name(id, object, name, type, space, shim_H5P_DEFAULT(), shim_H5P_DEFAULT(), shim_H5P_DEFAULT())
+        guard attr >= 0 else { throw Self.error(path, "\(object) @\(name)", "create attribute") }
+        defer { H5Aclose(attr) }
+        guard write(attr) >= 0 else { throw Self.error(path, "\(object) @\(name)", "write attribute") }
+    }
+
+    private func dataspace(_ shape: [Int], _ name: String) throws -> hid_t {
+        let space = shape.isEmpty ? H5Screate(H5S_SCALAR) : H5Screate_simple(Int32(shape.count), shape.map { hsize_t($0) }, nil)
+        guard space >= 0 else { throw Self.error(path, name, "create dataspace \(shape)") }
+        return space
+    }
+
+    private func linkCreationProperties() -> hid_t {
+        let lcpl = H5Pcreate(shim_H5P_LINK_CREATE())
+        H5Pset_create_intermediate_group(lcpl, 1)
+        return lcpl
+    }
+
+    /// HDF5 prints its error stack to stderr by default; we report errors ourselves.
+    private static func silenceErrorPrinting() { H5Eset_auto2(shim_H5E_DEFAULT(), nil, nil) }
+
+    /// An error for `operation` on `object`, with the innermost message of HDF5's error stack.
+    private static func error(_ file: String, _ object: String, _ operation: String) -> HDF5Error {
+        final class Message { var text = "" }
+        let message = Message()
+        withExtendedLifetime(message) {
+            H5Ewalk2(shim_H5E_DEFAULT(), H5E_WALK_UPWARD, { _, e, context in
+                if let e, let desc = e.pointee.desc {
+                    let m = Unmanaged<Message>.fromOpaque(context!).takeUnretainedValue()
+                    if m.text.isEmpty { m.text = String(cString: desc) }
+                }
+                return 0
+            }, Unmanaged.passUnretained(message).toOpaque())
+        }
+        H5Eclear2(shim_H5E_DEFAULT())
+        return HDF5Error(file: file, object: object, operation: operation, detail: message.text)
+    }
+}
