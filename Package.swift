@@ -19,6 +19,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // C shims: a module map and shim.h each, nothing else.
@@ -29,8 +30,10 @@ let package = Package(
 
         .target(name: "TensorEngine", dependencies: ["CDNNL"], swiftSettings: kernelSettings),
         .target(name: "NN", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
-        .target(name: "Storage", dependencies: ["TensorEngine", "CHDF5", "CZlib"], swiftSettings: kernelSettings),
-        .target(name: "Training", dependencies: ["TensorEngine", "NN", "Storage"], swiftSettings: kernelSettings),
+        .target(name: "Distributed", dependencies: ["TensorEngine", "CMPI"], swiftSettings: kernelSettings),
+        .target(name: "Storage", dependencies: ["TensorEngine", "Distributed", "CHDF5", "CZlib"], swiftSettings: kernelSettings),
+        .target(name: "Training", dependencies: ["TensorEngine", "NN", "Distributed", "Storage", .product(name: "Yams", package: "Yams")],
+                swiftSettings: kernelSettings),
         .executableTarget(
             name: "LDMTrain",
             dependencies: [

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TensorEngine
+import Distributed
 import Training
 
 struct Bench: ParsableCommand {
@@ -29,9 +30,32 @@ struct Bench: ParsableCommand {
         }
     }
 
+    @Option(help: "autoencoder, unet: config whose model is timed.") var config = "Launch/configs/fmnist.yaml"
+
     func run() throws {
-        guard target == .ops else { throw NotBuiltYet(command: "bench \(target.rawValue)", issue: target == .unet ? 6 : 3) }
         if let threads { Threads.configure(threads) } else { Threads.configure(Threads.count) }
+        switch target {
+        case .ops: try runOps()
+        case .autoencoder:
+            let stage = try ConfigLoader.load(config).autoencoder
+            let timing = try ModelBenchmark.autoencoder(config: stage, batch: batchSize, steps: steps, communicator: SingleProcess())
+            try report(timing)
+        case .unet: throw NotBuiltYet(command: "bench unet", issue: 6)
+        }
+    }
+
+    private func report(_ t: ModelTiming) throws {
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(t), as: UTF8.self))
+        } else {
+            print(String(format: "bench %@: batch %d × %d rank(s), %d thread(s): %.1f ms/step, %.1f img/s, peak RSS %.0f MiB",
+                         t.bench, t.batchSize, t.ranks, t.threads, t.stepMs, t.imgPerS, t.peakRssMib))
+        }
+    }
+
+    private func runOps() throws {
         var shapes: [OpShape] = []
         if model != "unet" { shapes += ReferenceShapes.autoencoder(batch: batchSize) }
         if model != "autoencoder" { shapes += ReferenceShapes.unet(batch: batchSize) }

@@ -1,4 +1,9 @@
 import ArgumentParser
+import Distributed
+import Foundation
+import Storage
+import TensorEngine
+import Training
 
 /// Options every training command shares (DESIGN.md, "The command line").
 struct TrainingOptions: ParsableArguments {
@@ -6,11 +11,28 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Train until global optimizer step N.") var steps: Int?
     @Option(name: .customLong("batch-size"), help: "Per-rank batch size.") var batchSize: Int?
     @Option(help: "Micro-batches per optimizer step.") var accumulate: Int?
-    @Option(help: "Random seed.") var seed: UInt64?
+    @Option(help: "Random seed.") var seed: Int?
     @Option(help: "auto, none, or a checkpoint path.") var resume = "auto"
     @Option(name: .customLong("checkpoint-every"), help: "Checkpoint every N steps.") var checkpointEvery: Int?
     @Option(help: "Checkpoints to keep.") var keep: Int?
     @Option(name: .customLong("set"), help: "Config override key.path=value (repeatable).") var overrides: [String] = []
+    @Option(help: "Threads per rank for the engine and oneDNN (default: cores ÷ ranks on this node).") var threads: Int?
+
+    /// The config file with these options laid over `stage`'s section (autoencoder or diffusion).
+    func load(stage: String, data: String? = nil) throws -> Config {
+        var sets: [String] = []
+        if let seed { sets.append("seed=\(seed)") }
+        if let data { sets.append("data.path=\(data)") }
+        for (key, value) in [("steps", steps), ("batch_size", batchSize), ("accumulate", accumulate),
+                             ("checkpoint_every", checkpointEvery), ("keep", keep)] {
+            if let value { sets.append("\(stage).training.\(key)=\(value)") }
+        }
+        if let threads {
+            guard threads > 0 else { throw ValidationError("--threads must be positive, got \(threads)") }
+            Threads.configure(threads)
+        }
+        return try ConfigLoader.load(config, overrides: sets + overrides)
+    }
 }
 
 struct Pipeline: ParsableCommand {
@@ -24,15 +46,23 @@ struct Prepare: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Convert the Debian Fashion-MNIST package to HDF5.")
     @Option(help: "Directory of the IDX .gz files.") var source = "/usr/share/datasets/fashion-mnist"
     @Option(help: "Output HDF5 file.") var out = "Datasets/fashion-mnist.h5"
-    func run() throws { throw NotBuiltYet(command: "prepare", issue: 3) }
+    func run() throws {
+        try ImageDataset.prepareFashionMNIST(source: source, out: out)
+        print("wrote \(out): train 60000 and test 10000 images of 1×28×28 with labels")
+    }
 }
 
 struct Autoencoder: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stage 1: train the autoencoder.")
     @OptionGroup var training: TrainingOptions
-    @Option(help: "Dataset file.") var data = "Datasets/fashion-mnist.h5"
+    @Option(help: "Dataset file (default: the config's data.path).") var data: String?
     @Option(name: .customLong("run-dir"), help: "Run directory.") var runDir = "Checkpoints/autoencoder"
-    func run() throws { throw NotBuiltYet(command: "autoencoder", issue: 3) }
+    func run() throws {
+        let config = try training.load(stage: "autoencoder", data: data)
+        var options = RunOptions(runDirectory: runDir)
+        options.resume = training.resume
+        try AutoencoderTrainer(config: config, options: options, communicator: SingleProcess()).run()
+    }
 }
 
 struct Encode: ParsableCommand {

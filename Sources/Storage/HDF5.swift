@@ -333,8 +333,7 @@ public final class HDF5File {
     public func setAttribute<T: HDF5Element>(_ name: String, _ value: T, on object: String = "/") throws {
         try HDF5Lock.locked {
             try writeAttribute(name, on: object, type: T.nativeType, space: H5Screate(H5S_SCALAR)) { attr in
-                var v = value
-                return H5Awrite(attr, T.nativeType, &v)
+                withUnsafePointer(to: value) { H5Awrite(attr, T.nativeType, UnsafeRawPointer($0)) }
             }
         }
     }
@@ -375,8 +374,8 @@ public final class HDF5File {
     }
 
     /// Names of the attributes on `object`.
-    public func attributeNames(on object: String = "/") throws -> [String] {
-        return try HDF5Lock.locked {
+    public func attributeNames(on object: String = "/") -> [String] {
+        HDF5Lock.locked {
             var names: [String] = []
             let count = H5Aget_num_attrs_by_name(object)
             for i in 0..<max(count, 0) {
@@ -445,7 +444,7 @@ public final class HDF5File {
     private static func error(_ file: String, _ object: String, _ operation: String) -> HDF5Error {
         final class Message { var text = "" }
         let message = Message()
-        withExtendedLifetime(message) {
+        _ = withExtendedLifetime(message) {
             H5Ewalk2(shim_H5E_DEFAULT(), H5E_WALK_UPWARD, { _, e, context in
                 if let e, let desc = e.pointee.desc {
                     let m = Unmanaged<Message>.fromOpaque(context!).takeUnretainedValue()

@@ -1,0 +1,110 @@
+import Foundation
+import NN
+
+/// The whole configuration of a run: what `Launch/configs/*.yaml` holds. Every
+/// field has a default; a YAML file overrides any subset, and `--set a.b=value`
+/// overrides single keys after that. Keys are snake_case as in CompVis configs.
+public struct Config: Codable, Equatable, Sendable {
+    public var seed = 0
+    public var data = DataConfig()
+    public var autoencoder = AutoencoderStageConfig()
+
+    public init() {}
+}
+
+public struct DataConfig: Codable, Equatable, Sendable {
+    /// The prepared dataset (`ldm-train prepare`).
+    public var path = "Datasets/fashion-mnist.h5"
+    /// Images are zero-padded to this side length (28 → 32 for Fashion-MNIST).
+    public var resolution = 32
+    /// Random horizontal flips of training images.
+    public var flip = true
+}
+
+public struct AutoencoderStageConfig: Codable, Equatable, Sendable {
+    /// The reference model's name, for logs and checkpoints.
+    public var name = "kl-f4-fmnist"
+    public var model = AutoencoderArchitecture()
+    public var loss = AutoencoderLossConfig()
+    public var optimizer = OptimizerConfig(baseLR: 4.5e-6, beta1: 0.5, beta2: 0.9)
+    public var training = TrainingConfig()
+}
+
+public struct AutoencoderLossConfig: Codable, Equatable, Sendable {
+    /// "l1" or "l2", summed over pixels and averaged over the batch.
+    public var reconstruction = "l1"
+    /// Weight of the KL term (summed over latent elements, averaged over the batch).
+    public var klWeight = 1e-6
+    /// The patch discriminator (hinge loss) joins at step `disc_start` when enabled.
+    public var discEnabled = false
+    public var discStart = 50001
+    public var discWeight = 0.5
+    public var discLayers = 3
+    public var discChannels = 64
+
+    enum CodingKeys: String, CodingKey {
+        case reconstruction, klWeight = "kl_weight", discEnabled = "disc_enabled", discStart = "disc_start"
+        case discWeight = "disc_weight", discLayers = "disc_layers", discChannels = "disc_channels"
+    }
+}
+
+public struct OptimizerConfig: Codable, Equatable, Sendable {
+    /// Learning rate per sample of the global batch (CompVis's base_learning_rate):
+    /// the effective rate is base_lr × global batch when `scale_lr`, else base_lr.
+    public var baseLR: Double
+    public var scaleLR = true
+    public var beta1: Double
+    public var beta2: Double
+    public var eps = 1e-8
+    public var weightDecay = 0.0
+    /// AdamW's decoupled weight decay instead of Adam's L2 term.
+    public var decoupledWeightDecay = false
+    public var warmupSteps = 0
+    /// Clip the global gradient norm to this (0: no clipping).
+    public var gradClip = 0.0
+
+    public init(baseLR: Double, beta1: Double, beta2: Double) {
+        (self.baseLR, self.beta1, self.beta2) = (baseLR, beta1, beta2)
+    }
+
+    /// The learning rate the optimizer uses for a global batch of `globalBatch` samples.
+    public func effectiveLR(globalBatch: Int) -> Double { scaleLR ? baseLR * Double(globalBatch) : baseLR }
+
+    public var adam: Adam.Settings {
+        var s = Adam.Settings()
+        (s.beta1, s.beta2, s.eps, s.weightDecay, s.decoupled) = (beta1, beta2, eps, weightDecay, decoupledWeightDecay)
+        return s
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case baseLR = "base_lr", scaleLR = "scale_lr", beta1, beta2, eps, weightDecay = "weight_decay"
+        case decoupledWeightDecay = "decoupled_weight_decay", warmupSteps = "warmup_steps", gradClip = "grad_clip"
+    }
+}
+
+/// How long and how a stage trains; the command line's --steps, --batch-size,
+/// --accumulate, --checkpoint-every and --keep override these.
+public struct TrainingConfig: Codable, Equatable, Sendable {
+    /// Train until this global optimizer step.
+    public var steps = 6000
+    /// Per-rank micro-batch.
+    public var batchSize = 64
+    /// Micro-batches per optimizer step.
+    public var accumulate = 1
+    public var logEvery = 50
+    /// Steps between PNG grids and metrics lines with images.
+    public var imageEvery = 1000
+    public var checkpointEvery = 1000
+    public var keep = 3
+    /// Test images for the final PSNR/SSIM (0: the whole test split).
+    public var evalImages = 0
+
+    enum CodingKeys: String, CodingKey {
+        case steps, batchSize = "batch_size", accumulate, logEvery = "log_every", imageEvery = "image_every"
+        case checkpointEvery = "checkpoint_every", keep, evalImages = "eval_images"
+    }
+}
+
+extension AutoencoderStageConfig {
+    enum CodingKeys: String, CodingKey { case name, model, loss, optimizer, training }
+}

@@ -1,0 +1,109 @@
+import Storage
+import TensorEngine
+
+/// What a per-sample random number is for; each purpose has its own streams.
+public enum SampleRandomness: UInt64, Sendable {
+    case shuffle = 1, flip, posterior, diffusionTime, diffusionNoise, conditionDrop
+}
+
+/// The random stream of one training sample for one purpose: a pure function of
+/// (seed, purpose, epoch, global sample index), never of the rank or the number
+/// of ranks (DESIGN.md, invariant 2).
+public func sampleStream(seed: Int, _ purpose: SampleRandomness, epoch: Int, index: Int) -> RandomStream {
+    precondition(index >= 0 && index < 1 << 32 && epoch >= 0 && epoch < 1 << 24,
+                 "sample stream out of range: epoch \(epoch), index \(index)")
+    return RandomStream(seed: UInt64(bitPattern: Int64(seed)),
+                        stream: purpose.rawValue << 56 | UInt64(epoch) << 32 | UInt64(index))
+}
+
+/// The order of an epoch: a permutation of 0..<count from (seed, epoch) by
+/// Fisher–Yates with 64-bit Philox draws.
+public func epochPermutation(count: Int, seed: Int, epoch: Int) -> [Int] {
+    var order = Array(0..<count)
+    let stream = sampleStream(seed: seed, .shuffle, epoch: epoch, index: 0)
+    var i = count - 1
+    while i > 0 {
+        let w = stream.block(UInt64(i))
+        let r = (UInt64(w[0]) << 32 | UInt64(w[1])) % UInt64(i + 1)
+        order.swapAt(i, Int(r))
+        i -= 1
+    }
+    return order
+}
+
+/// Which samples each rank sees at each step. A global batch of
+/// perRankBatch × ranks × accumulate samples is a contiguous run of the epoch's
+/// permutation; rank r takes the r-th slice of it, micro-batch a the a-th part of
+/// that. The incomplete last global batch of an epoch is dropped, so every rank
+/// runs the same number of steps.
+public struct BatchPlan: Sendable, Equatable {
+    public let datasetSize: Int
+    public let perRankBatch: Int
+    public let ranks: Int
+    public let accumulate: Int
+
+    public init(datasetSize: Int, perRankBatch: Int, ranks: Int, accumulate: Int) {
+        (self.datasetSize, self.perRankBatch, self.ranks, self.accumulate) = (datasetSize, perRankBatch, ranks, accumulate)
+    }
+
+    public var globalBatch: Int { perRankBatch * ranks * accumulate }
+    public var stepsPerEpoch: Int { datasetSize / globalBatch }
+
+    /// The epoch that optimizer step `step` (0-based) falls in.
+    public func epoch(ofStep step: Int) -> Int { step / stepsPerEpoch }
+
+    /// Positions in the epoch's permutation read by `rank`'s micro-batch `micro` of `step`.
+    public func positions(step: Int, rank: Int, micro: Int) -> Range<Int> {
+        let start = (step % stepsPerEpoch) * globalBatch + (rank * accumulate + micro) * perRankBatch
+        return start..<(start + perRankBatch)
+    }
+}
+
+/// Turns dataset images into model inputs: u8 [C, H, W] → NHWC float in [−1, 1],
+/// zero-padded (−1 after scaling) to the model resolution, optionally flipped left
+/// to right with probability ½ per sample and epoch.
+public struct ImageBatcher {
+    public let split: ImageSplit
+    public let resolution: Int
+    public let flip: Bool
+    public let seed: Int
+
+    public init(split: ImageSplit, resolution: Int, flip: Bool, seed: Int) throws {
+        guard resolution >= split.height, resolution >= split.width else {
+            throw DataError("images are \(split.height)×\(split.width), larger than the model resolution \(resolution)")
+        }
+        (self.split, self.resolution, self.flip, self.seed) = (split, resolution, flip, seed)
+    }
+
+    /// Images `indices` as [indices.count, R, R, C]; flips drawn for `epoch` (none when nil).
+    public func images(_ indices: [Int], epoch: Int?) -> Tensor {
+        let (c, h, w, r) = (split.channels, split.height, split.width, resolution)
+        let top = (r - h) / 2, left = (r - w) / 2
+        let out = Tensor(shape: [indices.count, r, r, c], repeating: -1)
+        let p = out.pointer
+        split.images.withUnsafeBufferPointer { images in
+            for (b, index) in indices.enumerated() {
+                var mirrored = false
+                if flip, let epoch {
+                    var u: Float = 0
+                    sampleStream(seed: seed, .flip, epoch: epoch, index: index).fillUniform(&u, count: 1)
+                    mirrored = u < 0.5
+                }
+                let src = index * split.pixelsPerImage
+                for ch in 0..<c {
+                    for y in 0..<h {
+                        for x in 0..<w {
+                            let v = Float(images[src + (ch * h + y) * w + x]) / 127.5 - 1
+                            let ox = left + (mirrored ? w - 1 - x : x)
+                            p[((b * r + top + y) * r + ox) * c + ch] = v
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Labels of `indices`.
+    public func labels(_ indices: [Int]) -> [Int] { indices.map { Int(split.labels[$0]) } }
+}
