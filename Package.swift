@@ -44,7 +44,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .testTarget(name: "TensorEngineTests", dependencies: ["TensorEngine", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorEngine", "TestSupport"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "Distributed"]),
         .testTarget(name: "ShimTests", dependencies: ["CDNNL", "CMPI", "CHDF5"]),
         .testTarget(name: "CommandTests", dependencies: ["Training"]),
     ],

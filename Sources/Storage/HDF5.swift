@@ -119,25 +119,27 @@ public final class HDF5File {
     /// Fletcher32 checksum filter on each chunk when `checksum`.
     public func write<T: HDF5Element>(_ name: String, shape: [Int], _ data: UnsafeBufferPointer<T>,
                                       chunkRows: Int? = nil, checksum: Bool = true) throws {
-        precondition(data.count == shape.reduce(1, *), "\(name): \(data.count) elements for shape \(shape)")
-        let space = try dataspace(shape, name)
-        defer { H5Sclose(space) }
-        let dcpl = H5Pcreate(shim_H5P_DATASET_CREATE())
-        defer { H5Pclose(dcpl) }
-        if !shape.isEmpty && data.count > 0 {
-            var chunk = shape.map { hsize_t(max($0, 1)) }
-            chunk[0] = hsize_t(max(1, min(shape[0], chunkRows ?? shape[0])))
-            guard H5Pset_chunk(dcpl, Int32(chunk.count), chunk) >= 0 else { throw Self.error(path, name, "set chunk") }
-            if checksum { guard H5Pset_fletcher32(dcpl) >= 0 else { throw Self.error(path, name, "set fletcher32") } }
-        }
-        let lcpl = linkCreationProperties()
-        defer { H5Pclose(lcpl) }
-        let dset = H5Dcreate2(id, name, T.nativeType, space, lcpl, dcpl, shim_H5P_DEFAULT())
-        guard dset >= 0 else { throw Self.error(path, name, "create dataset") }
-        defer { H5Dclose(dset) }
-        if data.count > 0 {
-            guard H5Dwrite(dset, T.nativeType, shim_H5S_ALL(), shim_H5S_ALL(), shim_H5P_DEFAULT(), data.baseAddress) >= 0 else {
-                throw Self.error(path, name, "write")
+        try HDF5Lock.locked {
+            precondition(data.count == shape.reduce(1, *), "\(name): \(data.count) elements for shape \(shape)")
+            let space = try dataspace(shape, name)
+            defer { H5Sclose(space) }
+            let dcpl = H5Pcreate(shim_H5P_DATASET_CREATE())
+            defer { H5Pclose(dcpl) }
+            if !shape.isEmpty && data.count > 0 {
+                var chunk = shape.map { hsize_t(max($0, 1)) }
+                chunk[0] = hsize_t(max(1, min(shape[0], chunkRows ?? shape[0])))
+                guard H5Pset_chunk(dcpl, Int32(chunk.count), chunk) >= 0 else { throw Self.error(path, name, "set chunk") }
+                if checksum { guard H5Pset_fletcher32(dcpl) >= 0 else { throw Self.error(path, name, "set fletcher32") } }
+            }
+            let lcpl = linkCreationProperties()
+            defer { H5Pclose(lcpl) }
+            let dset = H5Dcreate2(id, name, T.nativeType, space, lcpl, dcpl, shim_H5P_DEFAULT())
+            guard dset >= 0 else { throw Self.error(path, name, "create dataset") }
+            defer { H5Dclose(dset) }
+            if data.count > 0 {
+                guard H5Dwrite(dset, T.nativeType, shim_H5S_ALL(), shim_H5S_ALL(), shim_H5P_DEFAULT(), data.baseAddress) >= 0 else {
+                    throw Self.error(path, name, "write")
+                }
             }
         }
     }

@@ -186,8 +186,8 @@ public final class AutoencoderTrainer {
     }
 }
 
-/// Checks the values a config needs before anything runs.
-func validate(_ config: Config) throws {
+/// Checks the values a config needs before anything runs (ranges, choices, shapes).
+public func validate(_ config: Config) throws {
     let t = config.autoencoder.training
     for (path, value) in [("steps", t.steps), ("batch_size", t.batchSize), ("accumulate", t.accumulate),
                           ("log_every", t.logEvery), ("image_every", t.imageEvery), ("checkpoint_every", t.checkpointEvery),

@@ -1,0 +1,105 @@
+import Foundation
+import Storage
+import Testing
+
+/// Runs the release `ldm-train` (built by Launch/test before the tests) in the package root.
+func ldmTrain(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
+    let binary = packageRoot.appendingPathComponent(".build/release/ldm-train").path
+    guard FileManager.default.isExecutableFile(atPath: binary) else {
+        throw CocoaError(.fileNoSuchFile, userInfo: [NSLocalizedDescriptionKey: "\(binary) missing: run Launch/test (it builds release first)"])
+    }
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: binary)
+    p.arguments = arguments
+    p.currentDirectoryURL = packageRoot
+    var environment = ProcessInfo.processInfo.environment
+    environment["LDM_THREADS"] = "1"
+    p.environment = environment
+    let out = Pipe(), err = Pipe()
+    (p.standardOutput, p.standardError) = (out, err)
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+func temporaryRun() -> String {
+    FileManager.default.temporaryDirectory.appendingPathComponent("swiftldm-run-\(UUID().uuidString.prefix(8))").path
+}
+
+/// Every float tensor of a checkpoint directory, by key.
+func checkpointTensors(_ directory: String) throws -> [String: [Float]] {
+    let index = try HDF5File.open(directory + "/index.h5")
+    var out: [String: [Float]] = [:]
+    for name in try index.datasetNames() where !name.hasPrefix("shards/") { out[name] = try index.read(name, as: Float.self).values }
+    return out
+}
+
+let smoke = ["--config", "Launch/configs/fmnist-smoke.yaml"]
+
+@Suite("ldm-train autoencoder", .serialized)
+struct AutoencoderCommandTests {
+    @Test("a smoke run trains, logs, draws its grid, checkpoints, evaluates; a second run resumes and has nothing to do")
+    func smokeRun() throws {
+        let run = temporaryRun()
+        let first = try ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run])
+        #expect(first.status == 0, "\(first.err)")
+        #expect(first.out.contains("step 4/4"))
+        #expect(first.out.contains("PSNR"))
+        let metrics = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        #expect(metrics.count == 3)
+        #expect(metrics.last?.contains("test_psnr") == true)
+        #expect(FileManager.default.fileExists(atPath: run + "/reconstructions-00000004.png"))
+        #expect(try String(contentsOfFile: run + "/latest", encoding: .utf8) == "step-00000004\n")
+        let second = try ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run])
+        #expect(second.status == 0, "\(second.err)")
+        #expect(second.out.contains("resumed from \(run)/step-00000004 (step 4)"))
+        #expect(!second.out.contains("step 2/4"))
+    }
+
+    @Test("stopping at step 2 and resuming to 4 gives bitwise the weights and moments of a straight run to 4")
+    func exactResume() throws {
+        let straight = temporaryRun(), resumed = temporaryRun()
+        let common = ["autoencoder"] + smoke + ["--data", preparedDataset, "--set", "autoencoder.training.eval_images=100"]
+        #expect(try ldmTrain(common + ["--run-dir", straight]).status == 0)
+        #expect(try ldmTrain(common + ["--run-dir", resumed, "--steps", "2"]).status == 0)
+        let rest = try ldmTrain(common + ["--run-dir", resumed, "--steps", "4"])
+        #expect(rest.status == 0 && rest.out.contains("(step 2)"), "\(rest.err)")
+        let a = try checkpointTensors(straight + "/step-00000004"), b = try checkpointTensors(resumed + "/step-00000004")
+        #expect(a.count > 100 && a.keys.sorted() == b.keys.sorted())
+        let differing = a.keys.filter { a[$0] != b[$0] }
+        #expect(differing.isEmpty, "differ: \(differing.sorted().prefix(5))")
+        #expect(a.keys.contains("optim/v/decoder/conv_out/weight"))
+    }
+
+    @Test("bad input gives one clear line naming the problem and a non-zero exit", arguments: [
+        (["--data", "/nonexistent/data.h5"], "/nonexistent/data.h5"),
+        (["--steps=-1"], "autoencoder.training.steps"),
+        (["--set", "autoencoder.model.ch_mul=[1]"], "did you mean 'autoencoder.model.ch_mult'"),
+        (["--set", "autoencoder.training.batch_size=lots"], "'autoencoder.training.batch_size' should be an integer"),
+        (["--config", "/nonexistent.yaml"], "/nonexistent.yaml"),
+        (["--resume", "/nonexistent/step-00000003"], "/nonexistent/step-00000003"),
+    ])
+    func badInput(_ extra: [String], _ expected: String) throws {
+        var arguments = ["autoencoder"] + smoke + ["--run-dir", temporaryRun()]
+        if !extra.contains("--data") { arguments += ["--data", preparedDataset] }
+        if extra.contains("--config") { arguments = ["autoencoder", "--run-dir", temporaryRun()] }
+        let result = try ldmTrain(arguments + extra)
+        #expect(result.status != 0)
+        let lines = result.err.split(separator: "\n").filter { !$0.isEmpty }
+        #expect(lines.count == 1, "\(result.err)")
+        #expect(result.err.contains(expected), "\(result.err)")
+    }
+
+    @Test("a non-finite loss stops the run naming the step and keeps the last good weights")
+    func nonFinite() throws {
+        let run = temporaryRun()
+        let result = try ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run, "--steps", "30",
+                                                           "--set", "autoencoder.optimizer.base_lr=1e30"])
+        #expect(result.status != 0)
+        #expect(result.err.contains("non-finite loss or gradient at step"), "\(result.err)")
+        let newest = try #require(CheckpointStore.stepDirectories(run).first)
+        let tensors = try checkpointTensors(run + "/" + newest.name)
+        #expect(tensors.values.allSatisfy { $0.allSatisfy(\.isFinite) })
+    }
+}

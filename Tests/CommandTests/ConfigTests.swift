@@ -1,0 +1,85 @@
+import Foundation
+import Testing
+import Training
+
+/// The package root, for the configs in Launch/configs.
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+func writeTemporary(_ text: String, name: String = "config.yaml") -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftldm-config-\(UUID().uuidString.prefix(8))")
+    try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    let path = dir.appendingPathComponent(name).path
+    try! text.write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+}
+
+@Suite("Configs")
+struct ConfigTests {
+    @Test("fmnist.yaml holds the reference autoencoder kl-f4-fmnist")
+    func reference() throws {
+        let c = try ConfigLoader.load(packageRoot.appendingPathComponent("Launch/configs/fmnist.yaml").path)
+        let m = c.autoencoder.model
+        #expect(m.inChannels == 1 && m.outCh == 1 && m.resolution == 32 && m.ch == 64 && m.chMult == [1, 2, 4])
+        #expect(m.numResBlocks == 1 && m.attnResolutions.isEmpty && m.zChannels == 4 && m.doubleZ && m.embedDim == 4)
+        #expect(c.autoencoder.loss.klWeight == 1e-6 && c.autoencoder.loss.reconstruction == "l1")
+        #expect(c.autoencoder.optimizer.beta1 == 0.5 && c.autoencoder.optimizer.beta2 == 0.9)
+        #expect(c.autoencoder.training.batchSize == 64)
+        #expect(m.factor == 4 && m.latentSize == 8)
+        try validate(c)
+        try validate(try ConfigLoader.load(packageRoot.appendingPathComponent("Launch/configs/fmnist-smoke.yaml").path))
+    }
+
+    @Test("a file overrides only what it names; --set overrides after the file")
+    func overrides() throws {
+        let path = writeTemporary("autoencoder:\n  model:\n    ch_mult: [1, 2]\n  training:\n    steps: 7\n")
+        let c = try ConfigLoader.load(path, overrides: ["autoencoder.training.steps=9", "autoencoder.loss.kl_weight=0.5",
+                                                       "data.flip=false"])
+        #expect(c.autoencoder.model.chMult == [1, 2])
+        #expect(c.autoencoder.model.ch == Config().autoencoder.model.ch)
+        #expect(c.autoencoder.training.steps == 9)
+        #expect(c.autoencoder.loss.klWeight == 0.5)
+        #expect(c.data.flip == false)
+    }
+
+    @Test("an unknown key names its path, line and the closest known key")
+    func unknownKey() throws {
+        let path = writeTemporary("autoencoder:\n  model:\n    ch_mul: [1, 2]\n")
+        let error = #expect(throws: ConfigError.self) { try ConfigLoader.load(path) }
+        #expect(error?.description == "\(path):3: unknown key 'autoencoder.model.ch_mul' (did you mean 'autoencoder.model.ch_mult'?)")
+        let set = #expect(throws: ConfigError.self) { try ConfigLoader.load(nil, overrides: ["autoencoder.trainig.steps=3"]) }
+        #expect(set?.description.contains("'autoencoder.trainig'") == true)
+        #expect(set?.description.contains("did you mean 'autoencoder.training'") == true)
+    }
+
+    @Test("a wrong type names the key and what it should be")
+    func wrongType() throws {
+        let text = writeTemporary("autoencoder:\n  training:\n    steps: many\n")
+        let e1 = #expect(throws: ConfigError.self) { try ConfigLoader.load(text) }
+        #expect(e1?.description == "\(text): 'autoencoder.training.steps' should be an integer")
+        let list = writeTemporary("autoencoder:\n  model:\n    ch_mult: 4\n")
+        let e2 = #expect(throws: ConfigError.self) { try ConfigLoader.load(list) }
+        #expect(e2?.description.contains("'autoencoder.model.ch_mult' should be a list") == true)
+        let mapping = writeTemporary("data: 3\n")
+        let e3 = #expect(throws: ConfigError.self) { try ConfigLoader.load(mapping) }
+        #expect(e3?.description.contains("'data' should be a mapping") == true)
+    }
+
+    @Test("values out of range are rejected with their key path")
+    func invalid() throws {
+        for (set, key) in [("autoencoder.training.steps=-1", "steps"), ("autoencoder.training.batch_size=0", "batch_size"),
+                           ("autoencoder.loss.reconstruction=l3", "reconstruction"), ("autoencoder.model.ch=48", "model")] {
+            let c = try ConfigLoader.load(nil, overrides: [set])
+            let e = #expect(throws: ConfigError.self) { try validate(c) }
+            #expect(e?.description.contains(key) == true, "\(set)")
+        }
+        let missing = #expect(throws: ConfigError.self) { try ConfigLoader.load("/nonexistent/config.yaml") }
+        #expect(missing?.description.contains("/nonexistent/config.yaml") == true)
+    }
+
+    @Test("the config round-trips through its YAML text (what checkpoints record)")
+    func roundTrip() throws {
+        let c = try ConfigLoader.load(nil, overrides: ["seed=5", "autoencoder.model.ch_mult=[1, 1, 2, 2]"])
+        let path = writeTemporary(try ConfigLoader.yaml(c))
+        #expect(try ConfigLoader.load(path) == c)
+    }
+}
