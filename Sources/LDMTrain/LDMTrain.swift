@@ -8,9 +8,9 @@ struct LDMTrain: ParsableCommand {
         commandName: "ldm-train",
         abstract: "Train a two-stage Latent Diffusion Model (autoencoder, then latent diffusion) on CPU ranks.",
         discussion: "Start N ranks on this machine with Launch/mpirun-local -n N ldm-train ...",
-        subcommands: [Pipeline.self, Prepare.self, Autoencoder.self, Encode.self, Diffusion.self, Sample.self,
+        subcommands: [PipelineCommand.self, Prepare.self, Autoencoder.self, Encode.self, Diffusion.self, Sample.self,
                       Inspect.self, Bench.self],
-        defaultSubcommand: Pipeline.self)
+        defaultSubcommand: PipelineCommand.self)
 }
 
 /// A stage whose issue has not landed yet: one clear line and a non-zero exit.

@@ -35,11 +35,25 @@ struct TrainingOptions: ParsableArguments {
     }
 }
 
-struct Pipeline: ParsableCommand {
+struct PipelineCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "prepare → autoencoder → encode → diffusion → sample, skipping complete stages.")
-    @OptionGroup var training: TrainingOptions
-    func run() throws { throw NotBuiltYet(command: "pipeline", issue: 6) }
+        commandName: "pipeline",
+        abstract: "prepare → autoencoder → encode → diffusion → sample, skipping complete stages.",
+        discussion: "Outputs go to Datasets/ and Checkpoints/<stage>; run it again to resume.")
+    @Option(help: "Config file (YAML).") var config = "Launch/configs/fmnist.yaml"
+    @Option(help: "Random seed.") var seed: Int?
+    @Option(name: .customLong("set"), help: "Config override key.path=value (repeatable).") var overrides: [String] = []
+    @Option(help: "Threads per rank (default: cores ÷ ranks on this node).") var threads: Int?
+
+    func run() throws {
+        if let threads {
+            guard threads > 0 else { throw ValidationError("--threads must be positive, got \(threads)") }
+            Threads.configure(threads)
+        }
+        let loaded = try ConfigLoader.load(config, overrides: (seed.map { ["seed=\($0)"] } ?? []) + overrides)
+        try Training.validate(loaded)
+        try Training.Pipeline.run(config: loaded, communicator: SingleProcess())
+    }
 }
 
 struct Prepare: ParsableCommand {

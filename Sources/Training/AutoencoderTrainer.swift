@@ -99,6 +99,9 @@ public final class AutoencoderTrainer {
         let evaluated = stage.training.evalImages > 0 ? min(stage.training.evalImages, test.split.count) : test.split.count
         log.say(String(format: "test split (%d images): PSNR %.2f dB, SSIM %.4f", evaluated, metrics.psnr, metrics.ssim))
         log.record(["step": state.step, "test_psnr": metrics.psnr, "test_ssim": metrics.ssim])
+        if comm.isRoot {
+            try Pipeline.markComplete(options.runDirectory, step: state.step, metrics: ["test_psnr": metrics.psnr, "test_ssim": metrics.ssim])
+        }
         return metrics
     }
 

@@ -1,0 +1,53 @@
+import Distributed
+import Foundation
+import Storage
+
+/// `ldm-train` with no arguments: prepare → autoencoder → encode → diffusion →
+/// sample, each stage skipped when its output is complete, so running it again
+/// resumes where it stopped instead of starting over.
+public enum Pipeline {
+    /// Where the pipeline keeps each stage's output.
+    public struct Layout: Sendable {
+        public var fashionMNISTSource = "/usr/share/datasets/fashion-mnist"
+        public var autoencoderRun = "Checkpoints/autoencoder"
+        public init() {}
+    }
+
+    public static func run(config: Config, layout: Layout = Layout(), communicator comm: Communicator) throws {
+        let say: (String) -> Void = { if comm.isRoot { print($0); fflush(stdout) } }
+        // 1. prepare (rank 0 writes; the others wait for a complete file)
+        var problem = ""
+        if comm.isRoot && !FileManager.default.fileExists(atPath: config.data.path) {
+            say("== prepare: \(layout.fashionMNISTSource) → \(config.data.path)")
+            do { try ImageDataset.prepareFashionMNIST(source: layout.fashionMNISTSource, out: config.data.path) } catch {
+                problem = "\(error)"
+            }
+        }
+        problem = try comm.broadcast(problem)
+        guard problem.isEmpty else { throw DataError(problem) }
+        // 2. autoencoder
+        let steps = config.autoencoder.training.steps
+        if let done = completedStep(layout.autoencoderRun), done >= steps {
+            say("== autoencoder: complete at step \(done) in \(layout.autoencoderRun), skipped")
+        } else {
+            say("== autoencoder → \(layout.autoencoderRun)")
+            try AutoencoderTrainer(config: config, options: RunOptions(runDirectory: layout.autoencoderRun), communicator: comm).run()
+        }
+    }
+
+    /// The step recorded in a run's `complete` marker (written when a stage finishes), if any.
+    public static func completedStep(_ runDirectory: String) -> Int? {
+        guard let text = try? String(contentsOfFile: runDirectory + "/complete", encoding: .utf8),
+              let data = text.data(using: .utf8),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
+        return object["step"] as? Int
+    }
+
+    /// Marks a stage's run directory complete at `step`, with its final metrics.
+    static func markComplete(_ runDirectory: String, step: Int, metrics: [String: Double]) throws {
+        var object: [String: Any] = metrics
+        object["step"] = step
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        try data.write(to: URL(fileURLWithPath: runDirectory + "/complete"), options: .atomic)
+    }
+}
