@@ -41,6 +41,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
+        // Run by the distributed tests under Launch/mpirun-local: exact collective and bucket sums.
+        .executableTarget(name: "CollectiveCheck", dependencies: ["Distributed", "TensorEngine"], swiftSettings: kernelSettings),
         .target(name: "TestSupport", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .testTarget(name: "TensorEngineTests", dependencies: ["TensorEngine", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorEngine", "TestSupport"]),

@@ -52,7 +52,7 @@ struct PipelineCommand: ParsableCommand {
         }
         let loaded = try ConfigLoader.load(config, overrides: (seed.map { ["seed=\($0)"] } ?? []) + overrides)
         try Training.validate(loaded)
-        try Training.Pipeline.run(config: loaded, communicator: SingleProcess())
+        try distributed { comm in try Training.Pipeline.run(config: loaded, communicator: comm) }
     }
 }
 
@@ -75,7 +75,7 @@ struct Autoencoder: ParsableCommand {
         let config = try training.load(stage: "autoencoder", data: data)
         var options = RunOptions(runDirectory: runDir)
         options.resume = training.resume
-        try AutoencoderTrainer(config: config, options: options, communicator: SingleProcess()).run()
+        try distributed { comm in try AutoencoderTrainer(config: config, options: options, communicator: comm).run() }
     }
 }
 

@@ -34,7 +34,7 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
     let y = Tensor(uninitialized: [g.n, g.outH, g.outW, g.o])
     kernels.forward(x: x.pointer, w: weight.pointer, b: bias?.pointer, y: y.pointer)
     if Tape.needsGrad(x, weight, bias) {
-        Tape.record(y) { dy in
+        Tape.record(y, inputs: [x, weight, bias]) { dy in
             if x.requiresGrad {
                 x.withGradient { dx, accumulate in
                     if accumulate {

@@ -71,7 +71,7 @@ private func broadcastBackward(_ t: Tensor, isA: Bool, plan: BroadcastPlan, dOut
 public func + (a: Tensor, b: Tensor) -> Tensor {
     let (out, plan) = broadcastMap(a, b, "add") { $0 + $1 }
     if Tape.needsGrad(a, b) {
-        Tape.record(out) { g in
+        Tape.record(out, inputs: [a, b]) { g in
             broadcastBackward(a, isA: true, plan: plan, dOut: g, a: a, b: b) { g, _, _ in g }
             broadcastBackward(b, isA: false, plan: plan, dOut: g, a: a, b: b) { g, _, _ in g }
         }
@@ -83,7 +83,7 @@ public func + (a: Tensor, b: Tensor) -> Tensor {
 public func - (a: Tensor, b: Tensor) -> Tensor {
     let (out, plan) = broadcastMap(a, b, "sub") { $0 - $1 }
     if Tape.needsGrad(a, b) {
-        Tape.record(out) { g in
+        Tape.record(out, inputs: [a, b]) { g in
             broadcastBackward(a, isA: true, plan: plan, dOut: g, a: a, b: b) { g, _, _ in g }
             broadcastBackward(b, isA: false, plan: plan, dOut: g, a: a, b: b) { g, _, _ in -g }
         }
@@ -95,7 +95,7 @@ public func - (a: Tensor, b: Tensor) -> Tensor {
 public func * (a: Tensor, b: Tensor) -> Tensor {
     let (out, plan) = broadcastMap(a, b, "mul") { $0 * $1 }
     if Tape.needsGrad(a, b) {
-        Tape.record(out) { g in
+        Tape.record(out, inputs: [a, b]) { g in
             broadcastBackward(a, isA: true, plan: plan, dOut: g, a: a, b: b) { g, _, y in g * y }
             broadcastBackward(b, isA: false, plan: plan, dOut: g, a: a, b: b) { g, x, _ in g * x }
         }
@@ -107,7 +107,7 @@ public func * (a: Tensor, b: Tensor) -> Tensor {
 public func / (a: Tensor, b: Tensor) -> Tensor {
     let (out, plan) = broadcastMap(a, b, "div") { $0 / $1 }
     if Tape.needsGrad(a, b) {
-        Tape.record(out) { g in
+        Tape.record(out, inputs: [a, b]) { g in
             broadcastBackward(a, isA: true, plan: plan, dOut: g, a: a, b: b) { g, _, y in g / y }
             broadcastBackward(b, isA: false, plan: plan, dOut: g, a: a, b: b) { g, x, y in -g * x / (y * y) }
         }
@@ -129,7 +129,7 @@ private func pointwise<F: PointwiseFunction>(_ x: Tensor, _ f: F) -> Tensor {
     let px = x.pointer, py = out.pointer
     parallelFor(x.count, grain: 65536) { r in for i in r { py[i] = f.value(px[i]) } }
     if Tape.needsGrad(x) {
-        Tape.record(out) { g in
+        Tape.record(out, inputs: [x]) { g in
             let pg = g.pointer
             x.withGradient { dx, accumulate in
                 parallelFor(x.count, grain: 65536) { r in

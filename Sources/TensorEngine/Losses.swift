@@ -27,7 +27,7 @@ private func reductionLoss(_ x: Tensor, _ y: Tensor, _ name: String, value: (Flo
     }
     let out = Tensor(Float(total / Double(max(n, 1))))
     if Tape.needsGrad(x, y) {
-        Tape.record(out) { g in
+        Tape.record(out, inputs: [x, y]) { g in
             let s = g.item / Float(max(n, 1))
             for (t, sign) in [(x, Float(1)), (y, Float(-1))] where t.requiresGrad {
                 t.withGradient { d, accumulate in
@@ -58,7 +58,7 @@ public func klDiagonalGaussian(mean: Tensor, logvar: Tensor) -> Tensor {
         out.pointer[s] = Float(0.5 * acc)
     }
     if Tape.needsGrad(mean, logvar) {
-        Tape.record(out) { g in
+        Tape.record(out, inputs: [mean, logvar]) { g in
             let pg = g.pointer
             if mean.requiresGrad {
                 mean.withGradient { d, accumulate in
@@ -86,7 +86,7 @@ extension Tensor {
         let px = pointer, po = out.pointer
         for i in 0..<count { po[i] = Swift.min(Swift.max(px[i], lo), hi) }
         if Tape.needsGrad(x) {
-            Tape.record(out) { g in
+            Tape.record(out, inputs: [x]) { g in
                 let pg = g.pointer
                 x.withGradient { d, accumulate in
                     for i in 0..<x.count {

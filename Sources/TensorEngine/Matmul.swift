@@ -20,7 +20,7 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transpose
     DNNL.matmul(MatmulGeometry(batch: batch, m: rows, k: k, n: n, transposeA: transposeA, transposeB: transposeB,
                                accumulate: false), a.pointer, b.pointer, out.pointer)
     if Tape.needsGrad(a, b) {
-        Tape.record(out) { dc in
+        Tape.record(out, inputs: [a, b]) { dc in
             // C = op(A)·op(B)  ⇒  d op(A) = dC·op(B)ᵀ,  d op(B) = op(A)ᵀ·dC.
             if a.requiresGrad {
                 a.withGradient { da, accumulate in

@@ -40,7 +40,7 @@ public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, ep
         }
     }
     if Tape.needsGrad(x, weight, bias) {
-        Tape.record(y) { dy in
+        Tape.record(y, inputs: [x, weight, bias]) { dy in
             let pg = dy.pointer, pm = mean.pointer, pr = rstd.pointer   // the closure keeps the statistics alive
             // Per sample: channel sums of dy and dy·x, then per-channel coefficients
             // dx = dy·A[c] + x·B[c] + C[c] (derivation in the file header).
@@ -139,7 +139,7 @@ public func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, eps: Float = 1e
         }
     }
     if Tape.needsGrad(x, weight, bias) {
-        Tape.record(y) { dy in
+        Tape.record(y, inputs: [x, weight, bias]) { dy in
             let pg = dy.pointer, pm = mean.pointer, pr = rstd.pointer   // the closure keeps the statistics alive
             if x.requiresGrad {
                 x.withGradient { dx, accumulate in

@@ -22,7 +22,7 @@ extension Tensor {
             }
         }
         if Tape.needsGrad(self) {
-            Tape.record(out) { [self] g in
+            Tape.record(out, inputs: [self]) { [self] g in
                 let pg = g.pointer
                 withZeroedGradient { d in
                     plan.forEachRow { o, _, bo in

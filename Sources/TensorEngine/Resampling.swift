@@ -20,7 +20,7 @@ public func upsampleNearest2x(_ x: Tensor) -> Tensor {
         }
     }
     if Tape.needsGrad(x) {
-        Tape.record(y) { dy in
+        Tape.record(y, inputs: [x]) { dy in
             let pg = dy.pointer
             x.withGradient { dx, accumulate in
                 parallelFor(n * h) { range in
@@ -52,7 +52,7 @@ public func embedding(_ table: Tensor, indices: [Int], shape indexShape: [Int]? 
     let y = Tensor(uninitialized: outShape)
     for (r, i) in indices.enumerated() { (y.pointer + r * d).update(from: table.pointer + i * d, count: d) }
     if Tape.needsGrad(table) {
-        Tape.record(y) { dy in
+        Tape.record(y, inputs: [table]) { dy in
             table.withZeroedGradient { dt in
                 for (r, i) in indices.enumerated() {
                     let src = dy.pointer + r * d, dst = dt + i * d

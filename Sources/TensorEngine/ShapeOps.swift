@@ -12,7 +12,7 @@ extension Tensor {
         precondition(resolved.reduce(1, *) == count, "cannot reshape \(shape) to \(newShape)")
         let out = Tensor(shape: resolved, storage: storage)
         if Tape.needsGrad(self) {
-            Tape.record(out) { [self] g in
+            Tape.record(out, inputs: [self]) { [self] g in
                 let pg = g.pointer
                 withGradient { d, accumulate in
                     if accumulate { for i in 0..<count { d[i] += pg[i] } } else { d.update(from: pg, count: count) }
@@ -33,7 +33,7 @@ extension Tensor {
         if Tape.needsGrad(self) {
             var inverse = [Int](repeating: 0, count: rank)
             for (i, d) in dims.enumerated() { inverse[d] = i }
-            Tape.record(out) { [self] g in
+            Tape.record(out, inputs: [self]) { [self] g in
                 let gStrides = contiguousStrides(outShape)
                 withGradient { d, accumulate in
                     permuteCopy(from: g.pointer, to: d, outShape: shape,
@@ -56,7 +56,7 @@ extension Tensor {
         let src = pointer, dst = out.pointer, rowIn = shape[ax] * inner, rowOut = range.count * inner
         for o in 0..<outer { (dst + o * rowOut).update(from: src + o * rowIn + range.lowerBound * inner, count: rowOut) }
         if Tape.needsGrad(self) {
-            Tape.record(out) { [self] g in
+            Tape.record(out, inputs: [self]) { [self] g in
                 let pg = g.pointer
                 withZeroedGradient { d in
                     for o in 0..<outer {
@@ -104,7 +104,7 @@ public func concat(_ parts: [Tensor], axis: Int) -> Tensor {
         offset += rowIn
     }
     if Tape.needsGrad(parts) {
-        Tape.record(out) { g in
+        Tape.record(out, inputs: parts) { g in
             for (p, off) in zip(parts, offsets) where p.requiresGrad {
                 let rowIn = p.shape[ax] * inner, pg = g.pointer + off
                 p.withGradient { d, accumulate in

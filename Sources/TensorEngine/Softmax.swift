@@ -16,7 +16,7 @@ public func softmax(_ x: Tensor) -> Tensor {
         }
     }
     if Tape.needsGrad(x) {
-        Tape.record(y) { dy in
+        Tape.record(y, inputs: [x]) { dy in
             let pg = dy.pointer
             x.withGradient { dx, accumulate in
                 parallelFor(rows, grain: 64) { range in

@@ -7,6 +7,8 @@ import Foundation
 public final class Tape {
     struct Entry {
         let output: Tensor
+        /// The op's inputs that are watched leaves (see `Tensor.readyIndex`).
+        let watched: [Tensor]
         let backward: (_ dOutput: Tensor) -> Void
     }
 
@@ -36,8 +38,16 @@ public final class Tape {
     /// Number of recorded ops not yet consumed by backward().
     public var count: Int { entries.count }
 
+    /// Called during backward with a watched leaf's `readyIndex` as soon as the last
+    /// op using it has added its gradient: data-parallel training starts reducing
+    /// gradient buckets while backward goes on.
+    public var onGradientReady: ((Int) -> Void)?
+
     /// Drops recorded ops without running them (an evaluation pass, an aborted step).
-    public func reset() { entries.removeAll(keepingCapacity: true) }
+    public func reset() {
+        for entry in entries { for t in entry.watched { t.pendingUses = 0 } }
+        entries.removeAll(keepingCapacity: true)
+    }
 
     /// True when an op over these inputs must be recorded.
     @inline(__always)
@@ -49,11 +59,16 @@ public final class Tape {
         return current.isRecording
     }
 
-    /// Records `output` as produced by an op whose backward is `backward`.
-    static func record(_ output: Tensor, backward: @escaping (_ dOutput: Tensor) -> Void) {
+    /// Records `output` as produced from `inputs` by an op whose backward is `backward`.
+    static func record(_ output: Tensor, inputs: [Tensor?], backward: @escaping (_ dOutput: Tensor) -> Void) {
         output.requiresGrad = true
         output.hasTapeEntry = true
-        current.entries.append(Entry(output: output, backward: backward))
+        var watched: [Tensor] = []
+        for case let t? in inputs where t.readyIndex != nil && t.requiresGrad {
+            t.pendingUses += 1
+            watched.append(t)
+        }
+        current.entries.append(Entry(output: output, watched: watched, backward: backward))
     }
 }
 
@@ -93,11 +108,16 @@ extension Tensor {
         }
         let tape = Tape.current
         for entry in tape.entries.reversed() {
-            guard let dOutput = entry.output.grad else { continue }
-            entry.backward(dOutput)
-            entry.output.grad = nil
+            if let dOutput = entry.output.grad {
+                entry.backward(dOutput)
+                entry.output.grad = nil
+            }
+            for t in entry.watched {
+                t.pendingUses -= 1
+                if t.pendingUses == 0, let index = t.readyIndex { tape.onGradientReady?(index) }
+            }
         }
-        tape.reset()
+        tape.entries.removeAll(keepingCapacity: true)
     }
 
     /// Gives `body` this tensor's gradient buffer. `accumulate` is false when the

@@ -15,6 +15,11 @@ public final class Tensor {
     public var grad: Tensor?
     /// True when this tensor was produced by a recorded op (not a leaf).
     var hasTapeEntry = false
+    /// Set on a leaf (a parameter) to be told when backward has finished its
+    /// gradient: `Tape.onGradientReady` receives this index.
+    public var readyIndex: Int?
+    /// Recorded ops that use this watched leaf and have not run backward yet.
+    var pendingUses = 0
 
     /// A tensor over existing storage; `storage.count` must equal the shape's size.
     public init(shape: [Int], storage: TensorStorage, requiresGrad: Bool = false) {

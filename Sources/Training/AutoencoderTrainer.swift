@@ -30,6 +30,7 @@ public final class AutoencoderTrainer {
     let checkpoints: CheckpointStore
     let stage: AutoencoderStageConfig
     let order: EpochOrder
+    let sync: GradientSynchronizer
 
     public init(config: Config, options: RunOptions, communicator: Communicator) throws {
         self.config = config
@@ -56,6 +57,7 @@ public final class AutoencoderTrainer {
         }
         step = AutoencoderStep(config: stage, seed: config.seed)
         order = EpochOrder(count: trainSplit.count, seed: config.seed)
+        sync = makeSynchronizer(step.arena, config.distributed, comm)
         let log = self.log
         checkpoints = CheckpointStore(runDirectory: options.runDirectory, communicator: comm, say: { log.say($0) })
     }
@@ -68,6 +70,7 @@ public final class AutoencoderTrainer {
             state = restored
             step.optimizer.step = state.step
         }
+        try startUp(state)
         let lr = stage.optimizer.effectiveLR(globalBatch: plan.globalBatch)
         let total = stage.training.steps
         log.say("autoencoder \(stage.name): \(step.model.parameterCount()) parameters, \(comm.size) rank(s) × batch "
@@ -76,8 +79,12 @@ public final class AutoencoderTrainer {
                 + "steps \(state.step) → \(total), \(Threads.count) thread(s) per rank")
         var window = (losses: AutoencoderLosses(), steps: 0, started: Date())
         let runStart = Date(), firstStep = state.step
+        var stepSeconds: [Double] = []
         while state.step < total {
+            let stepStart = Date()
             let losses = try trainStep(&state, lr: warmupLearningRate(base: lr, step: state.step, warmupSteps: stage.optimizer.warmupSteps))
+            stepSeconds.append(Date().timeIntervalSince(stepStart))
+            setWatchdog(config.distributed, stepSeconds, comm)
             window.losses = window.losses + losses
             window.steps += 1
             let done = state.step == total
@@ -113,7 +120,9 @@ public final class AutoencoderTrainer {
         step.arena.zeroGradients()
         var losses = AutoencoderLosses()
         let latent = [stage.model.latentSize, stage.model.latentSize, stage.model.embedDim]
+        (comm as? MPICommunicator)?.context = "autoencoder step \(state.step + 1)"
         for micro in 0..<plan.accumulate {
+            if micro == plan.accumulate - 1 { sync.beginBackward() }   // gradients are reduced on the last micro-batch only
             let indices = plan.positions(step: state.step, rank: comm.rank, micro: micro).map { order[$0] }
             let x = train.images(indices, epoch: epoch)
             let noise = Tensor(uninitialized: [indices.count] + latent)
@@ -123,8 +132,7 @@ public final class AutoencoderTrainer {
             }
             losses = losses + step.accumulate(x, noise: noise, scale: 1 / Float(plan.accumulate * comm.size), step: state.step)
         }
-        let g = step.arena.gradients
-        try comm.allReduceSum(UnsafeMutableBufferPointer(start: g.pointer, count: g.count))
+        try sync.finish()
         var parts = [losses.total, losses.reconstruction, losses.kl]
         try parts.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
         let mean = AutoencoderLosses(total: parts[0], reconstruction: parts[1], kl: parts[2])
@@ -143,6 +151,20 @@ public final class AutoencoderTrainer {
         state.epoch = plan.epoch(ofStep: state.step)
         state.samplesConsumed = Int64(state.step * plan.globalBatch)
         return mean
+    }
+
+    /// Rank 0's weights and optimizer state on every rank, then a check that the
+    /// ranks agree on the model, buckets, config and step.
+    func startUp(_ state: TrainingCursor) throws {
+        guard comm.size > 1 else { return }
+        let arenas = [step.arena.values, step.optimizer.m, step.optimizer.v]
+        try StartUp.broadcastFromRoot(arenas.map { UnsafeMutableBufferPointer(start: $0.pointer, count: $0.count) }, comm)
+        try StartUp.checkAgreement([
+            ("parameter names and shapes", step.arena.entries.map { "\($0.key)\($0.tensor.shape)" }.joined(separator: ";")),
+            ("gradient bucket layout", sync.buckets.map { "\($0.range)" }.joined(separator: ";")),
+            ("config", try ConfigLoader.yaml(config)),
+            ("step", "\(state.step)"),
+        ], comm)
     }
 
     /// The tensors a checkpoint holds: parameters and Adam's moments, by key.

@@ -8,6 +8,7 @@ public struct Config: Codable, Equatable, Sendable {
     public var seed = 0
     public var data = DataConfig()
     public var autoencoder = AutoencoderStageConfig()
+    public var distributed = DistributedConfig()
 
     public init() {}
 }
@@ -19,6 +20,21 @@ public struct DataConfig: Codable, Equatable, Sendable {
     public var resolution = 32
     /// Random horizontal flips of training images.
     public var flip = true
+}
+
+/// How gradients are averaged over ranks (DESIGN.md, "Distribution").
+public struct DistributedConfig: Codable, Equatable, Sendable {
+    /// The first bucket is small so communication starts early in backward.
+    public var firstBucketMiB = 1.0
+    public var bucketMiB = 25.0
+    /// Reduce buckets on a communication thread during backward (false: after it).
+    public var overlap = true
+    /// Seconds a collective may take before the job is ended (0: max(120 s, 20× the median step)).
+    public var watchdogSeconds = 0.0
+
+    enum CodingKeys: String, CodingKey {
+        case firstBucketMiB = "first_bucket_mib", bucketMiB = "bucket_mib", overlap, watchdogSeconds = "watchdog_seconds"
+    }
 }
 
 public struct AutoencoderStageConfig: Codable, Equatable, Sendable {

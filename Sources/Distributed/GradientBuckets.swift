@@ -1,0 +1,150 @@
+import Foundation
+import TensorEngine
+
+/// Averages gradients over ranks the way PyTorch DDP's reducer does: parameters
+/// are grouped into flat buckets (the first small, ~1 MiB, so communication starts
+/// early; then ~25 MiB) over the gradient arena, whose layout already follows the
+/// reverse order of use; the gradients live in the arena (no copies). During
+/// backward, each parameter reports when its gradient is final
+/// (`Tape.onGradientReady`); a bucket whose parameters are all final is summed
+/// over ranks by a communication thread, in bucket order on every rank, while
+/// backward goes on. OpenMPI here has no asynchronous progress, so the thread
+/// issues blocking MPI_Allreduce calls; `overlap: false` reduces every bucket after
+/// backward instead (to measure what the overlap buys).
+public final class GradientSynchronizer {
+    /// A run of whole parameters: floats `range` of the arena, parameters `parameters`.
+    public struct Bucket: Equatable, Sendable {
+        public let range: Range<Int>
+        public let parameters: Range<Int>
+    }
+
+    public let buckets: [Bucket]
+    /// The bucket of each parameter (by its index in the arena's layout order).
+    private let bucketOf: [Int]
+    private let gradients: UnsafeMutablePointer<Float>
+    private let comm: Communicator
+    public let overlap: Bool
+
+    // Shared with the communication thread, under `condition`.
+    private let condition = NSCondition()
+    private var remaining: [Int] = []     // per bucket: parameters not yet final
+    private var next = 0                  // the bucket the thread reduces next
+    private var active = false
+    private var failure: Error?
+    private var thread: Thread?
+    private var stopping = false
+    /// Seconds the last `finish()` waited for communication after backward ended.
+    public private(set) var lastExposedSeconds = 0.0
+
+    /// `parameters` are (offset, count) in floats, in arena order; buckets close
+    /// at parameter boundaries once they reach their size (a parameter larger
+    /// than a bucket gets a bucket of its own).
+    public init(gradients: UnsafeMutablePointer<Float>, parameters: [(offset: Int, count: Int)], arenaCount: Int,
+                communicator: Communicator, firstBucketBytes: Int = 1 << 20, bucketBytes: Int = 25 << 20, overlap: Bool = true) {
+        var buckets: [Bucket] = [], bucketOf: [Int] = []
+        var start = 0, firstParameter = 0
+        for i in parameters.indices {
+            bucketOf.append(buckets.count)
+            let end = i + 1 < parameters.count ? parameters[i + 1].offset : arenaCount
+            let limit = (buckets.isEmpty ? firstBucketBytes : bucketBytes) / 4
+            if end - start >= limit || i == parameters.count - 1 {
+                buckets.append(Bucket(range: start..<end, parameters: firstParameter..<(i + 1)))
+                (start, firstParameter) = (end, i + 1)
+            }
+        }
+        self.buckets = buckets
+        self.bucketOf = bucketOf
+        self.gradients = gradients
+        self.comm = communicator
+        self.overlap = overlap && communicator.size > 1
+    }
+
+    deinit {
+        condition.lock()
+        stopping = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Hooks into this thread's tape before the backward of the last micro-batch.
+    public func beginBackward() {
+        condition.lock()
+        remaining = buckets.map { $0.parameters.count }
+        next = 0
+        active = true
+        failure = nil
+        condition.unlock()
+        guard overlap else { return }
+        if thread == nil { startThread() }
+        Tape.current.onGradientReady = { [weak self] index in self?.parameterReady(index) }
+    }
+
+    /// Called by the tape when parameter `index`'s gradient is final.
+    func parameterReady(_ index: Int) {
+        condition.lock()
+        remaining[bucketOf[index]] -= 1
+        if remaining[bucketOf[index]] == 0 { condition.broadcast() }
+        condition.unlock()
+    }
+
+    /// After backward: buckets whose parameters were never used are released, and
+    /// this waits until every bucket has been summed over ranks.
+    public func finish() throws {
+        Tape.current.onGradientReady = nil
+        let waitStart = Date()
+        if overlap {
+            condition.lock()
+            for b in buckets.indices { remaining[b] = 0 }
+            condition.broadcast()
+            while active && failure == nil { condition.wait() }
+            let error = failure
+            condition.unlock()
+            if let error { throw error }
+        } else {
+            for bucket in buckets { try reduce(bucket) }
+            condition.lock()
+            active = false
+            condition.unlock()
+        }
+        lastExposedSeconds = Date().timeIntervalSince(waitStart)
+    }
+
+    /// Sums every bucket now (no tape involved): for steps without hooks.
+    public func reduceAll() throws {
+        for bucket in buckets { try reduce(bucket) }
+    }
+
+    private func reduce(_ bucket: Bucket) throws {
+        try comm.allReduceSum(UnsafeMutableBufferPointer(start: gradients + bucket.range.lowerBound, count: bucket.range.count))
+    }
+
+    private func startThread() {
+        let t = Thread { [weak self] in self?.communicate() }
+        t.name = "gradient-buckets"
+        t.start()
+        thread = t
+    }
+
+    /// The communication thread: reduces bucket `next` once it is complete, in order.
+    private func communicate() {
+        condition.lock()
+        while !stopping {
+            guard active, next < buckets.count, remaining[next] == 0 else {
+                condition.wait()
+                continue
+            }
+            let bucket = buckets[next]
+            condition.unlock()
+            var error: Error?
+            do { try reduce(bucket) } catch let e { error = e }
+            condition.lock()
+            if let error { failure = error }
+            next += 1
+            if next == buckets.count || failure != nil {
+                active = false
+                condition.broadcast()
+            }
+        }
+        condition.unlock()
+    }
+}

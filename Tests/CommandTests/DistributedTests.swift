@@ -1,0 +1,138 @@
+import Foundation
+import Storage
+import Testing
+
+/// A job started through Launch/mpirun-local (the way users start ranks), with a
+/// time limit; `during` runs while it is running (to stop or kill a rank).
+func mpirunLocal(_ ranks: Int, _ arguments: [String], timeout: Double = 300,
+                 during: ((Process) -> Void)? = nil) throws -> (status: Int32, out: String, err: String, seconds: Double) {
+    let p = Process()
+    p.executableURL = packageRoot.appendingPathComponent("Launch/mpirun-local")
+    p.arguments = ["-n", String(ranks)] + arguments
+    p.currentDirectoryURL = packageRoot
+    let outFile = FileManager.default.temporaryDirectory.appendingPathComponent("mpirun-\(UUID().uuidString).out")
+    let errFile = FileManager.default.temporaryDirectory.appendingPathComponent("mpirun-\(UUID().uuidString).err")
+    FileManager.default.createFile(atPath: outFile.path, contents: nil)
+    FileManager.default.createFile(atPath: errFile.path, contents: nil)
+    p.standardOutput = try FileHandle(forWritingTo: outFile)
+    p.standardError = try FileHandle(forWritingTo: errFile)
+    let start = Date()
+    try p.run()
+    during?(p)
+    while p.isRunning && Date().timeIntervalSince(start) < timeout { Thread.sleep(forTimeInterval: 0.1) }
+    if p.isRunning { p.terminate(); Thread.sleep(forTimeInterval: 1); kill(p.processIdentifier, SIGKILL) }
+    p.waitUntilExit()
+    let seconds = Date().timeIntervalSince(start)
+    return (p.terminationStatus, try String(contentsOf: outFile, encoding: .utf8), try String(contentsOf: errFile, encoding: .utf8), seconds)
+}
+
+/// PIDs of ldm-train processes whose command line mentions `marker`, ascending.
+func rankProcesses(_ marker: String) -> [pid_t] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { Int32($0) }.filter { pid in
+        guard let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8),
+              comm.trimmingCharacters(in: .whitespacesAndNewlines) == "ldm-train",
+              let cmdline = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return false }
+        return String(decoding: cmdline, as: UTF8.self).contains(marker)
+    }.sorted()
+}
+
+/// Waits until `path` exists (a sign the job is training), up to `seconds`.
+func waitFor(_ path: String, seconds: Double) -> Bool {
+    let start = Date()
+    while Date().timeIntervalSince(start) < seconds {
+        if FileManager.default.fileExists(atPath: path) { return true }
+        Thread.sleep(forTimeInterval: 0.2)
+    }
+    return false
+}
+
+/// Largest ‖a − b‖ / ‖a‖ over the parameters of two checkpoints, and where.
+func worstRelativeDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> (Double, String) {
+    var worst = (0.0, "")
+    for (key, x) in a where key.hasPrefix("params/") {
+        guard let y = b[key], y.count == x.count else { return (.infinity, key) }
+        var d = 0.0, n = 0.0
+        for i in x.indices { d += Double(x[i] - y[i]) * Double(x[i] - y[i]); n += Double(x[i]) * Double(x[i]) }
+        let r = d.squareRoot() / max(n.squareRoot(), 1e-30)
+        if r > worst.0 { worst = (r, key) }
+    }
+    return worst
+}
+
+@Suite("Data parallel over real mpirun", .serialized)
+struct DistributedTests {
+    @Test("collectives and gradient buckets sum exactly at 2, 3 and 8 ranks (odd sizes, buckets smaller than a parameter)",
+          arguments: [2, 3, 8])
+    func collectives(ranks: Int) throws {
+        let check = packageRoot.appendingPathComponent(".build/release/CollectiveCheck").path
+        for (sizes, bucket, first) in [("7,1,300,13,64,5", "40", "16"), ("7,1,300,13,64,5", "1048576", "64"), ("1000", "4", "4")] {
+            let r = try mpirunLocal(ranks, [check, sizes, bucket, first], timeout: 120)
+            #expect(r.status == 0, "\(sizes) \(bucket): \(r.err)")
+            #expect(r.out.split(separator: "\n").filter { $0.hasPrefix("ok ") }.count == ranks, "\(r.out)")
+        }
+    }
+
+    /// 4 steps of the smoke autoencoder at 1 × 8, 2 × 4 and 4 × 2. Adam normalises
+    /// each gradient element, so parameters whose gradient is zero in exact
+    /// arithmetic (conv biases in front of one-channel GroupNorm groups, attention's
+    /// k bias) would turn float summation noise into full-size steps; eps = 1e-3 and
+    /// a small learning rate keep those steps proportional to their gradients, so
+    /// what remains is summation order. Turning the flips off changes what the
+    /// samples are and must show up far above the tolerance.
+    @Test("the autoencoder ends with the same weights at 1, 2 and 4 ranks for the same global batch")
+    func worldSizeInvariance() throws {
+        let common = ["ldm-train", "autoencoder"] + smoke + ["--data", preparedDataset, "--set", "autoencoder.training.eval_images=100",
+                                                             "--set", "autoencoder.optimizer.eps=1e-3", "--set", "autoencoder.optimizer.base_lr=1e-6"]
+        var results: [String: [Float]] = [:]
+        var runs: [[String: [Float]]] = []
+        for (ranks, batch, extra) in [(1, 8, [String]()), (2, 4, []), (4, 2, []), (2, 4, ["--set", "data.flip=false"])] {
+            let run = temporaryRun()
+            let r = try mpirunLocal(ranks, common + ["--run-dir", run, "--batch-size", String(batch)] + extra)
+            #expect(r.status == 0, "\(ranks) ranks: \(r.err)")
+            results = try checkpointTensors(run + "/step-00000004")
+            runs.append(results)
+        }
+        for (i, label) in [(1, "2 × 4"), (2, "4 × 2")] {
+            let (worst, key) = worstRelativeDifference(runs[0], runs[i])
+            #expect(worst < 1e-5, "\(label): \(key) differs by \(worst)")
+        }
+        let (control, _) = worstRelativeDifference(runs[0], runs[3])
+        #expect(control > 1e-3, "turning flips off changed nothing: \(control)")
+    }
+
+    @Test("a rank killed mid-run ends the whole job with a non-zero exit within seconds")
+    func rankKilled() throws {
+        let run = temporaryRun()
+        var killedAt = Date()
+        let r = try mpirunLocal(2, ["ldm-train", "autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run, "--steps", "5000"],
+                                timeout: 120) { _ in
+            _ = waitFor(run + "/step-00000002", seconds: 60)
+            let ranks = rankProcesses(run)
+            if let victim = ranks.last { kill(victim, SIGKILL) }
+            killedAt = Date()
+        }
+        #expect(r.status != 0)
+        #expect(Date().timeIntervalSince(killedAt) < 15, "the job took \(Date().timeIntervalSince(killedAt)) s to end")
+        #expect(rankProcesses(run).isEmpty)
+    }
+
+    @Test("a stopped rank (SIGSTOP) trips the watchdog, which names rank and step and ends the job")
+    func rankStopped() throws {
+        let run = temporaryRun()
+        var stopped: pid_t = 0
+        var stoppedAt = Date()
+        let r = try mpirunLocal(2, ["ldm-train", "autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run, "--steps", "5000",
+                                                                            "--set", "distributed.watchdog_seconds=4"], timeout: 120) { _ in
+            _ = waitFor(run + "/step-00000002", seconds: 60)
+            stopped = rankProcesses(run).last ?? 0
+            if stopped > 0 { kill(stopped, SIGSTOP) }
+            stoppedAt = Date()
+        }
+        if stopped > 0 { kill(stopped, SIGKILL) }
+        #expect(r.status != 0)
+        #expect(Date().timeIntervalSince(stoppedAt) < 30)
+        #expect(r.err.contains("has not finished after"), "\(r.err)")
+        #expect(r.err.contains("autoencoder step"), "\(r.err)")
+    }
+}
