@@ -31,15 +31,18 @@ struct Bench: ParsableCommand {
     }
 
     @Option(help: "autoencoder, unet: config whose model is timed.") var config = "Launch/configs/fmnist.yaml"
+    @Option(name: .customLong("set"), help: "autoencoder, unet: config override key.path=value (repeatable).") var overrides: [String] = []
 
     func run() throws {
         if let threads { Threads.configure(threads) } else { Threads.configure(Threads.count) }
         switch target {
         case .ops: try runOps()
         case .autoencoder:
-            let stage = try ConfigLoader.load(config).autoencoder
-            let timing = try ModelBenchmark.autoencoder(config: stage, batch: batchSize, steps: steps, communicator: SingleProcess())
-            try report(timing)
+            let loaded = try ConfigLoader.load(config, overrides: overrides)
+            try distributed { comm in
+                let timing = try ModelBenchmark.autoencoder(config: loaded, batch: batchSize, steps: steps, communicator: comm)
+                if comm.isRoot { try report(timing) }
+            }
         case .unet: throw NotBuiltYet(command: "bench unet", issue: 6)
         }
     }
@@ -50,8 +53,10 @@ struct Bench: ParsableCommand {
             encoder.outputFormatting = [.sortedKeys]
             print(String(decoding: try encoder.encode(t), as: UTF8.self))
         } else {
-            print(String(format: "bench %@: batch %d × %d rank(s), %d thread(s): %.1f ms/step, %.1f img/s, peak RSS %.0f MiB",
-                         t.bench, t.batchSize, t.ranks, t.threads, t.stepMs, t.imgPerS, t.peakRssMib))
+            print(String(format: "bench %@: batch %d × %d rank(s), %d thread(s): %.1f ms/step, %.1f img/s (all ranks), "
+                         + "peak RSS %.0f MiB, all-reduce waited on after backward %.1f ms (%.1f%%, overlap %@)",
+                         t.bench, t.batchSize, t.ranks, t.threads, t.stepMs, t.imgPerS, t.peakRssMib, t.exposedCommMs,
+                         100 * t.exposedCommMs / t.stepMs, t.overlap ? "on" : "off"))
         }
     }
 

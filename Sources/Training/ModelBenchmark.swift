@@ -15,10 +15,14 @@ public struct ModelTiming: Codable, Sendable {
     /// Images per second of this rank (of all ranks on rank 0's total line).
     public var imgPerS: Double
     public var peakRssMib: Double
+    /// Median time a step waited for gradient all-reduce after backward ended.
+    public var exposedCommMs: Double
+    /// Gradient reduction overlapped with backward (a communication thread).
+    public var overlap: Bool
 
     enum CodingKeys: String, CodingKey {
         case bench, batchSize = "batch_size", ranks, threads, steps, stepMs = "step_ms", imgPerS = "img_per_s"
-        case peakRssMib = "peak_rss_mib"
+        case peakRssMib = "peak_rss_mib", exposedCommMs = "exposed_comm_ms", overlap
     }
 }
 
@@ -26,20 +30,24 @@ public struct ModelTiming: Codable, Sendable {
 public enum ModelBenchmark {
     /// The autoencoder of `config` (the reference recipe by default): forward,
     /// backward, gradient all-reduce and Adam at `batch` images per rank.
-    public static func autoencoder(config: AutoencoderStageConfig, batch: Int, steps: Int,
-                                   communicator comm: Communicator) throws -> ModelTiming {
-        let step = AutoencoderStep(config: config, seed: 0)
-        let r = config.model.resolution, l = config.model.latentSize
-        let x = Tensor.randomUniform([batch, r, r, config.model.inChannels], stream: RandomStream(seed: 1), low: -1, high: 1)
-        let noise = Tensor.randomNormal([batch, l, l, config.model.embedDim], stream: RandomStream(seed: 2))
-        let g = step.arena.gradients
+    public static func autoencoder(config: Config, batch: Int, steps: Int, communicator comm: Communicator) throws -> ModelTiming {
+        let stage = config.autoencoder
+        let step = AutoencoderStep(config: stage, seed: 0)
+        let sync = makeSynchronizer(step.arena, config.distributed, comm)
+        let r = stage.model.resolution, l = stage.model.latentSize
+        let x = Tensor.randomUniform([batch, r, r, stage.model.inChannels], stream: RandomStream(seed: 1, stream: UInt64(comm.rank)),
+                                     low: -1, high: 1)
+        let noise = Tensor.randomNormal([batch, l, l, stage.model.embedDim], stream: RandomStream(seed: 2))
+        var exposed: [Double] = []
         let times = try timeSteps(steps) {
             step.arena.zeroGradients()
+            sync.beginBackward()
             _ = step.accumulate(x, noise: noise, scale: 1 / Float(comm.size), step: 0)
-            try comm.allReduceSum(UnsafeMutableBufferPointer(start: g.pointer, count: g.count))
+            try sync.finish()
+            exposed.append(sync.lastExposedSeconds * 1000)
             step.optimizer.update(lr: 1e-4)
         }
-        return result("autoencoder", batch: batch, times: times, comm: comm)
+        return try result("autoencoder", batch: batch, times: times, exposed: Array(exposed.suffix(steps)), overlap: sync.overlap, comm: comm)
     }
 
     /// Runs `body` `steps` times after two warm-up steps; wall times in ms.
@@ -52,11 +60,23 @@ public enum ModelBenchmark {
         }
     }
 
-    static func result(_ name: String, batch: Int, times: [Double], comm: Communicator) -> ModelTiming {
-        let median = times.sorted()[times.count / 2]
+    /// This rank's medians; with several ranks, img/s is the sum over ranks and the
+    /// step time and exposed communication the slowest rank's.
+    static func result(_ name: String, batch: Int, times: [Double], exposed: [Double], overlap: Bool,
+                       comm: Communicator) throws -> ModelTiming {
+        func median(_ v: [Double]) -> Double { v.isEmpty ? 0 : v.sorted()[v.count / 2] }
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
-        return ModelTiming(bench: name, batchSize: batch, ranks: comm.size, threads: Threads.count, steps: times.count,
-                           stepMs: median, imgPerS: Double(batch) / median * 1000, peakRssMib: Double(usage.ru_maxrss) / 1024)
+        var t = ModelTiming(bench: name, batchSize: batch, ranks: comm.size, threads: Threads.count, steps: times.count,
+                            stepMs: median(times), imgPerS: Double(batch) / median(times) * 1000,
+                            peakRssMib: Double(usage.ru_maxrss) / 1024, exposedCommMs: median(exposed), overlap: overlap)
+        guard comm.size > 1 else { return t }
+        t.imgPerS = try comm.sum(t.imgPerS)
+        let all = try comm.allGather([t.stepMs, t.exposedCommMs, t.peakRssMib].withUnsafeBytes { Array($0) })
+            .withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
+        t.stepMs = stride(from: 0, to: all.count, by: 3).map { all[$0] }.max()!
+        t.exposedCommMs = stride(from: 1, to: all.count, by: 3).map { all[$0] }.max()!
+        t.peakRssMib = stride(from: 2, to: all.count, by: 3).map { all[$0] }.max()!
+        return t
     }
 }
