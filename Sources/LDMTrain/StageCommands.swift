@@ -81,10 +81,14 @@ struct Autoencoder: ParsableCommand {
 
 struct Encode: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Write the latent cache z = E(x).")
-    @Option(help: "Autoencoder run directory.") var autoencoder: String
-    @Option(help: "Dataset file.") var data = "Datasets/fashion-mnist.h5"
+    @Option(help: "Autoencoder run directory (its newest valid checkpoint) or step directory.") var autoencoder: String
+    @Option(help: "Dataset file (default: the one the autoencoder was trained on).") var data: String?
     @Option(help: "Output directory.") var out = "Datasets/fashion-mnist-latents"
-    func run() throws { throw NotBuiltYet(command: "encode", issue: 5) }
+    @Option(help: "Threads per rank (default: cores ÷ ranks on this node).") var threads: Int?
+    func run() throws {
+        if let threads { Threads.configure(max(1, threads)) }
+        try distributed { comm in try EncodeStage.run(autoencoder: autoencoder, data: data, out: out, communicator: comm) }
+    }
 }
 
 struct Diffusion: ParsableCommand {

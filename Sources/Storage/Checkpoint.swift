@@ -21,8 +21,11 @@ public struct CheckpointTensor {
 /// Where a run stands, as saved with its tensors.
 public struct TrainingCursor: Sendable, Equatable {
     public var step = 0
+    /// The data cursor: the epoch of the last batch and the position in that
+    /// epoch's permutation where the next batch starts.
     public var epoch = 0
-    /// Samples of the training set consumed so far (step × global batch): the data cursor.
+    public var epochOffset = 0
+    /// Training samples consumed so far, over all ranks.
     public var samplesConsumed: Int64 = 0
     /// EMA updates applied (stage 2).
     public var emaUpdates = 0
@@ -148,6 +151,7 @@ public final class CheckpointStore {
         try index.setAttribute("model", a.kind)
         try index.setAttribute("step", Int64(a.cursor.step))
         try index.setAttribute("epoch", Int64(a.cursor.epoch))
+        try index.setAttribute("epoch_offset", Int64(a.cursor.epochOffset))
         try index.setAttribute("samples_consumed", a.cursor.samplesConsumed)
         try index.setAttribute("ema_updates", Int64(a.cursor.emaUpdates))
         try index.setAttribute("world_size", Int64(a.worldSize))

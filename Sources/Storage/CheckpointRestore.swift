@@ -109,8 +109,30 @@ extension CheckpointStore {
         var cursor = TrainingCursor()
         cursor.step = Int(try index.attribute("step", as: Int64.self) ?? 0)
         cursor.epoch = Int(try index.attribute("epoch", as: Int64.self) ?? 0)
+        cursor.epochOffset = Int(try index.attribute("epoch_offset", as: Int64.self) ?? 0)
         cursor.samplesConsumed = try index.attribute("samples_consumed", as: Int64.self) ?? 0
         cursor.emaUpdates = Int(try index.attribute("ema_updates", as: Int64.self) ?? 0)
         return cursor
+    }
+}
+
+extension CheckpointStore {
+    /// A checkpoint's identity: its step directory name and a hash of its shards'
+    /// CRC-32s, e.g. "step-00006000/9f3a…" (what a latent cache records of its autoencoder).
+    public static func identity(of directory: String) throws -> String {
+        let index = try HDF5File.open("\(directory)/index.h5")
+        let crcs = try index.read("shards/crc32", as: Int64.self).values
+        let hash = StartUp.fnv1a(crcs.map(String.init).joined(separator: ","))
+        return "\((directory as NSString).lastPathComponent)/\(String(hash, radix: 16))"
+    }
+
+    /// The step directory `path` names: itself, or a run directory's newest valid one.
+    public static func resolve(_ path: String) throws -> String {
+        if FileManager.default.fileExists(atPath: "\(path)/index.h5") {
+            if let problem = problem(with: path) { throw CheckpointError.invalid(path: path, reason: problem) }
+            return path
+        }
+        for (_, name) in stepDirectories(path) where problem(with: "\(path)/\(name)") == nil { return "\(path)/\(name)" }
+        throw CheckpointError.invalid(path: path, reason: "no complete checkpoint in it")
     }
 }

@@ -31,6 +31,7 @@ public final class AutoencoderTrainer {
     let stage: AutoencoderStageConfig
     let order: EpochOrder
     let sync: GradientSynchronizer
+    let trace: SampleTrace?
 
     public init(config: Config, options: RunOptions, communicator: Communicator) throws {
         self.config = config
@@ -58,6 +59,7 @@ public final class AutoencoderTrainer {
         step = AutoencoderStep(config: stage, seed: config.seed)
         order = EpochOrder(count: trainSplit.count, seed: config.seed)
         sync = makeSynchronizer(step.arena, config.distributed, comm)
+        trace = SampleTrace(rank: comm.rank)
         let log = self.log
         checkpoints = CheckpointStore(runDirectory: options.runDirectory, communicator: comm, say: { log.say($0) })
     }
@@ -115,7 +117,7 @@ public final class AutoencoderTrainer {
     /// One optimizer step: every micro-batch's gradients summed into the arena,
     /// averaged over ranks, checked, clipped, applied.
     func trainStep(_ state: inout TrainingCursor, lr: Double) throws -> AutoencoderLosses {
-        let epoch = plan.epoch(ofStep: state.step)
+        let (epoch, offset) = plan.batchStart(epoch: state.epoch, offset: state.epochOffset)
         let order = self.order(epoch)
         step.arena.zeroGradients()
         var losses = AutoencoderLosses()
@@ -123,7 +125,8 @@ public final class AutoencoderTrainer {
         (comm as? MPICommunicator)?.context = "autoencoder step \(state.step + 1)"
         for micro in 0..<plan.accumulate {
             if micro == plan.accumulate - 1 { sync.beginBackward() }   // gradients are reduced on the last micro-batch only
-            let indices = plan.positions(step: state.step, rank: comm.rank, micro: micro).map { order[$0] }
+            let indices = plan.positions(offset: offset, rank: comm.rank, micro: micro).map { order[$0] }
+            trace?.record(step: state.step + 1, epoch: epoch, indices: indices)
             let x = train.images(indices, epoch: epoch)
             let noise = Tensor(uninitialized: [indices.count] + latent)
             let per = latent.reduce(1, *)
@@ -148,8 +151,8 @@ public final class AutoencoderTrainer {
         }
         step.optimizer.update(lr: lr)
         state.step += 1
-        state.epoch = plan.epoch(ofStep: state.step)
-        state.samplesConsumed = Int64(state.step * plan.globalBatch)
+        (state.epoch, state.epochOffset) = (epoch, offset + plan.globalBatch)
+        state.samplesConsumed += Int64(plan.globalBatch)
         return mean
     }
 

@@ -1,4 +1,3 @@
-import Distributed
 import NN
 import Storage
 import TensorEngine
@@ -40,27 +39,5 @@ final class EpochOrder {
             epoch = e
         }
         return order
-    }
-}
-
-/// Gradient buckets over `arena` (each parameter reports readiness by its index
-/// in the arena's layout).
-func makeSynchronizer(_ arena: ParameterArena, _ config: DistributedConfig, _ comm: Communicator) -> GradientSynchronizer {
-    for (i, e) in arena.entries.enumerated() { e.tensor.readyIndex = i }
-    return GradientSynchronizer(gradients: arena.gradients.pointer, parameters: arena.entries.map { ($0.offset, $0.tensor.count) },
-                                arenaCount: arena.count, communicator: comm,
-                                firstBucketBytes: Int(config.firstBucketMiB * 1_048_576), bucketBytes: Int(config.bucketMiB * 1_048_576),
-                                overlap: config.overlap)
-}
-
-/// The watchdog's deadline: the configured seconds, or max(120 s, 20× the median of
-/// the recent step times).
-func setWatchdog(_ config: DistributedConfig, _ stepSeconds: [Double], _ comm: Communicator) {
-    guard let mpi = comm as? MPICommunicator else { return }
-    if config.watchdogSeconds > 0 {
-        mpi.deadline = config.watchdogSeconds
-    } else {
-        let recent = stepSeconds.suffix(50).sorted()
-        mpi.deadline = max(120, 20 * (recent.isEmpty ? 0 : recent[recent.count / 2]))
     }
 }

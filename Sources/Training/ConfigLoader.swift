@@ -57,6 +57,16 @@ public enum ConfigLoader {
         }
     }
 
+    /// A config from YAML text (what a checkpoint records), named `source` in errors.
+    public static func load(yamlText text: String, source: String) throws -> Config {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("swiftldm-config-\(UUID().uuidString).yaml").path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do { return try load(path) } catch let e as ConfigError {
+            throw ConfigError.unreadable(file: source, reason: "its recorded config does not load: \(e)")
+        }
+    }
+
     /// The YAML text of a config (what checkpoints record).
     public static func yaml(_ config: Config) throws -> String { try YAMLEncoder().encode(config) }
 

@@ -33,9 +33,11 @@ public func epochPermutation(count: Int, seed: Int, epoch: Int) -> [Int] {
 
 /// Which samples each rank sees at each step. A global batch of
 /// perRankBatch × ranks × accumulate samples is a contiguous run of the epoch's
-/// permutation; rank r takes the r-th slice of it, micro-batch a the a-th part of
-/// that. The incomplete last global batch of an epoch is dropped, so every rank
-/// runs the same number of steps.
+/// permutation starting at the data cursor (epoch, offset); rank r takes the r-th
+/// slice of it, micro-batch a the a-th part of that. A run that would cross the
+/// end of the epoch is dropped and the next epoch starts, so every rank runs the
+/// same number of steps. The cursor is in samples, not steps, so a run resumed with
+/// another number of ranks continues with no sample repeated or skipped.
 public struct BatchPlan: Sendable, Equatable {
     public let datasetSize: Int
     public let perRankBatch: Int
@@ -49,12 +51,15 @@ public struct BatchPlan: Sendable, Equatable {
     public var globalBatch: Int { perRankBatch * ranks * accumulate }
     public var stepsPerEpoch: Int { datasetSize / globalBatch }
 
-    /// The epoch that optimizer step `step` (0-based) falls in.
-    public func epoch(ofStep step: Int) -> Int { step / stepsPerEpoch }
+    /// Where the next global batch starts for a cursor at (epoch, offset).
+    public func batchStart(epoch: Int, offset: Int) -> (epoch: Int, offset: Int) {
+        offset + globalBatch > datasetSize ? (epoch + 1, 0) : (epoch, offset)
+    }
 
-    /// Positions in the epoch's permutation read by `rank`'s micro-batch `micro` of `step`.
-    public func positions(step: Int, rank: Int, micro: Int) -> Range<Int> {
-        let start = (step % stepsPerEpoch) * globalBatch + (rank * accumulate + micro) * perRankBatch
+    /// Positions in the epoch's permutation read by `rank`'s micro-batch `micro` of
+    /// the global batch starting at `offset`.
+    public func positions(offset: Int, rank: Int, micro: Int) -> Range<Int> {
+        let start = offset + (rank * accumulate + micro) * perRankBatch
         return start..<(start + perRankBatch)
     }
 }

@@ -63,19 +63,21 @@ struct DataTests {
     @Test("a global batch is the same set of samples for any split into ranks and micro-batches")
     func batchPlan() {
         let layouts = [(8, 1, 1), (4, 2, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1), (1, 1, 8)]
-        for step in [0, 1, 7, 10] {
+        for offset in [0, 8, 56, 88] {
             var sets: [[Int]] = []
             for (b, ranks, acc) in layouts {
                 let plan = BatchPlan(datasetSize: 100, perRankBatch: b, ranks: ranks, accumulate: acc)
                 #expect(plan.globalBatch == 8 && plan.stepsPerEpoch == 12)
                 var all: [Int] = []
-                for r in 0..<ranks { for m in 0..<acc { all += Array(plan.positions(step: step, rank: r, micro: m)) } }
+                for r in 0..<ranks { for m in 0..<acc { all += Array(plan.positions(offset: offset, rank: r, micro: m)) } }
                 sets.append(all.sorted())
             }
             #expect(sets.allSatisfy { $0 == sets[0] })
-            #expect(sets[0] == Array((step % 12 * 8)..<(step % 12 * 8 + 8)))
+            #expect(sets[0] == Array(offset..<(offset + 8)))
         }
-        #expect(BatchPlan(datasetSize: 100, perRankBatch: 8, ranks: 1, accumulate: 1).epoch(ofStep: 12) == 1)
+        let plan = BatchPlan(datasetSize: 100, perRankBatch: 8, ranks: 1, accumulate: 1)
+        #expect(plan.batchStart(epoch: 0, offset: 88) == (0, 88))
+        #expect(plan.batchStart(epoch: 0, offset: 96) == (1, 0))   // 4 left: dropped
     }
 
     @Test("images are padded to 32 with −1, scaled to [−1, 1], and flipped per (seed, epoch, sample)")

@@ -1,0 +1,135 @@
+import Distributed
+import Foundation
+
+/// The latent cache z = E(x) (DESIGN.md, "Files on disk"): every rank writes the
+/// rows it encoded to `shard-<r>-of-<R>.h5`; `index.h5` stitches them with virtual
+/// datasets `mean` and `logvar` [N, c, h, w] f32 (NCHW, as PyTorch holds them),
+/// `label` [N] i32 and `source_index` [N] i64, and records where they came from.
+public enum LatentCache {
+    public static let format = "swiftldm-latents"
+
+    /// What `index.h5`'s attributes say about a cache.
+    public struct Info: Sendable, Equatable {
+        public var count = 0
+        public var channels = 0, height = 0, width = 0
+        public var factor = 0
+        public var scaleFactor = 1.0
+        public var autoencoder = ""
+        public var dataset = ""
+        public var split = ""
+        public init() {}
+    }
+
+    /// One rank's rows: `start` is its first row in the whole cache; mean and
+    /// logvar are NCHW [n, c, h, w].
+    public struct Rows {
+        public var start: Int
+        public var mean: [Float], logvar: [Float]
+        public var labels: [Int32], sourceIndex: [Int64]
+        public init(start: Int, mean: [Float], logvar: [Float], labels: [Int32], sourceIndex: [Int64]) {
+            (self.start, self.mean, self.logvar, self.labels, self.sourceIndex) = (start, mean, logvar, labels, sourceIndex)
+        }
+    }
+
+    /// Writes a cache with every rank: shards in `<directory>.partial`, then rank 0's
+    /// index, then a rename, so `directory` is either complete or absent.
+    public static func write(_ directory: String, rows: Rows, info: Info, communicator comm: Communicator) throws {
+        let partial = directory + ".partial"
+        var problem = ""
+        if comm.isRoot {
+            do {
+                try? FileManager.default.removeItem(atPath: partial)
+                try FileManager.default.createDirectory(atPath: partial, withIntermediateDirectories: true)
+            } catch { problem = "\(error)" }
+        }
+        problem = try comm.broadcast(problem)
+        guard problem.isEmpty else { throw DataError("\(partial): \(problem)") }
+        let n = rows.labels.count, per = info.channels * info.height * info.width
+        let shape = [n, info.channels, info.height, info.width]
+        do {
+            let f = try HDF5File.create("\(partial)/\(CheckpointStore.shardName(rank: comm.rank, of: comm.size))")
+            try f.write("mean", shape: shape, rows.mean, chunkRows: 1024)
+            try f.write("logvar", shape: shape, rows.logvar, chunkRows: 1024)
+            try f.write("label", shape: [n], rows.labels, chunkRows: 4096)
+            try f.write("source_index", shape: [n], rows.sourceIndex, chunkRows: 4096)
+            try f.close()
+        } catch { problem = "rank \(comm.rank): \(error)" }
+        guard try comm.all(problem.isEmpty) else { throw DataError("\(partial): writing the shards failed: \(problem)") }
+        precondition(rows.mean.count == n * per, "latent rows: \(rows.mean.count) values for \(n) × \(per)")
+        // Row ranges of every rank, gathered so rank 0 can map them.
+        let ranges = try comm.allGather([Int64(rows.start), Int64(n)].withUnsafeBytes { Array($0) })
+            .withUnsafeBytes { Array($0.bindMemory(to: Int64.self)) }
+        if comm.isRoot {
+            do {
+                let index = try HDF5File.create("\(partial)/index.h5")
+                let sources = { (dataset: String) in (0..<comm.size).map { r in
+                    VirtualSource(file: CheckpointStore.shardName(rank: r, of: comm.size), dataset: dataset,
+                                  rows: Int(ranges[2 * r])..<Int(ranges[2 * r] + ranges[2 * r + 1]))
+                } }
+                let total = info.count
+                let full = [total, info.channels, info.height, info.width]
+                try index.writeVirtual("mean", shape: full, type: Float.self, sources: sources("mean"))
+                try index.writeVirtual("logvar", shape: full, type: Float.self, sources: sources("logvar"))
+                try index.writeVirtual("label", shape: [total], type: Int32.self, sources: sources("label"))
+                try index.writeVirtual("source_index", shape: [total], type: Int64.self, sources: sources("source_index"))
+                try index.setAttribute("format", format)
+                try index.setAttribute("autoencoder", info.autoencoder)
+                try index.setAttribute("f", Int64(info.factor))
+                try index.setAttribute("c", Int64(info.channels))
+                try index.setAttribute("scale_factor", info.scaleFactor)
+                try index.setAttribute("dataset", info.dataset)
+                try index.setAttribute("split", info.split)
+                try index.setAttribute("world_size", Int64(comm.size))
+                try index.setAttribute("created", ISO8601DateFormatter().string(from: Date()))
+                try index.close()
+                if FileManager.default.fileExists(atPath: directory) { try FileManager.default.removeItem(atPath: directory) }
+                try FileManager.default.moveItem(atPath: partial, toPath: directory)
+            } catch { problem = "\(error)" }
+        }
+        problem = try comm.broadcast(problem)
+        guard problem.isEmpty else { throw DataError("\(directory): writing the index failed: \(problem)") }
+    }
+
+    /// Reads a cache's attributes and checks its shapes.
+    public static func info(_ directory: String) throws -> Info {
+        let index: HDF5File
+        do { index = try HDF5File.open("\(directory)/index.h5") } catch {
+            throw DataError("\(directory): not a latent cache (\(error)); make one with 'ldm-train encode'")
+        }
+        guard try index.stringAttribute("format") == format else { throw DataError("\(directory)/index.h5: not a \(format) file") }
+        let shape = try index.shape(of: "mean")
+        guard shape.count == 4, try index.shape(of: "logvar") == shape, try index.shape(of: "label") == [shape[0]] else {
+            throw DataError("\(directory)/index.h5: mean \(shape), logvar and label shapes do not fit together")
+        }
+        var info = Info()
+        (info.count, info.channels, info.height, info.width) = (shape[0], shape[1], shape[2], shape[3])
+        info.factor = Int(try index.attribute("f", as: Int64.self) ?? 0)
+        info.scaleFactor = try index.attribute("scale_factor", as: Double.self) ?? 1
+        info.autoencoder = try index.stringAttribute("autoencoder") ?? ""
+        info.dataset = try index.stringAttribute("dataset") ?? ""
+        info.split = try index.stringAttribute("split") ?? ""
+        return info
+    }
+
+    /// Reads the whole cache (mean, logvar NCHW; labels) through the index.
+    public static func read(_ directory: String) throws -> (info: Info, mean: [Float], logvar: [Float], labels: [Int32]) {
+        let info = try self.info(directory)
+        let index = try HDF5File.open("\(directory)/index.h5")
+        let ranks = Int(try index.attribute("world_size", as: Int64.self) ?? 1)
+        for r in 0..<ranks {   // a missing virtual source would read as zeros
+            let shard = "\(directory)/\(CheckpointStore.shardName(rank: r, of: ranks))"
+            guard FileManager.default.fileExists(atPath: shard) else { throw DataError("\(shard) is missing (the cache is incomplete)") }
+        }
+        return (info, try index.read("mean", as: Float.self).values, try index.read("logvar", as: Float.self).values,
+                try index.read("label", as: Int32.self).values)
+    }
+
+    /// Parallel variance merge (Chan, Golub & LeVeque): (count, mean, M2) of two parts.
+    public static func merge(_ a: (n: Double, mean: Double, m2: Double), _ b: (n: Double, mean: Double, m2: Double))
+        -> (n: Double, mean: Double, m2: Double) {
+        let n = a.n + b.n
+        guard n > 0 else { return a }
+        let delta = b.mean - a.mean
+        return (n, a.mean + delta * b.n / n, a.m2 + b.m2 + delta * delta * a.n * b.n / n)
+    }
+}

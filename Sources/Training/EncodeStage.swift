@@ -1,0 +1,97 @@
+import Distributed
+import Foundation
+import NN
+import Storage
+import TensorEngine
+
+/// A frozen stage-1 autoencoder loaded from a checkpoint, with its identity.
+public struct FrozenAutoencoder {
+    public let model: AutoencoderKL
+    /// The config the autoencoder was trained with (recorded in its checkpoint).
+    public let config: Config
+    public let checkpoint: String
+    /// Step directory and content hash, e.g. "step-00006000/9f3a…".
+    public let identity: String
+
+    /// Loads the newest valid checkpoint of `path` (a run directory or a step directory) on every rank.
+    public static func load(_ path: String, communicator comm: Communicator) throws -> FrozenAutoencoder {
+        var chosen = "", problem = ""
+        if comm.isRoot { do { chosen = try CheckpointStore.resolve(path) } catch { problem = "\(error)" } }
+        problem = try comm.broadcast(problem)
+        guard problem.isEmpty else { throw DataError("--autoencoder \(problem)") }
+        chosen = try comm.broadcast(chosen)
+        let index = try HDF5File.open("\(chosen)/index.h5")
+        let config = try ConfigLoader.load(yamlText: try index.stringAttribute("config") ?? "", source: chosen)
+        let model = AutoencoderKL(config.autoencoder.model, seed: 0)
+        let arena = ParameterArena(model)
+        let store = CheckpointStore(runDirectory: path, communicator: comm, say: { _ in })
+        _ = try store.load(chosen, into: CheckpointTensor.parameterViews(arena), expectedKind: "autoencoder-kl")
+        for p in model.parameters() { p.requiresGrad = false }
+        return FrozenAutoencoder(model: model, config: config, checkpoint: chosen, identity: try CheckpointStore.identity(of: chosen))
+    }
+}
+
+/// `ldm-train encode`: every rank encodes a contiguous slice of the train split
+/// with the frozen encoder (posterior mean and log-variance), and the ranks write
+/// the latent cache together. The scale factor is 1/std of the latents stage 2
+/// samples, z = mean + exp(logvar/2)·ε, computed exactly instead of from samples:
+/// Var(z) = Var(mean) + E[exp(logvar)], the first by a parallel Welford/Chan merge.
+public enum EncodeStage {
+    @discardableResult
+    public static func run(autoencoder path: String, data: String?, out: String, communicator comm: Communicator)
+        throws -> (images: Int, imagesPerSecond: Double) {
+        let say: (String) -> Void = { if comm.isRoot { print($0); fflush(stdout) } }
+        let ae = try FrozenAutoencoder.load(path, communicator: comm)
+        let dataPath = data ?? ae.config.data.path
+        let split = try ImageDataset.load(dataPath, split: "train")
+        let a = ae.config.autoencoder.model
+        let batcher = try ImageBatcher(split: split, resolution: a.resolution, flip: false, seed: 0)
+        let n = split.count, rows = (comm.rank * n / comm.size)..<((comm.rank + 1) * n / comm.size)
+        let (h, c) = (a.latentSize, a.embedDim), per = h * h * c
+        say("encode: \(n) images of \(dataPath) with \(ae.checkpoint) on \(comm.size) rank(s) → \(out)")
+        var mean = [Float](repeating: 0, count: rows.count * per), logvar = mean
+        var stats = (n: 0.0, mean: 0.0, m2: 0.0), expSum = 0.0
+        let start = Date()
+        var b = rows.lowerBound
+        while b < rows.upperBound {
+            let indices = Array(b..<min(rows.upperBound, b + 256))
+            let posterior = withoutGradient { ae.model.encode(batcher.images(indices, epoch: nil)) }
+            for (k, _) in indices.enumerated() {   // NHWC → NCHW rows
+                let row = (indices[0] - rows.lowerBound + k) * per
+                for y in 0..<h { for x in 0..<h { for ch in 0..<c {
+                    let src = ((k * h + y) * h + x) * c + ch, dst = row + (ch * h + y) * h + x
+                    mean[dst] = posterior.mean.pointer[src]
+                    logvar[dst] = posterior.logvar.pointer[src]
+                } } }
+            }
+            b += indices.count
+        }
+        for i in mean.indices {   // Welford over the means; E[exp(logvar)] alongside
+            stats.n += 1
+            let d = Double(mean[i]) - stats.mean
+            stats.mean += d / stats.n
+            stats.m2 += d * (Double(mean[i]) - stats.mean)
+            expSum += exp(Double(logvar[i]))
+        }
+        let seconds = Date().timeIntervalSince(start)
+        let gathered = try comm.allGather([stats.n, stats.mean, stats.m2, expSum].withUnsafeBytes { Array($0) })
+            .withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
+        var total = (n: 0.0, mean: 0.0, m2: 0.0), totalExp = 0.0
+        for r in 0..<comm.size {
+            total = LatentCache.merge(total, (gathered[4 * r], gathered[4 * r + 1], gathered[4 * r + 2]))
+            totalExp += gathered[4 * r + 3]
+        }
+        let std = (total.m2 / total.n + totalExp / total.n).squareRoot()
+        var info = LatentCache.Info()
+        (info.count, info.channels, info.height, info.width, info.factor) = (n, c, h, h, a.factor)
+        (info.scaleFactor, info.autoencoder, info.dataset, info.split) = (1 / std, ae.identity, dataPath, "train")
+        try LatentCache.write(out, rows: LatentCache.Rows(start: rows.lowerBound, mean: mean, logvar: logvar,
+                                                          labels: rows.map { Int32(split.labels[$0]) }, sourceIndex: rows.map { Int64($0) }),
+                              info: info, communicator: comm)
+        let slowest = try comm.allGather(withUnsafeBytes(of: seconds) { Array($0) }).withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }.max()!
+        let rate = Double(n) / slowest
+        say(String(format: "encode: %d latents %d×%d×%d, mean %.4f, std %.4f → scale_factor %.5f; %.0f img/s over %d rank(s)",
+                   n, c, h, h, total.mean, std, 1 / std, rate, comm.size))
+        return (n, rate)
+    }
+}
