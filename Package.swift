@@ -46,9 +46,9 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .testTarget(name: "TensorEngineTests", dependencies: ["TensorEngine", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorEngine", "TestSupport"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage", "Distributed"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "Distributed", "TestSupport"]),
         .testTarget(name: "ShimTests", dependencies: ["CDNNL", "CMPI", "CHDF5"]),
-        .testTarget(name: "CommandTests", dependencies: ["Training"]),
+        .testTarget(name: "CommandTests", dependencies: ["Training", "NN", "Storage", "Distributed", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -84,10 +84,11 @@ struct Encode: ParsableCommand {
     @Option(help: "Autoencoder run directory (its newest valid checkpoint) or step directory.") var autoencoder: String
     @Option(help: "Dataset file (default: the one the autoencoder was trained on).") var data: String?
     @Option(help: "Output directory.") var out = "Datasets/fashion-mnist-latents"
+    @Option(help: "Encode only the first N training images (default: all).") var count: Int?
     @Option(help: "Threads per rank (default: cores ÷ ranks on this node).") var threads: Int?
     func run() throws {
         if let threads { Threads.configure(max(1, threads)) }
-        try distributed { comm in try EncodeStage.run(autoencoder: autoencoder, data: data, out: out, communicator: comm) }
+        try distributed { comm in try EncodeStage.run(autoencoder: autoencoder, data: data, out: out, limit: count, communicator: comm) }
     }
 }
 
@@ -108,6 +109,6 @@ struct Sample: ParsableCommand {
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "What a checkpoint, latent cache or dataset holds.")
-    @Argument(help: "Path to inspect.") var path: String
-    func run() throws { throw NotBuiltYet(command: "inspect", issue: 5) }
+    @Argument(help: "A checkpoint (step or run directory), latent cache directory, or HDF5 file.") var path: String
+    func run() throws { print(try Storage.Inspect.describe(path)) }
 }

@@ -113,7 +113,10 @@ public final class CheckpointStore {
         var report = [Int64](repeating: 0, count: 3)
         do {
             let file = try HDF5File.create("\(partial)/\(shard)")
+            var written = 0
             for (t, r) in zip(tensors, owner) where r == comm.rank {
+                if written == 1 { FaultInjection.point("save-shards", step: step, rank: comm.rank) }
+                written += 1
                 try file.write(t.key, shape: t.shape, UnsafeBufferPointer(start: t.pointer, count: t.count),
                                chunkRows: max(1, (1 << 18) / max(1, t.count / max(1, t.shape.first ?? 1))))
             }
@@ -133,6 +136,7 @@ public final class CheckpointStore {
             do {
                 try writeIndex(partial, tensors: tensors, owner: owner, attributes: attributes, reports: reports)
                 try fsync(path: partial)
+                FaultInjection.point("save-rename", step: step, rank: 0)
                 if FileManager.default.fileExists(atPath: final) { try FileManager.default.removeItem(atPath: final) }
                 try FileManager.default.moveItem(atPath: partial, toPath: final)
                 try fsync(path: runDirectory)
@@ -176,6 +180,7 @@ public final class CheckpointStore {
         let tmp = "\(runDirectory)/latest.tmp"
         try (name + "\n").write(toFile: tmp, atomically: false, encoding: .utf8)
         try fsync(path: tmp)
+        FaultInjection.point("save-latest", step: Int(name.dropFirst(5)) ?? -1, rank: 0)
         guard rename(tmp, "\(runDirectory)/latest") == 0 else { throw CheckpointError.saveFailed(path: tmp, reason: "rename to latest failed") }
         try fsync(path: runDirectory)
     }
@@ -214,4 +219,16 @@ func fsync(path: String) throws {
     guard fd >= 0 else { throw CheckpointError.saveFailed(path: path, reason: "cannot open to sync") }
     defer { close(fd) }
     guard Glibc.fsync(fd) == 0 else { throw CheckpointError.saveFailed(path: path, reason: "fsync failed") }
+}
+
+/// Crash tests: with LDM_FAULT=<point> and LDM_FAULT_STEP=<step> (and optionally
+/// LDM_FAULT_RANK, default 0) the process kills itself with SIGKILL when it reaches
+/// that point of that step's save, as a power cut or the OOM killer would.
+enum FaultInjection {
+    static func point(_ name: String, step: Int, rank: Int) {
+        let env = ProcessInfo.processInfo.environment
+        guard env["LDM_FAULT"] == name, env["LDM_FAULT_STEP"].flatMap(Int.init) == step,
+              (env["LDM_FAULT_RANK"].flatMap(Int.init) ?? 0) == rank else { return }
+        kill(getpid(), SIGKILL)
+    }
 }

@@ -38,7 +38,7 @@ public struct FrozenAutoencoder {
 /// Var(z) = Var(mean) + E[exp(logvar)], the first by a parallel Welford/Chan merge.
 public enum EncodeStage {
     @discardableResult
-    public static func run(autoencoder path: String, data: String?, out: String, communicator comm: Communicator)
+    public static func run(autoencoder path: String, data: String?, out: String, limit: Int? = nil, communicator comm: Communicator)
         throws -> (images: Int, imagesPerSecond: Double) {
         let say: (String) -> Void = { if comm.isRoot { print($0); fflush(stdout) } }
         let ae = try FrozenAutoencoder.load(path, communicator: comm)
@@ -46,7 +46,8 @@ public enum EncodeStage {
         let split = try ImageDataset.load(dataPath, split: "train")
         let a = ae.config.autoencoder.model
         let batcher = try ImageBatcher(split: split, resolution: a.resolution, flip: false, seed: 0)
-        let n = split.count, rows = (comm.rank * n / comm.size)..<((comm.rank + 1) * n / comm.size)
+        if let limit, limit < 1 { throw DataError("--count must be positive, got \(limit)") }
+        let n = min(split.count, limit ?? split.count), rows = (comm.rank * n / comm.size)..<((comm.rank + 1) * n / comm.size)
         let (h, c) = (a.latentSize, a.embedDim), per = h * h * c
         say("encode: \(n) images of \(dataPath) with \(ae.checkpoint) on \(comm.size) rank(s) → \(out)")
         var mean = [Float](repeating: 0, count: rows.count * per), logvar = mean

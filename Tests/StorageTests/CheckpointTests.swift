@@ -2,6 +2,7 @@ import Distributed
 import Foundation
 import Storage
 import Testing
+import TestSupport
 
 /// Tensors backed by memory the test owns.
 final class Buffers {
