@@ -30,9 +30,10 @@ let package = Package(
 
         .target(name: "TensorEngine", dependencies: ["CDNNL"], swiftSettings: kernelSettings),
         .target(name: "NN", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
+        .target(name: "Diffusion", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .target(name: "Distributed", dependencies: ["TensorEngine", "CMPI"], swiftSettings: kernelSettings),
         .target(name: "Storage", dependencies: ["TensorEngine", "Distributed", "CHDF5", "CZlib"], swiftSettings: kernelSettings),
-        .target(name: "Training", dependencies: ["TensorEngine", "NN", "Distributed", "Storage", .product(name: "Yams", package: "Yams")],
+        .target(name: "Training", dependencies: ["TensorEngine", "NN", "Diffusion", "Distributed", "Storage", .product(name: "Yams", package: "Yams")],
                 swiftSettings: kernelSettings),
         .executableTarget(
             name: "LDMTrain",
@@ -46,6 +47,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .testTarget(name: "TensorEngineTests", dependencies: ["TensorEngine", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorEngine", "TestSupport"]),
+        .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "NN", "TensorEngine", "TestSupport"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Distributed", "TestSupport"]),
         .testTarget(name: "ShimTests", dependencies: ["CDNNL", "CMPI", "CHDF5"]),
         .testTarget(name: "CommandTests", dependencies: ["Training", "NN", "Storage", "Distributed", "TestSupport"]),

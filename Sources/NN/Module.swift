@@ -9,7 +9,8 @@ import TensorEngine
 ///
 /// A property's key is its name in snake_case (`ninShortcut` → `nin_shortcut`);
 /// a module's `keys` override that where the PyTorch name does not follow the rule
-/// (`block1` → `block_1`, or a dotted path such as `inConv` → `in_layers.2`). Array
+/// (`block1` → `block_1`, a dotted path such as `inConv` → `in_layers.2`, or "" to
+/// put a child's parameters directly under the parent's key). Array
 /// elements are keyed by their index. Every `Tensor` property is a trainable parameter.
 open class Module {
     public init() {}
@@ -33,7 +34,7 @@ open class Module {
 
 /// Calls `found(key, tensor)` for each parameter reachable from `value`.
 private func visit(_ value: Any, prefix: String, _ found: (String, Tensor) -> Void) {
-    func join(_ key: String) -> String { prefix.isEmpty ? key : prefix + "." + key }
+    func join(_ key: String) -> String { key.isEmpty ? prefix : prefix.isEmpty ? key : prefix + "." + key }
     switch value {
     case let t as Tensor:
         found(prefix, t)

@@ -1,0 +1,216 @@
+import Foundation
+import TensorEngine
+
+/// The architecture of the denoising UNet (CompVis `unet_config.params` names).
+public struct UNetArchitecture: Codable, Equatable, Sendable {
+    public var imageSize = 8
+    public var inChannels = 4
+    public var outChannels = 4
+    public var modelChannels = 64
+    public var channelMult = [1, 2]
+    public var numResBlocks = 2
+    /// Downsampling factors (1, 2, 4, ...) at which SpatialTransformers sit.
+    public var attentionResolutions = [2]
+    public var numHeadChannels = 32
+    public var transformerDepth = 1
+    public var contextDim = 64
+    public var numClasses = 10
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case imageSize = "image_size", inChannels = "in_channels", outChannels = "out_channels"
+        case modelChannels = "model_channels", channelMult = "channel_mult", numResBlocks = "num_res_blocks"
+        case attentionResolutions = "attention_resolutions", numHeadChannels = "num_head_channels"
+        case transformerDepth = "transformer_depth", contextDim = "context_dim", numClasses = "num_classes"
+    }
+}
+
+/// A layer of a UNet block: takes the time embedding and the context along.
+open class TimestepLayer: Module {
+    open func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor { x }
+}
+
+/// in_layers (GroupNorm, SiLU, conv), plus the projected time embedding, then
+/// out_layers (GroupNorm, SiLU, zero-initialised conv), plus the skip (1×1 conv
+/// when the channel count changes).
+public final class ResBlock: TimestepLayer {
+    let inNorm: GroupNorm, inConv: Conv2D
+    let embLinear: Linear
+    let outNorm: GroupNorm, outConv: Conv2D
+    let skipConnection: Conv2D?
+    override public class var keys: [String: String] {
+        ["inNorm": "in_layers.0", "inConv": "in_layers.2", "embLinear": "emb_layers.1", "outNorm": "out_layers.0",
+         "outConv": "out_layers.3"]
+    }
+
+    public init(_ channels: Int, _ out: Int, embedding: Int, _ initializer: ParameterInitializer) {
+        inNorm = GroupNorm(channels, eps: 1e-5)
+        inConv = Conv2D(channels, out, kernel: 3, initializer)
+        embLinear = Linear(embedding, out, initializer)
+        outNorm = GroupNorm(out, eps: 1e-5)
+        outConv = Conv2D(out, out, kernel: 3, zeroInit: true, initializer)
+        skipConnection = channels == out ? nil : Conv2D(channels, out, kernel: 1, initializer)
+    }
+
+    override public func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor {
+        let e = embLinear(silu(emb))
+        let h = inConv(silu(inNorm(x))) + e.reshaped([e.shape[0], 1, 1, e.shape[1]])
+        return (skipConnection?(x) ?? x) + outConv(silu(outNorm(h)))
+    }
+}
+
+/// input_blocks.0.0: the first conv (its parameters sit directly under the key).
+public final class InputConv: TimestepLayer {
+    let conv: Conv2D
+    override public class var keys: [String: String] { ["conv": ""] }
+    init(_ conv: Conv2D) { self.conv = conv }
+    override public func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor { conv(x) }
+}
+
+/// 3×3 conv with stride 2 and padding 1 (`op`).
+public final class UNetDownsample: TimestepLayer {
+    let op: Conv2D
+    init(_ channels: Int, _ initializer: ParameterInitializer) { op = Conv2D(channels, channels, kernel: 3, stride: 2, padding: 1, initializer) }
+    override public func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor { op(x) }
+}
+
+/// Nearest 2× upsampling, then a 3×3 conv.
+public final class UNetUpsample: TimestepLayer {
+    let conv: Conv2D
+    init(_ channels: Int, _ initializer: ParameterInitializer) { conv = Conv2D(channels, channels, kernel: 3, initializer) }
+    override public func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor { conv(upsampleNearest2x(x)) }
+}
+
+/// The denoiser ε_θ(z_t, t, context) (CompVis openaimodel.UNetModel with
+/// cross-attention conditioning). z_t [N, s, s, in] NHWC, t per sample,
+/// context [N, S, context_dim] → [N, s, s, out].
+public final class UNetModel: Module {
+    public let architecture: UNetArchitecture
+    let timeEmbed0: Linear, timeEmbed2: Linear
+    let inputBlocks: [[TimestepLayer]]
+    let middleBlock: [TimestepLayer]
+    let outputBlocks: [[TimestepLayer]]
+    let outNorm: GroupNorm, outConv: Conv2D
+    override public class var keys: [String: String] {
+        ["timeEmbed0": "time_embed.0", "timeEmbed2": "time_embed.2", "outNorm": "out.0", "outConv": "out.2"]
+    }
+
+    public init(_ a: UNetArchitecture, _ initializer: ParameterInitializer) {
+        architecture = a
+        let mc = a.modelChannels, embedding = 4 * mc
+        timeEmbed0 = Linear(mc, embedding, initializer)
+        timeEmbed2 = Linear(embedding, embedding, initializer)
+        func transformer(_ ch: Int) -> SpatialTransformer {
+            SpatialTransformer(ch, heads: ch / a.numHeadChannels, headChannels: a.numHeadChannels, depth: a.transformerDepth,
+                               contextDim: a.contextDim, initializer)
+        }
+        var input: [[TimestepLayer]] = [[InputConv(Conv2D(a.inChannels, mc, kernel: 3, initializer))]]
+        var skipChannels = [mc], ch = mc, ds = 1
+        for (level, mult) in a.channelMult.enumerated() {
+            for _ in 0..<a.numResBlocks {
+                var layers: [TimestepLayer] = [ResBlock(ch, mult * mc, embedding: embedding, initializer)]
+                ch = mult * mc
+                if a.attentionResolutions.contains(ds) { layers.append(transformer(ch)) }
+                input.append(layers)
+                skipChannels.append(ch)
+            }
+            if level != a.channelMult.count - 1 {
+                input.append([UNetDownsample(ch, initializer)])
+                skipChannels.append(ch)
+                ds *= 2
+            }
+        }
+        inputBlocks = input
+        middleBlock = [ResBlock(ch, ch, embedding: embedding, initializer), transformer(ch),
+                       ResBlock(ch, ch, embedding: embedding, initializer)]
+        var output: [[TimestepLayer]] = []
+        for (level, mult) in a.channelMult.enumerated().reversed() {
+            for i in 0...a.numResBlocks {
+                var layers: [TimestepLayer] = [ResBlock(ch + skipChannels.removeLast(), mc * mult, embedding: embedding, initializer)]
+                ch = mc * mult
+                if a.attentionResolutions.contains(ds) { layers.append(transformer(ch)) }
+                if level > 0 && i == a.numResBlocks {
+                    layers.append(UNetUpsample(ch, initializer))
+                    ds /= 2
+                }
+                output.append(layers)
+            }
+        }
+        outputBlocks = output
+        outNorm = GroupNorm(ch, eps: 1e-5)
+        outConv = Conv2D(mc, a.outChannels, kernel: 3, zeroInit: true, initializer)
+    }
+
+    public func callAsFunction(_ x: Tensor, timesteps: [Int], context: Tensor?) -> Tensor {
+        let emb = timeEmbed2(silu(timeEmbed0(timestepEmbedding(timesteps, channels: architecture.modelChannels))))
+        var h = x, skips: [Tensor] = []
+        for block in inputBlocks {
+            for layer in block { h = layer.forward(h, emb: emb, context: context) }
+            skips.append(h)
+        }
+        for layer in middleBlock { h = layer.forward(h, emb: emb, context: context) }
+        for block in outputBlocks {
+            h = concat([h, skips.removeLast()], axis: -1)
+            for layer in block { h = layer.forward(h, emb: emb, context: context) }
+        }
+        return outConv(silu(outNorm(h)))
+    }
+}
+
+/// Sinusoidal embedding of integer timesteps (openaimodel.timestep_embedding):
+/// [cos(t·f_i), sin(t·f_i)] with f_i = 10000^(−i/half), i < half = channels/2. → [N, channels].
+public func timestepEmbedding(_ t: [Int], channels: Int) -> Tensor {
+    let half = channels / 2
+    var values = [Float](repeating: 0, count: t.count * channels)
+    for (n, step) in t.enumerated() {
+        for i in 0..<half {
+            let arg = Double(step) * exp(-log(10000.0) * Double(i) / Double(half))
+            values[n * channels + i] = Float(cos(arg))
+            values[n * channels + half + i] = Float(sin(arg))
+        }
+    }
+    return Tensor(shape: [t.count, channels], scalars: values)
+}
+
+/// The trainable part of stage 2 under CompVis's LatentDiffusion keys:
+/// `model.diffusion_model.*` (the UNet) and `cond_stage_model.embedding.weight`
+/// (one context token per class, plus a learned null token at index num_classes
+/// for classifier-free guidance).
+public final class LatentDiffusionModel: Module {
+    public let model: DiffusionWrapper
+    public let condStageModel: ClassEmbedder
+
+    public init(_ a: UNetArchitecture, seed: UInt64) {
+        let initializer = ParameterInitializer(seed: seed)
+        model = DiffusionWrapper(UNetModel(a, initializer))
+        condStageModel = ClassEmbedder(classes: a.numClasses, dim: a.contextDim, initializer)
+    }
+
+    public var unet: UNetModel { model.diffusionModel }
+
+    /// ε̂ (or v̂) for z_t [N, s, s, c] at `timesteps` with class labels (num_classes = unconditional).
+    public func callAsFunction(_ zt: Tensor, timesteps: [Int], labels: [Int]) -> Tensor {
+        unet(zt, timesteps: timesteps, context: condStageModel(labels))
+    }
+}
+
+public final class DiffusionWrapper: Module {
+    public let diffusionModel: UNetModel
+    init(_ unet: UNetModel) { diffusionModel = unet }
+}
+
+/// Class label → one context token [N, 1, dim]; index `classes` is the null token.
+public final class ClassEmbedder: Module {
+    let embedding: Embedding
+    public let classes: Int
+
+    init(classes: Int, dim: Int, _ initializer: ParameterInitializer) {
+        embedding = Embedding(classes + 1, dim, initializer)
+        self.classes = classes
+    }
+
+    public func callAsFunction(_ labels: [Int]) -> Tensor {
+        embedding(labels).reshaped([labels.count, 1, embedding.weight.shape[1]])
+    }
+}
