@@ -4,9 +4,11 @@ import Testing
 
 /// A job started through Launch/mpirun-local (the way users start ranks), with a
 /// time limit; `during` runs while it is running (to stop or kill a rank).
-func mpirunLocal(_ ranks: Int, _ arguments: [String], timeout: Double = 300,
+func mpirunLocal(_ ranks: Int, _ arguments: [String], timeout: Double = 300, environment: [String: String] = [:],
                  during: ((Process) -> Void)? = nil) throws -> (status: Int32, out: String, err: String, seconds: Double) {
     let p = Process()
+    // Only this job sees these variables (tests run concurrently; setenv would leak into their jobs).
+    p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     p.executableURL = packageRoot.appendingPathComponent("Launch/mpirun-local")
     p.arguments = ["-n", String(ranks)] + arguments
     p.currentDirectoryURL = packageRoot

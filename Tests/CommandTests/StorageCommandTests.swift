@@ -20,10 +20,9 @@ func readTrace(_ base: String, ranks: Int) throws -> [Int: [Int]] {
 
 /// Runs the smoke autoencoder under mpirun with extra environment.
 func smokeJob(_ ranks: Int, run: String, _ extra: [String], environment: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
-    for (k, v) in environment { setenv(k, v, 1) }
-    defer { for k in environment.keys { unsetenv(k) } }
     let r = try mpirunLocal(ranks, ["ldm-train", "autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run,
-                                                                          "--set", "autoencoder.training.eval_images=50"] + extra)
+                                                                          "--set", "autoencoder.training.eval_images=50"] + extra,
+                            environment: environment)
     return (r.status, r.out, r.err)
 }
 

@@ -1,0 +1,169 @@
+import Distributed
+import Foundation
+import NN
+import Storage
+import TensorEngine
+
+/// A sum and a count, to average a logged quantity over micro-batches and ranks.
+public struct Tally: Sendable {
+    public var sum = 0.0, count = 0.0
+    public init(sum: Double = 0, count: Double = 0) { (self.sum, self.count) = (sum, count) }
+    public var mean: Double { count > 0 ? sum / count : .nan }
+    static func + (a: Tally, b: Tally) -> Tally { Tally(sum: a.sum + b.sum, count: a.count + b.count) }
+}
+
+/// What a stage (autoencoder, diffusion) plugs into the shared training loop.
+protocol TrainingStage: AnyObject {
+    /// The model kind recorded in checkpoints ("autoencoder-kl", "latent-diffusion").
+    var kind: String { get }
+    var arena: ParameterArena { get }
+    var optimizer: Adam { get }
+    var ema: EMA? { get }
+    var settings: (training: TrainingConfig, optimizer: OptimizerConfig) { get }
+    var datasetSize: Int { get }
+    /// One line about the model for the run's header.
+    var summary: String { get }
+    /// Forward and backward of the micro-batch of global sample `indices` of
+    /// `epoch`, its gradients scaled by `scale` into the arena; logged quantities
+    /// ("loss" first, as the progress line shows them).
+    func microBatch(_ indices: [Int], epoch: Int, scale: Float, step: Int) -> [(String, Tally)]
+    /// Rank 0: image grids at `step`.
+    func writeImages(step: Int) throws
+    /// After the last step: final metrics (every rank takes part), printed and recorded.
+    func finish() throws -> [String: Double]
+}
+
+/// The loop every stage shares: resume, start-up agreement, micro-batches with
+/// gradient buckets, the non-finite check, clipping, the optimizer and EMA, logs,
+/// images, checkpoints, and the final metrics with the `complete` marker.
+final class StageLoop {
+    let stage: TrainingStage
+    let config: Config
+    let options: RunOptions
+    let comm: Communicator
+    let log: RunLog
+    let plan: BatchPlan
+    let order: EpochOrder
+    let sync: GradientSynchronizer
+    let trace: SampleTrace?
+    let checkpoints: CheckpointStore
+
+    init(stage: TrainingStage, config: Config, options: RunOptions, communicator: Communicator, log: RunLog) throws {
+        (self.stage, self.config, self.options, comm, self.log) = (stage, config, options, communicator, log)
+        let t = stage.settings.training
+        plan = BatchPlan(datasetSize: stage.datasetSize, perRankBatch: t.batchSize, ranks: comm.size, accumulate: t.accumulate)
+        guard plan.stepsPerEpoch >= 1 else {
+            throw ConfigError.invalid(path: "training.batch_size", reason: "gives a global batch of \(plan.globalBatch), more than the \(stage.datasetSize) training samples")
+        }
+        order = EpochOrder(count: stage.datasetSize, seed: config.seed)
+        sync = makeSynchronizer(stage.arena, config.distributed, comm)
+        trace = SampleTrace(rank: comm.rank)
+        checkpoints = CheckpointStore(runDirectory: options.runDirectory, communicator: comm, say: { log.say($0) })
+    }
+
+    /// The tensors a checkpoint holds: parameters, Adam's moments and the EMA, by key.
+    var checkpointTensors: [CheckpointTensor] { CheckpointTensor.arenaViews(stage.arena, optimizer: stage.optimizer, ema: stage.ema) }
+
+    @discardableResult
+    func run() throws -> [String: Double] {
+        var state = TrainingCursor()
+        if let restored = try checkpoints.restore(options.resume, tensors: checkpointTensors, expectedKind: stage.kind) {
+            state = restored
+            stage.optimizer.step = state.step
+            stage.ema?.updates = state.emaUpdates
+        }
+        try startUp(state)
+        let (t, o) = stage.settings
+        let lr = o.effectiveLR(globalBatch: plan.globalBatch)
+        log.say("\(stage.summary); \(comm.size) rank(s) × batch \(plan.perRankBatch) × accumulate \(plan.accumulate) = global batch "
+                + "\(plan.globalBatch); lr = \(o.baseLR) × \(o.scaleLR ? plan.globalBatch : 1) = \(lr); steps \(state.step) → \(t.steps), "
+                + "\(Threads.count) thread(s) per rank")
+        var window: [(String, Tally)] = [], windowSteps = 0, windowStart = Date(), stepSeconds: [Double] = []
+        let runStart = Date(), firstStep = state.step
+        while state.step < t.steps {
+            let stepStart = Date()
+            let logged = try trainStep(&state, lr: warmupLearningRate(base: lr, step: state.step, warmupSteps: o.warmupSteps))
+            stepSeconds.append(Date().timeIntervalSince(stepStart))
+            setWatchdog(config.distributed, stepSeconds, comm)
+            window = window.isEmpty ? logged : zip(window, logged).map { ($0.0, $0.1 + $1.1) }
+            windowSteps += 1
+            let done = state.step == t.steps
+            if state.step % t.logEvery == 0 || done {
+                let rate = Double(windowSteps * plan.globalBatch) / Date().timeIntervalSince(windowStart)
+                let eta = Date().timeIntervalSince(runStart) / Double(state.step - firstStep) * Double(t.steps - state.step)
+                let parts = window.dropFirst().map { String(format: "%@ %.4g", $0.0, $0.1.mean) }.joined(separator: ", ")
+                log.say(String(format: "step %d/%d  loss %.4f (%@)  %.1f img/s  ETA %@", state.step, t.steps, window[0].1.mean,
+                               parts, rate, RunLog.duration(eta)))
+                var fields: [String: Any] = ["step": state.step, "epoch": state.epoch, "lr": lr, "img_per_s": rate]
+                for (name, tally) in window where tally.count > 0 { fields[name] = tally.mean }
+                log.record(fields)
+                (window, windowSteps, windowStart) = ([], 0, Date())
+            }
+            if state.step % t.imageEvery == 0 || done, comm.isRoot { try stage.writeImages(step: state.step) }
+            if state.step % t.checkpointEvery == 0 || done { try save(state) }
+        }
+        let metrics = try stage.finish()
+        var fields: [String: Any] = ["step": state.step]
+        for (k, v) in metrics { fields[k] = v }
+        log.record(fields)
+        if comm.isRoot { try Pipeline.markComplete(options.runDirectory, step: state.step, metrics: metrics) }
+        return metrics
+    }
+
+    /// One optimizer step: every micro-batch's gradients summed into the arena (and
+    /// over ranks by the buckets), checked, clipped, applied, then the EMA.
+    func trainStep(_ state: inout TrainingCursor, lr: Double) throws -> [(String, Tally)] {
+        let (epoch, offset) = plan.batchStart(epoch: state.epoch, offset: state.epochOffset)
+        let order = self.order(epoch)
+        stage.arena.zeroGradients()
+        (comm as? MPICommunicator)?.context = "\(stage.kind) step \(state.step + 1)"
+        var logged: [(String, Tally)] = []
+        for micro in 0..<plan.accumulate {
+            if micro == plan.accumulate - 1 { sync.beginBackward() }   // gradients are reduced on the last micro-batch only
+            let indices = plan.positions(offset: offset, rank: comm.rank, micro: micro).map { order[$0] }
+            trace?.record(step: state.step + 1, epoch: epoch, indices: indices)
+            let parts = stage.microBatch(indices, epoch: epoch, scale: 1 / Float(plan.accumulate * comm.size), step: state.step)
+            logged = logged.isEmpty ? parts : zip(logged, parts).map { ($0.0, $0.1 + $1.1) }
+        }
+        try sync.finish()
+        var flat = logged.flatMap { [$0.1.sum, $0.1.count] }
+        try flat.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
+        logged = logged.enumerated().map { ($0.element.0, Tally(sum: flat[2 * $0.offset], count: flat[2 * $0.offset + 1])) }
+        let norm = stage.arena.gradientNorm()
+        guard logged[0].1.mean.isFinite, norm.isFinite else {
+            try save(state)   // the weights from before this step: the last good ones
+            throw TrainingStopped(description: "non-finite loss or gradient at step \(state.step + 1) (loss \(logged[0].1.mean), "
+                                  + "gradient norm \(norm)); the weights of step \(state.step) are saved in \(options.runDirectory)")
+        }
+        let clip = stage.settings.optimizer.gradClip
+        if clip > 0 && norm > clip { stage.arena.scaleGradients(by: Float(clip / norm)) }
+        stage.optimizer.update(lr: lr)
+        stage.ema?.update()
+        state.step += 1
+        (state.epoch, state.epochOffset) = (epoch, offset + plan.globalBatch)
+        state.samplesConsumed += Int64(plan.globalBatch)
+        state.emaUpdates = stage.ema?.updates ?? 0
+        return logged
+    }
+
+    /// Rank 0's weights and optimizer state on every rank, then a check that the
+    /// ranks agree on the model, buckets, config and step.
+    func startUp(_ state: TrainingCursor) throws {
+        guard comm.size > 1 else { return }
+        let buffers = [stage.arena.values, stage.optimizer.m, stage.optimizer.v] + (stage.ema.map { [$0.shadow] } ?? [])
+        try StartUp.broadcastFromRoot(buffers.map { UnsafeMutableBufferPointer(start: $0.pointer, count: $0.count) }, comm)
+        try StartUp.checkAgreement([
+            ("parameter names and shapes", stage.arena.entries.map { "\($0.key)\($0.tensor.shape)" }.joined(separator: ";")),
+            ("gradient bucket layout", sync.buckets.map { "\($0.range)" }.joined(separator: ";")),
+            ("config", try ConfigLoader.yaml(config)),
+            ("step", "\(state.step)"),
+        ], comm)
+    }
+
+    func save(_ state: TrainingCursor) throws {
+        try checkpoints.save(step: state.step, tensors: checkpointTensors, attributes: CheckpointAttributes(
+            kind: stage.kind, cursor: state, worldSize: comm.size, seed: config.seed,
+            effectiveLR: stage.settings.optimizer.effectiveLR(globalBatch: plan.globalBatch), config: try ConfigLoader.yaml(config)),
+            keep: stage.settings.training.keep)
+    }
+}
