@@ -95,16 +95,49 @@ struct Encode: ParsableCommand {
 struct Diffusion: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stage 2: train the latent diffusion UNet.")
     @OptionGroup var training: TrainingOptions
-    @Option(help: "Latent cache directory.") var latents: String
+    @Option(help: "Latent cache directory (default: the config's diffusion.latents).") var latents: String?
+    @Option(help: "The autoencoder run the cache came from: checked against the cache, and decodes the sample grids.")
+    var autoencoder = "Checkpoints/autoencoder"
     @Option(name: .customLong("run-dir"), help: "Run directory.") var runDir = "Checkpoints/diffusion"
-    func run() throws { throw NotBuiltYet(command: "diffusion", issue: 6) }
+    func run() throws {
+        var config = try training.load(stage: "diffusion")
+        if let latents { config.diffusion.latents = latents }
+        var options = RunOptions(runDirectory: runDir)
+        options.resume = training.resume
+        let ae = FileManager.default.fileExists(atPath: autoencoder) ? autoencoder : nil
+        try distributed { comm in try DiffusionTrainer(config: config, options: options, autoencoder: ae, communicator: comm).run() }
+    }
 }
 
 struct Sample: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Sample images (and export latents) from a trained model.")
-    @Option(help: "Diffusion run directory.") var diffusion: String
-    @Option(help: "Autoencoder run directory.") var autoencoder: String
-    func run() throws { throw NotBuiltYet(command: "sample", issue: 6) }
+    @Option(help: "Diffusion run directory (its newest checkpoint) or step directory.") var diffusion = "Checkpoints/diffusion"
+    @Option(help: "Autoencoder run directory or step directory (must be the one the latents came from).")
+    var autoencoder = "Checkpoints/autoencoder"
+    @Option(name: .customLong("class"), help: "A class index, or all.") var classes = "all"
+    @Option(help: "Samples per class.") var count = 8
+    @Option(help: "ddim or ddpm (default: the config's).") var sampler: String?
+    @Option(help: "Sampling steps (DDIM; DDPM uses all T).") var steps: Int?
+    @Option(help: "DDIM η (0: deterministic).") var eta: Double?
+    @Option(help: "Classifier-free guidance scale w (1: conditional only).") var guidance: Double?
+    @Option(help: "Seed of the sampling noise.") var seed: Int?
+    @Option(help: "Grid PNG, one row per class.") var out = "samples.png"
+    @Option(name: .customLong("latents-out"), help: "Write the sampled latents (latent-cache format) here.") var latentsOut: String?
+    @Option(name: .customLong("images-out"), help: "Write images [N,1,32,32] f32 and labels [N] i64 to this HDF5 file.") var imagesOut: String?
+    @Flag(name: .customLong("no-ema"), help: "Use the trained weights instead of their EMA.") var noEMA = false
+    @Option(help: "Threads (default: all cores).") var threads: Int?
+
+    func run() throws {
+        if let threads { Threads.configure(max(1, threads)) }
+        var r = SampleStage.Request(diffusion: diffusion, autoencoder: autoencoder)
+        if classes != "all" {
+            guard let k = Int(classes) else { throw ValidationError("--class must be a class index or all, got '\(classes)'") }
+            r.classIndex = k
+        }
+        (r.count, r.sampler, r.steps, r.eta, r.guidance, r.seed) = (count, sampler, steps, eta, guidance, seed)
+        (r.useEMA, r.out, r.latentsOut, r.imagesOut) = (!noEMA, out, latentsOut, imagesOut)
+        try SampleStage.run(r)
+    }
 }
 
 struct Inspect: ParsableCommand {

@@ -40,6 +40,8 @@ public struct CheckpointAttributes {
     public var seed: Int
     public var effectiveLR: Double
     public var config: String
+    /// Further string attributes (e.g. the autoencoder a diffusion model's latents came from).
+    public var extra: [String: String] = [:]
     public init(kind: String, cursor: TrainingCursor, worldSize: Int, seed: Int, effectiveLR: Double, config: String) {
         (self.kind, self.cursor, self.worldSize, self.seed, self.effectiveLR, self.config) = (kind, cursor, worldSize, seed, effectiveLR, config)
     }
@@ -163,6 +165,7 @@ public final class CheckpointStore {
         try index.setAttribute("effective_lr", a.effectiveLR)
         try index.setAttribute("config", a.config)
         try index.setAttribute("created", ISO8601DateFormatter().string(from: Date()))
+        for (k, v) in a.extra { try index.setAttribute(k, v) }
         for (t, r) in zip(tensors, owner) {
             try index.writeVirtual(t.key, shape: t.shape, type: Float.self, sources: [
                 VirtualSource(file: Self.shardName(rank: r, of: comm.size), dataset: t.key, rows: 0..<(t.shape.first ?? 1)),

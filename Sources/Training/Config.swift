@@ -1,3 +1,4 @@
+import Diffusion
 import Foundation
 import NN
 
@@ -8,6 +9,7 @@ public struct Config: Codable, Equatable, Sendable {
     public var seed = 0
     public var data = DataConfig()
     public var autoencoder = AutoencoderStageConfig()
+    public var diffusion = DiffusionStageConfig()
     public var distributed = DistributedConfig()
 
     public init() {}
@@ -20,6 +22,57 @@ public struct DataConfig: Codable, Equatable, Sendable {
     public var resolution = 32
     /// Random horizontal flips of training images.
     public var flip = true
+}
+
+/// Stage 2: the latent diffusion model and how it trains and samples.
+public struct DiffusionStageConfig: Codable, Equatable, Sendable {
+    public var name = "ldm-fmnist"
+    /// The latent cache (`ldm-train encode`).
+    public var latents = "Datasets/fashion-mnist-latents"
+    public var model = UNetArchitecture()
+    public var schedule = ScheduleConfig()
+    /// "eps" (ε-prediction) or "v".
+    public var prediction = Prediction.epsilon
+    /// Probability of replacing the class with the null token (classifier-free guidance).
+    public var pUncond = 0.1
+    public var emaDecay = 0.9999
+    public var optimizer: OptimizerConfig = {
+        var o = OptimizerConfig(baseLR: 1.5625e-6, beta1: 0.9, beta2: 0.999)
+        (o.weightDecay, o.decoupledWeightDecay, o.warmupSteps) = (0.01, true, 500)
+        return o
+    }()
+    public var training: TrainingConfig = {
+        var t = TrainingConfig()
+        (t.steps, t.imageEvery, t.checkpointEvery) = (6000, 2000, 1000)
+        return t
+    }()
+    public var sampling = SamplingConfig()
+
+    enum CodingKeys: String, CodingKey {
+        case name, latents, model, schedule, prediction, pUncond = "p_uncond", emaDecay = "ema_decay", optimizer, training, sampling
+    }
+}
+
+public struct ScheduleConfig: Codable, Equatable, Sendable {
+    public var kind = NoiseSchedule.Kind.scaledLinear
+    public var timesteps = 1000
+    public var betaStart = 0.0015
+    public var betaEnd = 0.0195
+    public var schedule: NoiseSchedule { NoiseSchedule(kind, timesteps: timesteps, betaStart: betaStart, betaEnd: betaEnd) }
+    enum CodingKeys: String, CodingKey { case kind, timesteps, betaStart = "beta_start", betaEnd = "beta_end" }
+}
+
+/// How samples are drawn (training grids and `ldm-train sample` defaults).
+public struct SamplingConfig: Codable, Equatable, Sendable {
+    /// "ddim" or "ddpm".
+    public var sampler = "ddim"
+    public var steps = 50
+    public var eta = 0.0
+    public var guidance = 3.0
+    /// Samples per class in grids.
+    public var perClass = 8
+    public var seed = 0
+    enum CodingKeys: String, CodingKey { case sampler, steps, eta, guidance, perClass = "per_class", seed }
 }
 
 /// How gradients are averaged over ranks (DESIGN.md, "Distribution").

@@ -47,9 +47,13 @@ final class StageLoop {
     let sync: GradientSynchronizer
     let trace: SampleTrace?
     let checkpoints: CheckpointStore
+    /// Attributes recorded in every checkpoint besides the standard ones.
+    let extraAttributes: [String: String]
 
-    init(stage: TrainingStage, config: Config, options: RunOptions, communicator: Communicator, log: RunLog) throws {
+    init(stage: TrainingStage, config: Config, options: RunOptions, communicator: Communicator, log: RunLog,
+         extraAttributes: [String: String] = [:]) throws {
         (self.stage, self.config, self.options, comm, self.log) = (stage, config, options, communicator, log)
+        self.extraAttributes = extraAttributes
         let t = stage.settings.training
         plan = BatchPlan(datasetSize: stage.datasetSize, perRankBatch: t.batchSize, ranks: comm.size, accumulate: t.accumulate)
         guard plan.stepsPerEpoch >= 1 else {
@@ -161,9 +165,10 @@ final class StageLoop {
     }
 
     func save(_ state: TrainingCursor) throws {
-        try checkpoints.save(step: state.step, tensors: checkpointTensors, attributes: CheckpointAttributes(
+        var attributes = CheckpointAttributes(
             kind: stage.kind, cursor: state, worldSize: comm.size, seed: config.seed,
-            effectiveLR: stage.settings.optimizer.effectiveLR(globalBatch: plan.globalBatch), config: try ConfigLoader.yaml(config)),
-            keep: stage.settings.training.keep)
+            effectiveLR: stage.settings.optimizer.effectiveLR(globalBatch: plan.globalBatch), config: try ConfigLoader.yaml(config))
+        attributes.extra = extraAttributes
+        try checkpoints.save(step: state.step, tensors: checkpointTensors, attributes: attributes, keep: stage.settings.training.keep)
     }
 }
