@@ -41,6 +41,7 @@ struct PipelineCommand: ParsableCommand {
         abstract: "prepare → autoencoder → encode → diffusion → sample, skipping complete stages.",
         discussion: "Outputs go to Datasets/ and Checkpoints/<stage>; run it again to resume.")
     @Option(help: "Config file (YAML).") var config = "Launch/configs/fmnist.yaml"
+    @Option(help: "Where the stages' runs go (<dir>/autoencoder, <dir>/diffusion).") var checkpoints = "Checkpoints"
     @Option(help: "Random seed.") var seed: Int?
     @Option(name: .customLong("set"), help: "Config override key.path=value (repeatable).") var overrides: [String] = []
     @Option(help: "Threads per rank (default: cores ÷ ranks on this node).") var threads: Int?
@@ -52,7 +53,8 @@ struct PipelineCommand: ParsableCommand {
         }
         let loaded = try ConfigLoader.load(config, overrides: (seed.map { ["seed=\($0)"] } ?? []) + overrides)
         try Training.validate(loaded)
-        try distributed { comm in try Training.Pipeline.run(config: loaded, communicator: comm) }
+        try validateDiffusion(loaded)
+        try distributed { comm in try Training.Pipeline.run(config: loaded, layout: .init(checkpoints: checkpoints), communicator: comm) }
     }
 }
 

@@ -59,7 +59,7 @@ public final class AutoencoderTrainer: TrainingStage {
     var optimizer: Adam { step.optimizer }
     var ema: EMA? { nil }
     var settings: (training: TrainingConfig, optimizer: OptimizerConfig) { (stageConfig.training, stageConfig.optimizer) }
-    var datasetSize: Int { train.split.count }
+    var datasetSize: Int { config.data.trainCount(train.split.count) }
     var summary: String { "autoencoder \(stageConfig.name): \(step.model.parameterCount()) parameters" }
 
     func microBatch(_ indices: [Int], epoch: Int, scale: Float, step n: Int) -> [(String, Tally)] {

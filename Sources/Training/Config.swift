@@ -22,6 +22,13 @@ public struct DataConfig: Codable, Equatable, Sendable {
     public var resolution = 32
     /// Random horizontal flips of training images.
     public var flip = true
+    /// Use only the first N training images (0: all), for quick experiments.
+    public var trainImages = 0
+
+    enum CodingKeys: String, CodingKey { case path, resolution, flip, trainImages = "train_images" }
+
+    /// The number of training images used out of `available`.
+    public func trainCount(_ available: Int) -> Int { trainImages > 0 ? min(trainImages, available) : available }
 }
 
 /// Stage 2: the latent diffusion model and how it trains and samples.

@@ -3,14 +3,20 @@ import Foundation
 import Storage
 
 /// `ldm-train` with no arguments: prepare → autoencoder → encode → diffusion →
-/// sample, each stage skipped when its output is complete, so running it again
-/// resumes where it stopped instead of starting over.
+/// sample, each stage skipped when its output is complete (the sample stage is
+/// cheap and always runs), so running it again resumes where it stopped instead
+/// of starting over.
 public enum Pipeline {
     /// Where the pipeline keeps each stage's output.
     public struct Layout: Sendable {
         public var fashionMNISTSource = "/usr/share/datasets/fashion-mnist"
-        public var autoencoderRun = "Checkpoints/autoencoder"
-        public init() {}
+        public var autoencoderRun: String
+        public var diffusionRun: String
+        /// Runs under `checkpoints/autoencoder` and `checkpoints/diffusion`.
+        public init(checkpoints: String = "Checkpoints") {
+            autoencoderRun = checkpoints + "/autoencoder"
+            diffusionRun = checkpoints + "/diffusion"
+        }
     }
 
     public static func run(config: Config, layout: Layout = Layout(), communicator comm: Communicator) throws {
@@ -33,6 +39,36 @@ public enum Pipeline {
             say("== autoencoder → \(layout.autoencoderRun)")
             try AutoencoderTrainer(config: config, options: RunOptions(runDirectory: layout.autoencoderRun), communicator: comm).run()
         }
+        // 3. encode, unless the cache holds this autoencoder's latents of the whole split
+        let identity = try CheckpointStore.identity(of: try CheckpointStore.resolve(layout.autoencoderRun))
+        let cache = try? LatentCache.info(config.diffusion.latents)
+        let wanted = config.data.trainCount(try ImageDataset.load(config.data.path, split: "train").count)
+        if let cache, cache.autoencoder == identity, cache.count == wanted {
+            say("== encode: \(config.diffusion.latents) holds the latents of \(identity), skipped")
+        } else {
+            say("== encode → \(config.diffusion.latents)")
+            try EncodeStage.run(autoencoder: layout.autoencoderRun, data: config.data.path, out: config.diffusion.latents, limit: wanted,
+                                communicator: comm)
+        }
+        // 4. diffusion
+        if let done = completedStep(layout.diffusionRun), done >= config.diffusion.training.steps {
+            say("== diffusion: complete at step \(done) in \(layout.diffusionRun), skipped")
+        } else {
+            say("== diffusion → \(layout.diffusionRun)")
+            try DiffusionTrainer(config: config, options: RunOptions(runDirectory: layout.diffusionRun), autoencoder: layout.autoencoderRun,
+                                 communicator: comm).run()
+        }
+        // 5. sample: a grid and the images with labels, from the EMA weights (rank 0)
+        let grid = "\(layout.diffusionRun)/samples.png", images = "\(layout.diffusionRun)/samples.h5"
+        if comm.isRoot {
+            var request = SampleStage.Request(diffusion: layout.diffusionRun, autoencoder: layout.autoencoderRun)
+            (request.count, request.out, request.imagesOut) = (config.diffusion.sampling.perClass, grid, images)
+            say("== sample → \(grid), \(images)")
+            do { try SampleStage.run(request) } catch { problem = "\(error)" }
+        }
+        problem = try comm.broadcast(problem)
+        guard problem.isEmpty else { throw SamplingError(description: problem) }
+        say("== done: autoencoder in \(layout.autoencoderRun), latents in \(config.diffusion.latents), diffusion model and samples in \(layout.diffusionRun)")
     }
 
     /// The step recorded in a run's `complete` marker (written when a stage finishes), if any.
