@@ -139,6 +139,6 @@ struct DistributedTests {
         #expect(r.status != 0)
         #expect(Date().timeIntervalSince(stoppedAt) < 30)
         #expect(r.err.contains("has not finished after"), "\(r.err)")
-        #expect(r.err.contains("autoencoder step"), "\(r.err)")
+        #expect(r.err.contains("autoencoder-kl step"), "\(r.err)")
     }
 }

@@ -61,7 +61,7 @@ struct StorageCommandTests {
         try FileManager.default.copyItem(atPath: run, toPath: copy)
         #expect(try smokeJob(1, run: run, ["--batch-size", "4", "--steps", "6"], environment: ["LDM_TRACE_SAMPLES": trace + "-b"]).status == 0)
         #expect(try smokeJob(3, run: copy, ["--batch-size", "4", "--steps", "5"], environment: ["LDM_TRACE_SAMPLES": trace + "-c"]).status == 0)
-        let order = epochPermutation(count: 60000, seed: config.seed, epoch: 0)
+        let order = epochPermutation(count: config.data.trainCount(60000), seed: config.seed, epoch: 0)
         let a = try readTrace(trace + "-a", ranks: 2), b = try readTrace(trace + "-b", ranks: 1), c = try readTrace(trace + "-c", ranks: 3)
         let first = (1...3).flatMap { a[$0]! }
         #expect(first == Array(order[0..<24]))
