@@ -180,3 +180,188 @@ def time_steps(step, steps):
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return times[len(times) // 2]
+
+
+# ---- the reference UNet "ldm-fmnist" (openaimodel.UNetModel + attention.SpatialTransformer)
+
+def timestep_embedding(t, dim):
+    half = dim // 2
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(half, dtype=torch.float32) / half)
+    args = t[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepBlock(nn.Module):
+    pass
+
+
+class ResBlock(TimestepBlock):
+    def __init__(self, cin, emb, cout):
+        super().__init__()
+        self.in_layers = nn.Sequential(nn.GroupNorm(32, cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb, cout))
+        self.out_layers = nn.Sequential(nn.GroupNorm(32, cout), nn.SiLU(), nn.Dropout(0), nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip_connection = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x, emb, context):
+        h = self.in_layers(x) + self.emb_layers(emb)[:, :, None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, qdim, cdim, heads, dhead):
+        super().__init__()
+        inner = heads * dhead
+        self.heads, self.scale = heads, dhead ** -0.5
+        self.to_q = nn.Linear(qdim, inner, bias=False)
+        self.to_k = nn.Linear(cdim, inner, bias=False)
+        self.to_v = nn.Linear(cdim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, qdim), nn.Dropout(0))
+
+    def forward(self, x, context=None):
+        context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        b, h = x.shape[0], self.heads
+        q, k, v = (t.reshape(b, t.shape[1], h, -1).permute(0, 2, 1, 3).reshape(b * h, t.shape[1], -1) for t in (q, k, v))
+        w = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * self.scale, dim=-1)
+        out = torch.bmm(w, v).reshape(b, h, x.shape[1], -1).permute(0, 2, 1, 3).reshape(b, x.shape[1], -1)
+        return self.to_out(out)
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim, inner):
+        super().__init__()
+        self.proj = nn.Linear(dim, inner * 2)
+
+    def forward(self, x):
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class BasicTransformerBlock(nn.Module):
+    def __init__(self, dim, heads, dhead, cdim):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, dim, heads, dhead)
+        self.ff = nn.Module()
+        self.ff.net = nn.Sequential(GEGLU(dim, 4 * dim), nn.Dropout(0), nn.Linear(4 * dim, dim))
+        self.attn2 = CrossAttention(dim, cdim, heads, dhead)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x, context):
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff.net(self.norm3(x)) + x
+
+
+class SpatialTransformer(TimestepBlock):
+    def __init__(self, c, heads, dhead, cdim):
+        super().__init__()
+        self.norm = nn.GroupNorm(32, c, eps=1e-6)
+        self.proj_in = nn.Conv2d(c, heads * dhead, 1)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(heads * dhead, heads, dhead, cdim)])
+        self.proj_out = nn.Conv2d(heads * dhead, c, 1)
+
+    def forward(self, x, emb, context):
+        b, c, h, w = x.shape
+        y = self.proj_in(self.norm(x)).reshape(b, c, h * w).permute(0, 2, 1)
+        for block in self.transformer_blocks:
+            y = block(y, context)
+        return self.proj_out(y.permute(0, 2, 1).reshape(b, c, h, w)) + x
+
+
+class Seq(nn.ModuleList):
+    def forward(self, x, emb, context):
+        for layer in self:
+            x = layer(x, emb, context) if isinstance(layer, TimestepBlock) else layer(x)
+        return x
+
+
+class Down(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.op = nn.Conv2d(c, c, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class UNetModel(nn.Module):
+    def __init__(self, a):
+        super().__init__()
+        mc, ted = a["model_channels"], 4 * a["model_channels"]
+        self.mc = mc
+        self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
+        st = lambda ch: SpatialTransformer(ch, ch // a["num_head_channels"], a["num_head_channels"], a["context_dim"])
+        self.input_blocks = nn.ModuleList([Seq([nn.Conv2d(a["in_channels"], mc, 3, padding=1)])])
+        chans, ch, ds = [mc], mc, 1
+        for level, mult in enumerate(a["channel_mult"]):
+            for _ in range(a["num_res_blocks"]):
+                layers = [ResBlock(ch, ted, mult * mc)]
+                ch = mult * mc
+                if ds in a["attention_resolutions"]:
+                    layers.append(st(ch))
+                self.input_blocks.append(Seq(layers))
+                chans.append(ch)
+            if level != len(a["channel_mult"]) - 1:
+                self.input_blocks.append(Seq([Down(ch)]))
+                chans.append(ch)
+                ds *= 2
+        self.middle_block = Seq([ResBlock(ch, ted, ch), st(ch), ResBlock(ch, ted, ch)])
+        self.output_blocks = nn.ModuleList()
+        for level, mult in list(enumerate(a["channel_mult"]))[::-1]:
+            for i in range(a["num_res_blocks"] + 1):
+                layers = [ResBlock(ch + chans.pop(), ted, mc * mult)]
+                ch = mc * mult
+                if ds in a["attention_resolutions"]:
+                    layers.append(st(ch))
+                if level and i == a["num_res_blocks"]:
+                    layers.append(Up(ch))
+                    ds //= 2
+                self.output_blocks.append(Seq(layers))
+        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(mc, a["out_channels"], 3, padding=1))
+
+    def forward(self, x, t, context):
+        emb = self.time_embed(timestep_embedding(t, self.mc))
+        hs, h = [], x
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            hs.append(h)
+        h = self.middle_block(h, emb, context)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
+        return self.out(h)
+
+
+REFERENCE_UNET = dict(image_size=8, in_channels=4, out_channels=4, model_channels=64, channel_mult=[1, 2], num_res_blocks=2,
+                      attention_resolutions=[2], num_head_channels=32, context_dim=64, num_classes=10)
+
+
+def unet_step(batch, channels_last=False):
+    """One training step of the reference UNet with its class embedder, as SwiftLDM runs it."""
+    a = REFERENCE_UNET
+    model = UNetModel(a)
+    embedder = nn.Embedding(a["num_classes"] + 1, a["context_dim"])
+    params = list(model.parameters()) + list(embedder.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    ema = [p.detach().clone() for p in params]
+    g = torch.Generator().manual_seed(1)
+    s = a["image_size"]
+    z0 = torch.randn(batch, a["in_channels"], s, s, generator=g)
+    noise = torch.randn(batch, a["in_channels"], s, s, generator=g)
+    t = torch.tensor([(i * 7919) % 1000 for i in range(batch)])
+    labels = torch.tensor([i % (a["num_classes"] + 1) for i in range(batch)])
+    abar = torch.cumprod(1 - torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000, dtype=torch.float64) ** 2, 0)[t].float()
+    xt = abar.sqrt()[:, None, None, None] * z0 + (1 - abar).sqrt()[:, None, None, None] * noise
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        xt = xt.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        eps = model(xt, t, embedder(labels)[:, None, :])
+        F.mse_loss(eps, noise).backward()
+        opt.step()
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.mul_(0.9999).add_(p, alpha=1 - 0.9999)
+    return step

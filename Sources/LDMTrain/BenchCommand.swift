@@ -43,7 +43,12 @@ struct Bench: ParsableCommand {
                 let timing = try ModelBenchmark.autoencoder(config: loaded, batch: batchSize, steps: steps, communicator: comm)
                 if comm.isRoot { try report(timing) }
             }
-        case .unet: throw NotBuiltYet(command: "bench unet", issue: 6)
+        case .unet:
+            let loaded = try ConfigLoader.load(config, overrides: overrides)
+            try distributed { comm in
+                let timing = try ModelBenchmark.unet(config: loaded, batch: batchSize, steps: steps, communicator: comm)
+                if comm.isRoot { try report(timing) }
+            }
         }
     }
 

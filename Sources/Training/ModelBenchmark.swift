@@ -1,3 +1,4 @@
+import Diffusion
 import Distributed
 import Foundation
 import NN
@@ -48,6 +49,33 @@ public enum ModelBenchmark {
             step.optimizer.update(lr: 1e-4)
         }
         return try result("autoencoder", batch: batch, times: times, exposed: Array(exposed.suffix(steps)), overlap: sync.overlap, comm: comm)
+    }
+
+    /// The UNet of `config` with its class embedder: ε-prediction loss, forward,
+    /// backward, gradient all-reduce, AdamW and the EMA at `batch` latents per rank.
+    public static func unet(config: Config, batch: Int, steps: Int, communicator comm: Communicator) throws -> ModelTiming {
+        let stage = config.diffusion, a = stage.model
+        let model = LatentDiffusionModel(a, seed: 0)
+        let arena = ParameterArena(model)
+        let optimizer = Adam(arena, stage.optimizer.adam)
+        let ema = EMA(arena, decay: stage.emaDecay)
+        let sync = makeSynchronizer(arena, config.distributed, comm)
+        let schedule = stage.schedule.schedule
+        let z0 = Tensor.randomNormal([batch, a.imageSize, a.imageSize, a.inChannels], stream: RandomStream(seed: 1, stream: UInt64(comm.rank)))
+        let noise = Tensor.randomNormal(z0.shape, stream: RandomStream(seed: 2, stream: UInt64(comm.rank)))
+        let times = (0..<batch).map { ($0 * 7919) % schedule.timesteps }, labels = (0..<batch).map { $0 % (a.numClasses + 1) }
+        var exposed: [Double] = []
+        let timesList = try timeSteps(steps) {
+            arena.zeroGradients()
+            sync.beginBackward()
+            let diff = model(schedule.qSample(z0, t: times, noise: noise), timesteps: times, labels: labels) - noise
+            (diff * diff).mean().scaled(by: 1 / Float(comm.size)).backward()
+            try sync.finish()
+            exposed.append(sync.lastExposedSeconds * 1000)
+            optimizer.update(lr: 1e-4)
+            ema.update()
+        }
+        return try result("unet", batch: batch, times: timesList, exposed: Array(exposed.suffix(steps)), overlap: sync.overlap, comm: comm)
     }
 
     /// Runs `body` `steps` times after two warm-up steps; wall times in ms.

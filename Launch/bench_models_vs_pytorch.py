@@ -1,0 +1,55 @@
+"""Whole-model benchmark: a training step of each reference model (forward,
+backward, optimizer) in SwiftLDM (`ldm-train bench autoencoder|unet --json`) and in
+PyTorch (Launch/bench_models_torch.py, the same architectures), same batch and
+thread count. The sides never run at once; rounds alternate them, and each side's
+figure is its best median over the rounds. Run through Launch/bench-models-vs-pytorch.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BINARY = os.path.join(ROOT, ".build", "release", "ldm-train")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="all", choices=["autoencoder", "unet", "all"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 3 autoencoder, 10 unet)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LDM_THREADS"):
+        os.environ[var] = str(args.threads)
+    sys.path.insert(0, HERE)
+    import torch
+    import bench_models_torch as ref
+    torch.set_num_threads(args.threads)
+
+    models = ["autoencoder", "unet"] if args.model == "all" else [args.model]
+    print(f"training step at batch {args.batch_size}, {args.threads} thread(s) each side, best median of {args.rounds} alternating rounds")
+    print(f"{'model':13}{'swift ms':>10}{'swift img/s':>13}{'torch ms':>10}{'torch img/s':>13}{'torch cl':>10}{'speedup':>9}{'swift RSS':>11}")
+    for model in models:
+        steps = args.steps or (3 if model == "autoencoder" else 10)
+        make = ref.autoencoder_step if model == "autoencoder" else ref.unet_step
+        ours, theirs, theirs_cl, rss = float("inf"), float("inf"), float("inf"), 0.0
+        for r in range(args.rounds):
+            out = subprocess.run([BINARY, "bench", model, "--json", "--steps", str(steps), "--batch-size", str(args.batch_size),
+                                  "--threads", str(args.threads)], check=True, capture_output=True, text=True, cwd=ROOT).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            ours, rss = min(ours, row["step_ms"]), max(rss, row["peak_rss_mib"])
+            theirs = min(theirs, ref.time_steps(make(args.batch_size, False), steps))
+            theirs_cl = min(theirs_cl, ref.time_steps(make(args.batch_size, True), steps))
+            print(f"  round {r + 1}: swift {row['step_ms']:.1f} ms", file=sys.stderr, flush=True)
+        best = min(theirs, theirs_cl)
+        img = lambda ms: args.batch_size * 1000 / ms
+        print(f"{model:13}{ours:10.1f}{img(ours):13.1f}{theirs:10.1f}{img(theirs):13.1f}{theirs_cl:10.1f}{best / ours:8.2f}x{rss:9.0f} MiB",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
