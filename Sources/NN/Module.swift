@@ -18,6 +18,10 @@ open class Module {
     /// Property name → key, for the properties whose key is not their snake_case name.
     open class var keys: [String: String] { [:] }
 
+    /// (key, child) pairs used instead of the stored properties, for modules whose
+    /// PyTorch keys are positions in an nn.Sequential with gaps (`main.0`, `main.2`).
+    open var explicitChildren: [(String, Any)]? { nil }
+
     /// Every parameter with its full key, in declaration order (depth first).
     public final func namedParameters() -> [(key: String, tensor: Tensor)] {
         var out: [(key: String, tensor: Tensor)] = []
@@ -38,6 +42,8 @@ private func visit(_ value: Any, prefix: String, _ found: (String, Tensor) -> Vo
     switch value {
     case let t as Tensor:
         found(prefix, t)
+    case let m as Module where m.explicitChildren != nil:
+        for (key, child) in m.explicitChildren! { visit(child, prefix: join(key), found) }
     case let m as Module:
         var mirror: Mirror? = Mirror(reflecting: m)
         var levels: [Mirror] = []

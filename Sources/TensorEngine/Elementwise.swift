@@ -182,6 +182,13 @@ private struct GELU: PointwiseFunction {
     }
 }
 
+/// max(x, 0) for slope 0, else x for x > 0 and slope·x below (LeakyReLU).
+private struct LeakyReLU: PointwiseFunction {
+    let slope: Float
+    func value(_ x: Float) -> Float { x > 0 ? x : slope * x }
+    func derivative(_ x: Float, _ y: Float) -> Float { x > 0 ? 1 : slope }
+}
+
 public prefix func - (x: Tensor) -> Tensor { pointwise(x, Affine(s: -1, c: 0)) }
 
 extension Tensor {
@@ -197,3 +204,5 @@ public func sqrt(_ x: Tensor) -> Tensor { pointwise(x, Sqrt()) }
 public func sigmoid(_ x: Tensor) -> Tensor { pointwise(x, Sigmoid()) }
 public func silu(_ x: Tensor) -> Tensor { pointwise(x, SiLU()) }
 public func gelu(_ x: Tensor) -> Tensor { pointwise(x, GELU()) }
+public func relu(_ x: Tensor) -> Tensor { pointwise(x, LeakyReLU(slope: 0)) }
+public func leakyReLU(_ x: Tensor, slope: Float = 0.2) -> Tensor { pointwise(x, LeakyReLU(slope: slope)) }

@@ -71,8 +71,14 @@ public final class AutoencoderTrainer: TrainingStage {
         }
         let l = step.accumulate(train.images(indices, epoch: epoch), noise: noise, scale: scale, step: n)
         let count = Double(indices.count)
-        return [("loss", Tally(sum: l.total * count, count: count)), ("rec", Tally(sum: l.reconstruction * count, count: count)),
-                ("kl", Tally(sum: l.kl * count, count: count))]
+        var out = [("loss", Tally(sum: l.total * count, count: count)), ("rec", Tally(sum: l.reconstruction * count, count: count)),
+                   ("kl", Tally(sum: l.kl * count, count: count))]
+        if stageConfig.loss.discEnabled {   // always listed, so every step logs the same quantities (count 0 before disc_start)
+            for (name, value) in [("g_loss", l.generator), ("d_weight", l.adaptiveWeight), ("disc_loss", l.discriminator)] {
+                out.append((name, value.map { Tally(sum: $0 * count, count: count) } ?? Tally()))
+            }
+        }
+        return out
     }
 
     /// Inputs (first 8 test images) above their reconstructions (posterior mean).

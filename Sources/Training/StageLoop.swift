@@ -95,7 +95,8 @@ final class StageLoop {
             if state.step % t.logEvery == 0 || done {
                 let rate = Double(windowSteps * plan.globalBatch) / Date().timeIntervalSince(windowStart)
                 let eta = Date().timeIntervalSince(runStart) / Double(state.step - firstStep) * Double(t.steps - state.step)
-                let parts = window.dropFirst().map { String(format: "%@ %.4g", $0.0, $0.1.mean) }.joined(separator: ", ")
+                let parts = window.dropFirst().filter { $0.1.count > 0 }.map { String(format: "%@ %.4g", $0.0, $0.1.mean) }
+                    .joined(separator: ", ")
                 log.say(String(format: "step %d/%d  loss %.4f (%@)  %.1f img/s  ETA %@", state.step, t.steps, window[0].1.mean,
                                parts, rate, RunLog.duration(eta)))
                 var fields: [String: Any] = ["step": state.step, "epoch": state.epoch, "lr": lr, "img_per_s": rate]

@@ -91,6 +91,21 @@ struct AutoencoderCommandTests {
         #expect(result.err.contains(expected), "\(result.err)")
     }
 
+    @Test("with the patch discriminator on from step 2, the run trains both and logs λ and the hinge loss")
+    func discriminator() throws {
+        let run = temporaryRun()
+        let r = try ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run, "--steps", "4",
+                                                       "--set", "autoencoder.loss.disc_enabled=true", "--set", "autoencoder.loss.disc_start=2",
+                                                       "--set", "autoencoder.training.eval_images=20"])
+        #expect(r.status == 0, "\(r.err)")
+        #expect(r.out.contains("d_weight") && r.out.contains("disc_loss"))
+        let metrics = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)
+        #expect(metrics.contains("\"disc_loss\""))
+        let t = try checkpointTensors(run + "/step-00000004")
+        let before = try checkpointTensors(run + "/step-00000002")
+        #expect(t["params/loss/discriminator/main/0/weight"] != before["params/loss/discriminator/main/0/weight"])
+    }
+
     @Test("a non-finite loss stops the run naming the step and keeps the last good weights")
     func nonFinite() throws {
         let run = temporaryRun()

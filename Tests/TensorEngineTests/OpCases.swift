@@ -49,6 +49,9 @@ let opCases: [OpCase] = [
     OpCase("sigmoid", shapes: [[4, 5]], tiny: [[3]]) { sigmoid($0[0]) },
     OpCase("silu", shapes: [[4, 5]], tiny: [[3]]) { silu($0[0]) },
     OpCase("gelu", shapes: [[4, 5]], tiny: [[3]]) { gelu($0[0]) },
+    // kinks at 0: inputs kept away from it so central differences do not straddle it
+    OpCase("relu", { t in [randn(t ? [4] : [4, 5], 1).adding(0.05)] }) { relu($0[0].scaled(by: 1)) },
+    OpCase("leaky relu", { t in [randn(t ? [4] : [4, 5], 2)] }) { leakyReLU($0[0], slope: 0.2) },
     OpCase("clamp", { t in [randn(t ? [4] : [4, 5], 1, scale: 3)] }) { $0[0].clamped(min: -2, max: 2.5) },
     OpCase("sum axis", shapes: [[3, 4, 5]], tiny: [[2, 3]]) { $0[0].sum(axes: [1]) },
     OpCase("sum all", shapes: [[3, 4, 5]], tiny: [[2, 3]]) { $0[0].sum() },
