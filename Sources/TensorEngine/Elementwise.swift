@@ -147,37 +147,37 @@ private func pointwise<F: PointwiseFunction>(_ x: Tensor, _ f: F) -> Tensor {
 
 private struct Affine: PointwiseFunction {       // s·x + c
     let s: Float, c: Float
-    func value(_ x: Float) -> Float { s * x + c }
-    func derivative(_ x: Float, _ y: Float) -> Float { s }
+    @inline(__always) func value(_ x: Float) -> Float { s * x + c }
+    @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { s }
 }
 private struct Exp: PointwiseFunction {
-    func value(_ x: Float) -> Float { fastExp(x) }
-    func derivative(_ x: Float, _ y: Float) -> Float { y }
+    @inline(__always) func value(_ x: Float) -> Float { fastExp(x) }
+    @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { y }
 }
 private struct Log: PointwiseFunction {
-    func value(_ x: Float) -> Float { logf(x) }
-    func derivative(_ x: Float, _ y: Float) -> Float { 1 / x }
+    @inline(__always) func value(_ x: Float) -> Float { logf(x) }
+    @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { 1 / x }
 }
 private struct Sqrt: PointwiseFunction {
-    func value(_ x: Float) -> Float { x.squareRoot() }
-    func derivative(_ x: Float, _ y: Float) -> Float { 0.5 / y }
+    @inline(__always) func value(_ x: Float) -> Float { x.squareRoot() }
+    @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { 0.5 / y }
 }
 private struct Sigmoid: PointwiseFunction {
-    func value(_ x: Float) -> Float { 1 / (1 + fastExp(-x)) }
-    func derivative(_ x: Float, _ y: Float) -> Float { y * (1 - y) }
+    @inline(__always) func value(_ x: Float) -> Float { 1 / (1 + fastExp(-x)) }
+    @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { y * (1 - y) }
 }
 /// SiLU(x) = x·σ(x); d/dx = σ(x)·(1 + x·(1 − σ(x))).
 private struct SiLU: PointwiseFunction {
-    func value(_ x: Float) -> Float { x / (1 + fastExp(-x)) }
-    func derivative(_ x: Float, _ y: Float) -> Float {
+    @inline(__always) func value(_ x: Float) -> Float { x / (1 + fastExp(-x)) }
+    @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float {
         let s = 1 / (1 + fastExp(-x))
         return s * (1 + x * (1 - s))
     }
 }
 /// GELU(x) = x·Φ(x) with the exact normal CDF (PyTorch's default); d/dx = Φ(x) + x·φ(x).
 private struct GELU: PointwiseFunction {
-    func value(_ x: Float) -> Float { 0.5 * x * (1 + fastErf(x * 0.70710678)) }
-    func derivative(_ x: Float, _ y: Float) -> Float {
+    @inline(__always) func value(_ x: Float) -> Float { 0.5 * x * (1 + fastErf(x * 0.70710678)) }
+    @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float {
         0.5 * (1 + fastErf(x * 0.70710678)) + x * 0.39894228 * fastExp(-0.5 * x * x)
     }
 }
@@ -185,8 +185,8 @@ private struct GELU: PointwiseFunction {
 /// max(x, 0) for slope 0, else x for x > 0 and slope·x below (LeakyReLU).
 private struct LeakyReLU: PointwiseFunction {
     let slope: Float
-    func value(_ x: Float) -> Float { x > 0 ? x : slope * x }
-    func derivative(_ x: Float, _ y: Float) -> Float { x > 0 ? 1 : slope }
+    @inline(__always) func value(_ x: Float) -> Float { x > 0 ? x : slope * x }
+    @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { x > 0 ? 1 : slope }
 }
 
 public prefix func - (x: Tensor) -> Tensor { pointwise(x, Affine(s: -1, c: 0)) }
