@@ -1,3 +1,5 @@
+import Foundation
+
 /// 2-D convolution over NHWC activations with OIHW weights, through oneDNN.
 
 /// Zero padding of a 2-D convolution; asymmetric for the LDM downsample (0,1,0,1).
@@ -30,7 +32,7 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
                          padTop: padding.top, padBottom: padding.bottom, padLeft: padding.left, padRight: padding.right,
                          hasBias: bias != nil)
     precondition(g.outH >= 1 && g.outW >= 1, "conv2d: input \(x.shape) too small for weight \(weight.shape) with \(padding)")
-    let kernels = DNNL.conv(g)
+    let kernels: ConvKernels = useWinograd && WinogradConv.applies(to: g) ? WinogradConv(g: g) : DNNL.conv(g)
     let y = Tensor(uninitialized: [g.n, g.outH, g.outW, g.o])
     kernels.forward(x: x.pointer, w: weight.pointer, b: bias?.pointer, y: y.pointer)
     if Tape.needsGrad(x, weight, bias) {
@@ -57,6 +59,23 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
     }
     return y
 }
+
+/// The three passes of a convolution for one geometry.
+protocol ConvKernels {
+    /// y = conv(x, w) + b.
+    func forward(x: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>, b: UnsafeMutablePointer<Float>?,
+                 y: UnsafeMutablePointer<Float>)
+    /// dx = conv_transpose(dy, w) (overwrites dx).
+    func backwardData(dy: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>, dx: UnsafeMutablePointer<Float>)
+    /// dw = Σ x ⋆ dy in OIHW and db = Σ dy (both overwritten).
+    func backwardWeights(x: UnsafeMutablePointer<Float>, dy: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
+                         db: UnsafeMutablePointer<Float>?)
+}
+
+/// 3×3 stride-1 pad-1 convolutions with ≥ 32 channels run by Winograd F(2×2, 3×3)
+/// (Winograd.swift) unless LDM_WINOGRAD=0: a rule on the geometry alone, so every
+/// rank and every run computes the same way.
+let useWinograd = ProcessInfo.processInfo.environment["LDM_WINOGRAD"] != "0"
 
 /// d[i] += s[i] for i in 0..<n, split across threads.
 func addInPlace(_ d: UnsafeMutablePointer<Float>, _ s: UnsafeMutablePointer<Float>, _ n: Int) {

@@ -245,7 +245,7 @@ final class ActivationPort {
 /// Forward, backward-data and backward-weights primitives of one conv geometry.
 /// Activation layouts are left to oneDNN (`any`) unless `nhwcOnly`; the backward
 /// primitives are made on first use (inference never needs them).
-final class ConvPrimitives {
+final class ConvPrimitives: ConvKernels {
     let g: ConvGeometry
     private let nhwcOnly: Bool
     private var nhwcSrc, nhwcDst, oihwMD, biasMD, anyWeightsMD: dnnl_memory_desc_t

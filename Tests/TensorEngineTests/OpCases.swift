@@ -88,6 +88,10 @@ let opCases: [OpCase] = [
          padding: Padding2D(1)),
     conv("conv stride 2 asymmetric pad wide (blocked layout)", x: [2, 6, 6, 16], w: [8, 16, 3, 3], tinyX: [1, 4, 4, 1],
          tinyW: [1, 1, 3, 3], stride: 2, padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1)),
+    // 3×3 stride 1 pad 1 with ≥ 32 channels: Winograd F(2×2, 3×3); odd sizes give ragged
+    // tiles, 36 and 33 channels leave partial vectors.
+    conv("conv 3x3 Winograd (ragged tiles, channel tails)", x: [2, 5, 7, 36], w: [33, 36, 3, 3], tinyX: [1, 3, 3, 2],
+         tinyW: [2, 2, 3, 3], padding: Padding2D(1)),
     conv("conv 1x1", x: [2, 5, 5, 6], w: [3, 6, 1, 1], tinyX: [1, 2, 2, 3], tinyW: [2, 3, 1, 1], padding: Padding2D(0)),
     conv("conv odd sizes", x: [3, 7, 5, 3], w: [5, 3, 3, 3], tinyX: [1, 3, 5, 1], tinyW: [1, 1, 3, 3], padding: Padding2D(1)),
     conv("conv batch 1", x: [1, 6, 6, 2], w: [3, 2, 3, 3], tinyX: [1, 3, 3, 1], tinyW: [1, 1, 3, 3], padding: Padding2D(1)),

@@ -26,6 +26,10 @@ struct ReferenceTests {
                  padding: Padding2D(1), bias: true),
         ConvCase(description: "wide, stride 2 asymmetric pad (blocked layout)", x: [2, 8, 8, 16], w: [24, 16, 3, 3], stride: 2,
                  padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1), bias: true),
+        ConvCase(description: "Winograd: odd sizes, channel tails", x: [2, 5, 7, 36], w: [33, 36, 3, 3], stride: 1,
+                 padding: Padding2D(1), bias: true),
+        ConvCase(description: "Winograd: 32×32, 64 channels", x: [1, 32, 32, 64], w: [64, 64, 3, 3], stride: 1,
+                 padding: Padding2D(1), bias: false),
         ConvCase(description: "wide 1x1 (NHWC kernel)", x: [2, 5, 5, 32], w: [16, 32, 1, 1], stride: 1,
                  padding: Padding2D(0), bias: false),
     ]
