@@ -15,13 +15,6 @@ struct LDMTrain: ParsableCommand {
         defaultSubcommand: PipelineCommand.self)
 }
 
-/// A stage whose issue has not landed yet: one clear line and a non-zero exit.
-struct NotBuiltYet: Error, CustomStringConvertible {
-    let command: String
-    let issue: Int
-    var description: String { "'ldm-train \(command)' is not built yet (tracked in issue \(issue))" }
-}
-
 /// Runs `body` with this process's communicator (MPI under mpirun, else a world of
 /// one). Errors: rank 0 reports them (through ArgumentParser: one line, exit 1);
 /// another rank stays silent for a moment, since an error every rank hit ends the
