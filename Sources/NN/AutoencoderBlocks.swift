@@ -84,11 +84,7 @@ public final class DownLevel: Module {
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
-        var h = x
-        for (i, b) in block.enumerated() {
-            h = b(h)
-            if !attn.isEmpty { h = attn[i](h) }
-        }
+        let h = resnetsAndAttention(x, block, attn)
         return downsample?(h) ?? h
     }
 }
@@ -105,13 +101,19 @@ public final class UpLevel: Module {
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
-        var h = x
-        for (i, b) in block.enumerated() {
-            h = b(h)
-            if !attn.isEmpty { h = attn[i](h) }
-        }
+        let h = resnetsAndAttention(x, block, attn)
         return upsample?(h) ?? h
     }
+}
+
+/// A level's res blocks, each followed by its attention block when the level has them.
+private func resnetsAndAttention(_ x: Tensor, _ blocks: [ResnetBlock], _ attn: [AttnBlock]) -> Tensor {
+    var h = x
+    for (i, b) in blocks.enumerated() {
+        h = b(h)
+        if !attn.isEmpty { h = attn[i](h) }
+    }
+    return h
 }
 
 /// The middle of the encoder and of the decoder: block_1, attn_1, block_2.

@@ -75,6 +75,23 @@ struct WinogradConv: ConvKernels {
 
     // MARK: the three steps
 
+    /// Calls `body(t, n, i, j, ch, lanes)` for every tile t (sample n, tile row i,
+    /// column j) and every block of up to 8 channels starting at ch, tiles split across threads.
+    @inline(__always)
+    private func forEachTile(channels: Int, _ body: (_ t: Int, _ n: Int, _ i: Int, _ j: Int, _ ch: Int, _ lanes: Int) -> Void) {
+        let (th, tw) = (tilesH, tilesW)
+        parallelFor(tiles, grain: 16) { range in
+            for t in range {
+                let n = t / (th * tw), i = t / tw % th, j = t % tw
+                var ch = 0
+                while ch < channels {
+                    body(t, n, i, j, ch, min(8, channels - ch))
+                    ch += 8
+                }
+            }
+        }
+    }
+
     /// Y = Aᵀ (U ⊙ V) A + b for an input of `channels` channels and `outputs` outputs.
     private func convolve(_ x: UnsafeMutablePointer<Float>, channels: Int, weights u: UnsafeMutablePointer<Float>, outputs: Int,
                           bias: UnsafeMutablePointer<Float>?, into y: UnsafeMutablePointer<Float>) {
@@ -115,16 +132,11 @@ struct WinogradConv: ConvKernels {
 
     /// V[ξ][tile][c] = (Bᵀ d B)[ξ] for every 4×4 input tile d (zero outside the image).
     private func transformInput(_ x: UnsafeMutablePointer<Float>, channels c: Int, into v: UnsafeMutablePointer<Float>) {
-        let (h, w, th, tw, stride) = (g.h, g.w, tilesH, tilesW, tiles * c)
-        parallelFor(tiles, grain: 16) { range in
-            for t in range {
-                let n = t / (th * tw), i = t / tw % th, j = t % tw
-                let top = 2 * i - 1, left = 2 * j - 1
-                let interior = top >= 0 && top + 3 < h && left >= 0 && left + 3 < w
-                let origin = x + ((n * h + top) * w + left) * c
-                var ch = 0
-                while ch < c {
-                    let lanes = min(8, c - ch)
+        let (h, w, stride) = (g.h, g.w, tiles * c)
+        forEachTile(channels: c) { t, n, i, j, ch, lanes in
+                    let top = 2 * i - 1, left = 2 * j - 1
+                    let interior = top >= 0 && top + 3 < h && left >= 0 && left + 3 < w
+                    let origin = x + ((n * h + top) * w + left) * c
                     @inline(__always) func d(_ r: Int, _ q: Int) -> SIMD8<Float> {
                         if interior { return load(origin + (r * w + q) * c + ch, lanes) }
                         let yy = top + r, xx = left + q
@@ -146,22 +158,14 @@ struct WinogradConv: ConvKernels {
                     emit(1, d10 + d20, d11 + d21, d12 + d22, d13 + d23)
                     emit(2, d20 - d10, d21 - d11, d22 - d12, d23 - d13)
                     emit(3, d10 - d30, d11 - d31, d12 - d32, d13 - d33)
-                    ch += 8
-                }
-            }
         }
     }
 
     /// Y tile = Aᵀ M A (+ bias), written where it falls inside the output.
     private func transformOutput(_ m: UnsafeMutablePointer<Float>, outputs o: Int, bias: UnsafeMutablePointer<Float>?,
                                  into y: UnsafeMutablePointer<Float>) {
-        let (h, w, th, tw, stride) = (g.outH, g.outW, tilesH, tilesW, tiles * o)
-        parallelFor(tiles, grain: 16) { range in
-            for t in range {
-                let n = t / (th * tw), i = t / tw % th, j = t % tw
-                var ch = 0
-                while ch < o {
-                    let lanes = min(8, o - ch)
+        let (h, w, stride) = (g.outH, g.outW, tiles * o)
+        forEachTile(channels: o) { t, n, i, j, ch, lanes in
                     let base = m + t * o + ch
                     @inline(__always) func mm(_ k: Int) -> SIMD8<Float> { load(base + k * stride, lanes) }
                     // Aᵀ M: row 0 = m0 + m1 + m2, row 1 = m1 − m2 − m3 (over the rows of M), per column q
@@ -176,21 +180,13 @@ struct WinogradConv: ConvKernels {
                         store(s10 + s11 + s12 + b, row0 + w * o, lanes)
                         if 2 * j + 1 < w { store(s11 - s12 - s13 + b, row0 + w * o + o, lanes) }
                     }
-                    ch += 8
-                }
-            }
         }
     }
 
     /// dM[ξ][tile][o] = (A dY Aᵀ)[ξ], the adjoint of the output transform (zero beyond the output).
     private func transformOutputGradient(_ dy: UnsafeMutablePointer<Float>, into dm: UnsafeMutablePointer<Float>) {
-        let (h, w, o, th, tw, stride) = (g.outH, g.outW, g.o, tilesH, tilesW, tiles * g.o)
-        parallelFor(tiles, grain: 16) { range in
-            for t in range {
-                let n = t / (th * tw), i = t / tw % th, j = t % tw
-                var ch = 0
-                while ch < o {
-                    let lanes = min(8, o - ch)
+        let (h, w, o, stride) = (g.outH, g.outW, g.o, tiles * g.o)
+        forEachTile(channels: o) { t, n, i, j, ch, lanes in
                     func at(_ r: Int, _ q: Int) -> SIMD8<Float> {   // the 2×2 output gradient, zero outside
                         2 * i + r < h && 2 * j + q < w ? load(dy + ((n * h + 2 * i + r) * w + 2 * j + q) * o + ch, lanes) : .zero
                     }
@@ -207,9 +203,6 @@ struct WinogradConv: ConvKernels {
                     row(1, e0 + e2, e1 + e3)
                     row(2, e0 - e2, e1 - e3)
                     row(3, -e2, -e3)
-                    ch += 8
-                }
-            }
         }
     }
 }
