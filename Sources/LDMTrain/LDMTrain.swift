@@ -13,22 +13,29 @@ struct LDMTrain: ParsableCommand {
         subcommands: [PipelineCommand.self, Prepare.self, Autoencoder.self, Encode.self, Diffusion.self, Sample.self,
                       Inspect.self, Bench.self],
         defaultSubcommand: PipelineCommand.self)
+
+    /// Errors become one line and exit status 1. Under mpirun only rank 0 reports at
+    /// once; another rank waits a moment, since an error every rank hits (a bad
+    /// config, a missing file) ends the job from rank 0 first, and speaks ("rank r:
+    /// ...") only when the job is still running, i.e. when the failure is its own.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let rank = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_RANK"].flatMap(Int.init) ?? 0
+            if rank == 0 { exit(withError: error) }
+            Thread.sleep(forTimeInterval: 3)
+            FileHandle.standardError.write(Data("Error: rank \(rank): \(error)\n".utf8))
+            Foundation.exit(1)
+        }
+    }
 }
 
 /// Runs `body` with this process's communicator (MPI under mpirun, else a world of
-/// one). Errors: rank 0 reports them (through ArgumentParser: one line, exit 1);
-/// another rank stays silent for a moment, since an error every rank hit ends the
-/// job from rank 0, and only speaks ("rank r: ...") when the job is still running,
-/// i.e. when the failure is its own.
+/// one), and leaves MPI when it is done.
 func distributed(_ body: (Communicator) throws -> Void) throws {
     let comm = try makeCommunicator()
-    do {
-        try body(comm)
-    } catch {
-        if comm.rank == 0 { throw error }
-        Thread.sleep(forTimeInterval: 3)
-        FileHandle.standardError.write(Data("Error: rank \(comm.rank): \(error)\n".utf8))
-        exit(1)
-    }
+    try body(comm)
     (comm as? MPICommunicator)?.finalize()
 }

@@ -107,6 +107,15 @@ struct DistributedTests {
         #expect(control > 1e-3, "turning flips off changed nothing: \(control)")
     }
 
+    @Test("an error every rank meets (a config typo) is reported once, by rank 0, and ends the job non-zero")
+    func errorOnEveryRank() throws {
+        let r = try mpirunLocal(2, ["ldm-train", "autoencoder"] + smoke + ["--run-dir", temporaryRun(), "--set", "autoencoder.model.ch_mul=3"],
+                                timeout: 60)
+        #expect(r.status != 0)
+        #expect(r.err.components(separatedBy: "Error:").count - 1 == 1, "\(r.err)")
+        #expect(r.err.contains("did you mean 'autoencoder.model.ch_mult'"))
+    }
+
     @Test("a rank killed mid-run ends the whole job with a non-zero exit within seconds")
     func rankKilled() throws {
         let run = temporaryRun()
