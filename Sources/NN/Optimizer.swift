@@ -40,18 +40,16 @@ public final class Adam {
         // p −= lr/c1 · m / (√v/√c2 + eps), the bias corrections folded into two scalars.
         let stepSize = Float(lr / c1), rootC2 = Float(c2.squareRoot())
         let wd = Float(settings.weightDecay), decay = Float(1 - lr * settings.weightDecay)
-        let l2 = settings.decoupled ? 0 : wd, decoupled = settings.decoupled && wd != 0
+        // Adam's L2 term joins the gradient; AdamW's decay scales the weight (by 1 otherwise: exact).
+        let l2 = settings.decoupled ? 0 : wd, keep = settings.decoupled && wd != 0 ? decay : 1
         let p = arena.values.pointer, g = arena.gradients.pointer, pm = m.pointer, pv = v.pointer
-        parallelFor(arena.count, grain: 1 << 15) { range in
-            for i in range {
-                let gi = g[i] + l2 * p[i]
-                let mi = b1 * pm[i] + (1 - b1) * gi
-                let vi = b2 * pv[i] + (1 - b2) * gi * gi
-                pm[i] = mi
-                pv[i] = vi
-                let pi = decoupled ? p[i] * decay : p[i]
-                p[i] = pi - stepSize * mi / (vi.squareRoot() / rootC2 + eps)
-            }
+        forEachLanes(arena.count) { i, lanes in
+            let gi = loadLanes(g + i, lanes) + l2 * loadLanes(p + i, lanes)
+            let mi = b1 * loadLanes(pm + i, lanes) + (1 - b1) * gi
+            let vi = b2 * loadLanes(pv + i, lanes) + (1 - b2) * gi * gi
+            storeLanes(mi, pm + i, lanes)
+            storeLanes(vi, pv + i, lanes)
+            storeLanes(loadLanes(p + i, lanes) * keep - stepSize * mi / (vi.squareRoot() / rootC2 + eps), p + i, lanes)
         }
     }
 }
@@ -80,6 +78,7 @@ public final class EMA {
         updates += 1
         let d = Float(min(decay, Double(1 + updates) / Double(10 + updates)))
         let s = shadow.pointer, p = arena.values.pointer
-        parallelFor(arena.count, grain: 1 << 16) { r in for i in r { s[i] = d * s[i] + (1 - d) * p[i] } }
+        forEachLanes(arena.count) { i, lanes in storeLanes(d * loadLanes(s + i, lanes) + (1 - d) * loadLanes(p + i, lanes), s + i, lanes) }
     }
 }
+

@@ -115,3 +115,30 @@ func rowMax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
     while i < n { if p[i] > m { m = p[i] }; i += 1 }
     return m
 }
+
+// MARK: - Partial vectors
+
+/// Up to 8 floats as a vector (the rest zero).
+@inlinable @inline(__always)
+public func loadLanes(_ p: UnsafeMutablePointer<Float>, _ lanes: Int) -> SIMD8<Float> {
+    if lanes == 8 { return UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
+    var v = SIMD8<Float>.zero
+    for k in 0..<lanes { v[k] = p[k] }
+    return v
+}
+
+/// The first `lanes` floats of a vector.
+@inlinable @inline(__always)
+public func storeLanes(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>, _ lanes: Int) {
+    if lanes == 8 { UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self); return }
+    for k in 0..<lanes { p[k] = v[k] }
+}
+
+/// Runs `body(i, lanes)` over 0..<count in steps of 8 (the last `lanes` < 8 wide),
+/// split across the engine's threads: for elementwise updates of long buffers.
+@inlinable
+public func forEachLanes(_ count: Int, _ body: (Int, Int) -> Void) {
+    parallelFor((count + 7) / 8, grain: 1 << 13) { range in
+        for block in range { body(block * 8, min(8, count - block * 8)) }
+    }
+}

@@ -45,23 +45,25 @@ struct WinogradConv: ConvKernels {
         transformOutputGradient(dy, into: dm.p)
         DNNL.matmul(MatmulGeometry(batch: 16, m: g.c, k: tiles, n: g.o, transposeA: true, transposeB: false, accumulate: false),
                     v.p, dm.p, du.p)
-        // dg = Gᵀ dU G for each (o, c): G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1].
+        // dg = Gᵀ dU G for each (o, c), eight outputs o at a time: G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1].
         let (c, o) = (g.c, g.o), plane = c * o
-        parallelFor(o, grain: 8) { range in
-            for oo in range {
-                for cc in 0..<c {
-                    let src = du.p + cc * o + oo
-                    @inline(__always) func row(_ r: Int) -> SIMD4<Float> {
-                        SIMD4(src[(4 * r) * plane], src[(4 * r + 1) * plane], src[(4 * r + 2) * plane], src[(4 * r + 3) * plane])
+        parallelFor(c, grain: 8) { range in
+            for cc in range {
+                for o0 in stride(from: 0, to: o, by: 8) {
+                    let lanes = min(8, o - o0), src = du.p + cc * o + o0
+                    @inline(__always) func at(_ r: Int, _ q: Int) -> SIMD8<Float> { loadLanes(src + (4 * r + q) * plane, lanes) }
+                    // Row k of Gᵀ dU at column q, from the four rows (a, b, e, f) of dU.
+                    @inline(__always) func left(_ k: Int, _ q: Int) -> SIMD8<Float> {
+                        let (a, b, e, f) = (at(0, q), at(1, q), at(2, q), at(3, q))
+                        return k == 0 ? a + 0.5 * (b + e) : k == 1 ? 0.5 * (b - e) : 0.5 * (b + e) + f
                     }
-                    let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3))
-                    // Gᵀ dU: three rows from four
-                    let t0 = r0 + 0.5 * (r1 + r2), t1 = 0.5 * (r1 - r2), t2 = 0.5 * (r1 + r2) + r3
-                    let out = dw + (oo * c + cc) * 9
-                    for (k, t) in [t0, t1, t2].enumerated() {   // (Gᵀ dU) G: three columns from four
-                        out[3 * k] = t[0] + 0.5 * (t[1] + t[2])
-                        out[3 * k + 1] = 0.5 * (t[1] - t[2])
-                        out[3 * k + 2] = 0.5 * (t[1] + t[2]) + t[3]
+                    for k in 0..<3 {   // (Gᵀ dU) G: three columns from four
+                        let (a, b, e, f) = (left(k, 0), left(k, 1), left(k, 2), left(k, 3))
+                        let (d0, d1, d2) = (a + 0.5 * (b + e), 0.5 * (b - e), 0.5 * (b + e) + f)
+                        for lane in 0..<lanes {
+                            let out = dw + ((o0 + lane) * c + cc) * 9 + 3 * k
+                            (out[0], out[1], out[2]) = (d0[lane], d1[lane], d2[lane])
+                        }
                     }
                 }
             }
@@ -105,26 +107,33 @@ struct WinogradConv: ConvKernels {
     /// U[ξ][c][o] = (G g Gᵀ)[ξ] with g[i][j] = w[index(o, c, i, j)].
     private func transformWeights(_ w: UnsafeMutablePointer<Float>, into u: UnsafeMutablePointer<Float>, inputs: Int, outputs: Int,
                                   index: (Int, Int, Int, Int) -> Int) {
+        // Eight outputs o at a time: each of the 16 planes of U is then written in order.
         let plane = inputs * outputs
-        parallelFor(outputs, grain: 8) { range in
-            for o in range {
-                for c in 0..<inputs {
-                    // G g: rows (g0, ½(g0 + g1 + g2), ½(g0 − g1 + g2), g2) for each column j
-                    var t = (SIMD4<Float>(), SIMD4<Float>(), SIMD4<Float>())   // columns j = 0, 1, 2 of G g
-                    for j in 0..<3 {
-                        let g0 = w[index(o, c, 0, j)], g1 = w[index(o, c, 1, j)], g2 = w[index(o, c, 2, j)]
-                        let col = SIMD4<Float>(g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2)
-                        if j == 0 { t.0 = col } else if j == 1 { t.1 = col } else { t.2 = col }
+        parallelFor(inputs, grain: 8) { range in
+            for c in range {
+                for o in stride(from: 0, to: outputs, by: 8) {
+                    let lanes = min(8, outputs - o)
+                    @inline(__always) func tap(_ i: Int, _ j: Int) -> SIMD8<Float> {
+                        var v = SIMD8<Float>.zero
+                        for k in 0..<lanes { v[k] = w[index(o + k, c, i, j)] }
+                        return v
                     }
-                    // (G g) Gᵀ: columns (a, ½(a + b + c), ½(a − b + c), c) of the rows (a, b, c)
-                    let u0 = t.0, u1 = 0.5 * (t.0 + t.1 + t.2), u2 = 0.5 * (t.0 - t.1 + t.2), u3 = t.2
-                    let dst = u + c * outputs + o
-                    for r in 0..<4 {
-                        dst[(4 * r) * plane] = u0[r]
-                        dst[(4 * r + 1) * plane] = u1[r]
-                        dst[(4 * r + 2) * plane] = u2[r]
-                        dst[(4 * r + 3) * plane] = u3[r]
+                    // Row r of (G g) Gᵀ from row r (a, b, e) of G g: (a, ½(a + b + e), ½(a − b + e), e).
+                    @inline(__always) func row(_ r: Int, _ a: SIMD8<Float>, _ b: SIMD8<Float>, _ e: SIMD8<Float>) {
+                        let dst = u + 4 * r * plane + c * outputs + o
+                        storeLanes(a, dst, lanes)
+                        storeLanes(0.5 * (a + b + e), dst + plane, lanes)
+                        storeLanes(0.5 * (a - b + e), dst + 2 * plane, lanes)
+                        storeLanes(e, dst + 3 * plane, lanes)
                     }
+                    // G g: rows (g0, ½(g0 + g1 + g2), ½(g0 − g1 + g2), g2) of the kernel rows g0, g1, g2.
+                    let (g00, g01, g02) = (tap(0, 0), tap(0, 1), tap(0, 2))
+                    let (g10, g11, g12) = (tap(1, 0), tap(1, 1), tap(1, 2))
+                    let (g20, g21, g22) = (tap(2, 0), tap(2, 1), tap(2, 2))
+                    row(0, g00, g01, g02)
+                    row(1, 0.5 * (g00 + g10 + g20), 0.5 * (g01 + g11 + g21), 0.5 * (g02 + g12 + g22))
+                    row(2, 0.5 * (g00 - g10 + g20), 0.5 * (g01 - g11 + g21), 0.5 * (g02 - g12 + g22))
+                    row(3, g20, g21, g22)
                 }
             }
         }
@@ -138,17 +147,17 @@ struct WinogradConv: ConvKernels {
                     let interior = top >= 0 && top + 3 < h && left >= 0 && left + 3 < w
                     let origin = x + ((n * h + top) * w + left) * c
                     @inline(__always) func d(_ r: Int, _ q: Int) -> SIMD8<Float> {
-                        if interior { return load(origin + (r * w + q) * c + ch, lanes) }
+                        if interior { return loadLanes(origin + (r * w + q) * c + ch, lanes) }
                         let yy = top + r, xx = left + q
-                        return yy >= 0 && yy < h && xx >= 0 && xx < w ? load(origin + (r * w + q) * c + ch, lanes) : .zero
+                        return yy >= 0 && yy < h && xx >= 0 && xx < w ? loadLanes(origin + (r * w + q) * c + ch, lanes) : .zero
                     }
                     let out = v + t * c + ch
                     // Bᵀ d row by row, then each row times B: (a − e, b + e, e − b, b − f) on (a, b, e, f).
                     @inline(__always) func emit(_ r: Int, _ a: SIMD8<Float>, _ b: SIMD8<Float>, _ e: SIMD8<Float>, _ f: SIMD8<Float>) {
-                        store(a - e, out + (4 * r) * stride, lanes)
-                        store(b + e, out + (4 * r + 1) * stride, lanes)
-                        store(e - b, out + (4 * r + 2) * stride, lanes)
-                        store(b - f, out + (4 * r + 3) * stride, lanes)
+                        storeLanes(a - e, out + (4 * r) * stride, lanes)
+                        storeLanes(b + e, out + (4 * r + 1) * stride, lanes)
+                        storeLanes(e - b, out + (4 * r + 2) * stride, lanes)
+                        storeLanes(b - f, out + (4 * r + 3) * stride, lanes)
                     }
                     let (d00, d01, d02, d03) = (d(0, 0), d(0, 1), d(0, 2), d(0, 3))
                     let (d10, d11, d12, d13) = (d(1, 0), d(1, 1), d(1, 2), d(1, 3))
@@ -167,18 +176,18 @@ struct WinogradConv: ConvKernels {
         let (h, w, stride) = (g.outH, g.outW, tiles * o)
         forEachTile(channels: o) { t, n, i, j, ch, lanes in
                     let base = m + t * o + ch
-                    @inline(__always) func mm(_ k: Int) -> SIMD8<Float> { load(base + k * stride, lanes) }
+                    @inline(__always) func mm(_ k: Int) -> SIMD8<Float> { loadLanes(base + k * stride, lanes) }
                     // Aᵀ M: row 0 = m0 + m1 + m2, row 1 = m1 − m2 − m3 (over the rows of M), per column q
                     let s00 = mm(0) + mm(4) + mm(8), s01 = mm(1) + mm(5) + mm(9), s02 = mm(2) + mm(6) + mm(10), s03 = mm(3) + mm(7) + mm(11)
                     let s10 = mm(4) - mm(8) - mm(12), s11 = mm(5) - mm(9) - mm(13), s12 = mm(6) - mm(10) - mm(14)
                     let s13 = mm(7) - mm(11) - mm(15)
-                    let b = bias.map { load($0 + ch, lanes) } ?? .zero
+                    let b = bias.map { loadLanes($0 + ch, lanes) } ?? .zero
                     let row0 = y + ((n * h + 2 * i) * w + 2 * j) * o + ch
-                    store(s00 + s01 + s02 + b, row0, lanes)
-                    if 2 * j + 1 < w { store(s01 - s02 - s03 + b, row0 + o, lanes) }
+                    storeLanes(s00 + s01 + s02 + b, row0, lanes)
+                    if 2 * j + 1 < w { storeLanes(s01 - s02 - s03 + b, row0 + o, lanes) }
                     if 2 * i + 1 < h {
-                        store(s10 + s11 + s12 + b, row0 + w * o, lanes)
-                        if 2 * j + 1 < w { store(s11 - s12 - s13 + b, row0 + w * o + o, lanes) }
+                        storeLanes(s10 + s11 + s12 + b, row0 + w * o, lanes)
+                        if 2 * j + 1 < w { storeLanes(s11 - s12 - s13 + b, row0 + w * o + o, lanes) }
                     }
         }
     }
@@ -188,16 +197,16 @@ struct WinogradConv: ConvKernels {
         let (h, w, o, stride) = (g.outH, g.outW, g.o, tiles * g.o)
         forEachTile(channels: o) { t, n, i, j, ch, lanes in
                     func at(_ r: Int, _ q: Int) -> SIMD8<Float> {   // the 2×2 output gradient, zero outside
-                        2 * i + r < h && 2 * j + q < w ? load(dy + ((n * h + 2 * i + r) * w + 2 * j + q) * o + ch, lanes) : .zero
+                        2 * i + r < h && 2 * j + q < w ? loadLanes(dy + ((n * h + 2 * i + r) * w + 2 * j + q) * o + ch, lanes) : .zero
                     }
                     let (e0, e1, e2, e3) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1))
                     // A = [1 0; 1 1; 1 −1; 0 −1]: the rows of A e, then each row times Aᵀ
                     let out = dm + t * o + ch
                     func row(_ r: Int, _ a: SIMD8<Float>, _ b: SIMD8<Float>) {
-                        store(a, out + (4 * r) * stride, lanes)
-                        store(a + b, out + (4 * r + 1) * stride, lanes)
-                        store(a - b, out + (4 * r + 2) * stride, lanes)
-                        store(-b, out + (4 * r + 3) * stride, lanes)
+                        storeLanes(a, out + (4 * r) * stride, lanes)
+                        storeLanes(a + b, out + (4 * r + 1) * stride, lanes)
+                        storeLanes(a - b, out + (4 * r + 2) * stride, lanes)
+                        storeLanes(-b, out + (4 * r + 3) * stride, lanes)
                     }
                     row(0, e0, e1)
                     row(1, e0 + e2, e1 + e3)
@@ -205,21 +214,6 @@ struct WinogradConv: ConvKernels {
                     row(3, -e2, -e3)
         }
     }
-}
-
-/// Up to 8 floats as a vector (the rest zero).
-@inline(__always)
-private func load(_ p: UnsafeMutablePointer<Float>, _ lanes: Int) -> SIMD8<Float> {
-    if lanes == 8 { return UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
-    var v = SIMD8<Float>.zero
-    for k in 0..<lanes { v[k] = p[k] }
-    return v
-}
-
-@inline(__always)
-private func store(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>, _ lanes: Int) {
-    if lanes == 8 { UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self); return }
-    for k in 0..<lanes { p[k] = v[k] }
 }
 
 /// A pooled buffer for the duration of one call.
