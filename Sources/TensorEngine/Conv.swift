@@ -32,7 +32,8 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
                          padTop: padding.top, padBottom: padding.bottom, padLeft: padding.left, padRight: padding.right,
                          hasBias: bias != nil)
     precondition(g.outH >= 1 && g.outW >= 1, "conv2d: input \(x.shape) too small for weight \(weight.shape) with \(padding)")
-    let kernels: ConvKernels = useWinograd && WinogradConv.applies(to: g) ? WinogradConv(g: g) : DNNL.conv(g)
+    let kernels: ConvKernels = useWinograd && WinogradConv.applies(to: g) ? WinogradConv(g: g)
+        : SingleOutputConv.applies(to: g) ? SingleOutputConv(g: g) as ConvKernels : DNNL.conv(g)
     let y = Tensor(uninitialized: [g.n, g.outH, g.outW, g.o])
     kernels.forward(x: x.pointer, w: weight.pointer, b: bias?.pointer, y: y.pointer)
     if Tape.needsGrad(x, weight, bias) {

@@ -92,6 +92,12 @@ let opCases: [OpCase] = [
     // tiles, 36 and 33 channels leave partial vectors.
     conv("conv 3x3 Winograd (ragged tiles, channel tails)", x: [2, 5, 7, 36], w: [33, 36, 3, 3], tinyX: [1, 3, 3, 2],
          tinyW: [2, 2, 3, 3], padding: Padding2D(1)),
+    // One output channel with ≥ 8 inputs: the direct kernel of NarrowConv.swift; 44
+    // channels take its 32-wide loop, an 8-wide block and a 4-lane tail.
+    conv("conv to one channel (direct kernel)", x: [2, 5, 7, 44], w: [1, 44, 3, 3], tinyX: [1, 3, 3, 8],
+         tinyW: [1, 8, 3, 3], padding: Padding2D(1)),
+    conv("conv to one channel, asymmetric pad", x: [2, 6, 5, 12], w: [1, 12, 3, 3], tinyX: [1, 3, 4, 8],
+         tinyW: [1, 8, 3, 3], padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1)),
     conv("conv 1x1", x: [2, 5, 5, 6], w: [3, 6, 1, 1], tinyX: [1, 2, 2, 3], tinyW: [2, 3, 1, 1], padding: Padding2D(0)),
     conv("conv odd sizes", x: [3, 7, 5, 3], w: [5, 3, 3, 3], tinyX: [1, 3, 5, 1], tinyW: [1, 1, 3, 3], padding: Padding2D(1)),
     conv("conv batch 1", x: [1, 6, 6, 2], w: [3, 2, 3, 3], tinyX: [1, 3, 3, 1], tinyW: [1, 1, 3, 3], padding: Padding2D(1)),

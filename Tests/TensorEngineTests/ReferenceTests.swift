@@ -30,6 +30,10 @@ struct ReferenceTests {
                  padding: Padding2D(1), bias: true),
         ConvCase(description: "Winograd: 32×32, 64 channels", x: [1, 32, 32, 64], w: [64, 64, 3, 3], stride: 1,
                  padding: Padding2D(1), bias: false),
+        ConvCase(description: "one output channel (direct kernel), channel tail", x: [2, 5, 7, 44], w: [1, 44, 3, 3],
+                 stride: 1, padding: Padding2D(1), bias: true),
+        ConvCase(description: "one output channel, asymmetric pad", x: [2, 6, 5, 12], w: [1, 12, 3, 3], stride: 1,
+                 padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1), bias: false),
         ConvCase(description: "wide 1x1 (NHWC kernel)", x: [2, 5, 5, 32], w: [16, 32, 1, 1], stride: 1,
                  padding: Padding2D(0), bias: false),
     ]
