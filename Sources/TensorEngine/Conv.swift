@@ -32,8 +32,7 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
                          padTop: padding.top, padBottom: padding.bottom, padLeft: padding.left, padRight: padding.right,
                          hasBias: bias != nil)
     precondition(g.outH >= 1 && g.outW >= 1, "conv2d: input \(x.shape) too small for weight \(weight.shape) with \(padding)")
-    let kernels: ConvKernels = useWinograd && WinogradConv.applies(to: g) ? WinogradConv(g: g)
-        : SingleOutputConv.applies(to: g) ? SingleOutputConv(g: g) as ConvKernels : DNNL.conv(g)
+    let kernels = convKernels(g)
     let y = Tensor(uninitialized: [g.n, g.outH, g.outW, g.o])
     kernels.forward(x: x.pointer, w: weight.pointer, b: bias?.pointer, y: y.pointer)
     if Tape.needsGrad(x, weight, bias) {
@@ -73,9 +72,18 @@ protocol ConvKernels {
                          db: UnsafeMutablePointer<Float>?)
 }
 
+/// The kernels of a geometry, a rule on the geometry alone (so every rank and every
+/// run computes the same way): Winograd, the direct single-output kernel or the
+/// window gemm where they apply (NarrowConv.swift), oneDNN's convolution otherwise.
+func convKernels(_ g: ConvGeometry) -> ConvKernels {
+    if useWinograd && WinogradConv.applies(to: g) { return WinogradConv(g: g) }
+    if SingleOutputConv.applies(to: g) { return SingleOutputConv(g: g) }
+    if WindowGemmConv.applies(to: g) { return WindowGemmConv(g: g) }
+    return DNNL.conv(g)
+}
+
 /// 3×3 stride-1 pad-1 convolutions with ≥ 32 channels run by Winograd F(2×2, 3×3)
-/// (Winograd.swift) unless LDM_WINOGRAD=0: a rule on the geometry alone, so every
-/// rank and every run computes the same way.
+/// (Winograd.swift) unless LDM_WINOGRAD=0.
 let useWinograd = ProcessInfo.processInfo.environment["LDM_WINOGRAD"] != "0"
 
 /// d[i] += s[i] for i in 0..<n, split across threads.

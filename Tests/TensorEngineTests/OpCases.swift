@@ -98,6 +98,12 @@ let opCases: [OpCase] = [
          tinyW: [1, 8, 3, 3], padding: Padding2D(1)),
     conv("conv to one channel, asymmetric pad", x: [2, 6, 5, 12], w: [1, 12, 3, 3], tinyX: [1, 3, 4, 8],
          tinyW: [1, 8, 3, 3], padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1)),
+    // A few inputs to ≥ 128 outputs: the window gemm of NarrowConv.swift (too wide for
+    // the full Jacobian, whose tiny shapes stay with oneDNN).
+    conv("conv few inputs to many (window gemm)", x: [2, 5, 7, 4], w: [130, 4, 3, 3], tinyX: [1, 3, 3, 2],
+         tinyW: [2, 2, 3, 3], padding: Padding2D(1)),
+    conv("conv few inputs, stride 2 asymmetric pad (window gemm)", x: [2, 8, 7, 3], w: [128, 3, 3, 3], tinyX: [1, 4, 4, 2],
+         tinyW: [2, 2, 3, 3], stride: 2, padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1)),
     conv("conv 1x1", x: [2, 5, 5, 6], w: [3, 6, 1, 1], tinyX: [1, 2, 2, 3], tinyW: [2, 3, 1, 1], padding: Padding2D(0)),
     conv("conv odd sizes", x: [3, 7, 5, 3], w: [5, 3, 3, 3], tinyX: [1, 3, 5, 1], tinyW: [1, 1, 3, 3], padding: Padding2D(1)),
     conv("conv batch 1", x: [1, 6, 6, 2], w: [3, 2, 3, 3], tinyX: [1, 3, 3, 1], tinyW: [1, 1, 3, 3], padding: Padding2D(1)),

@@ -34,6 +34,10 @@ struct ReferenceTests {
                  stride: 1, padding: Padding2D(1), bias: true),
         ConvCase(description: "one output channel, asymmetric pad", x: [2, 6, 5, 12], w: [1, 12, 3, 3], stride: 1,
                  padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1), bias: false),
+        ConvCase(description: "few inputs to many (window gemm)", x: [2, 5, 7, 4], w: [130, 4, 3, 3], stride: 1,
+                 padding: Padding2D(1), bias: true),
+        ConvCase(description: "few inputs, stride 2 asymmetric pad (window gemm)", x: [2, 8, 7, 3], w: [128, 3, 3, 3],
+                 stride: 2, padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1), bias: false),
         ConvCase(description: "wide 1x1 (NHWC kernel)", x: [2, 5, 5, 32], w: [16, 32, 1, 1], stride: 1,
                  padding: Padding2D(0), bias: false),
     ]
