@@ -100,6 +100,7 @@ public final class CheckpointStore {
     /// Saves `tensors` as step `step` with every rank; keeps the newest `keep` checkpoints.
     public func save(step: Int, tensors: [CheckpointTensor], attributes: CheckpointAttributes, keep: Int) throws {
         let final = "\(runDirectory)/\(Self.directoryName(step: step))", partial = final + ".partial"
+        let started = Date()
         var problem: String?
         if comm.isRoot {
             do {
@@ -147,6 +148,9 @@ public final class CheckpointStore {
             } catch { problem = "\(error)" }
         }
         guard try comm.all(problem == nil) else { throw CheckpointError.saveFailed(path: final, reason: problem ?? "rank 0 failed") }
+        let bytes = stride(from: 1, to: reports.count, by: 3).reduce(Int64(0)) { $0 + reports[$1] }
+        say(String(format: "saved %@ (%.1f MB in %d shard(s)) in %.2f s", final, Double(bytes) / 1e6, comm.size,
+                   Date().timeIntervalSince(started)))
     }
 
     private func writeIndex(_ directory: String, tensors: [CheckpointTensor], owner: [Int], attributes a: CheckpointAttributes,

@@ -49,11 +49,12 @@ extension CheckpointStore {
         guard !chosen.isEmpty else { return nil }
         var cursor: TrainingCursor?
         var problem: Error?
+        let started = Date()
         do { cursor = try load(chosen, into: tensors, expectedKind: expectedKind) } catch { problem = error }
         guard try comm.all(problem == nil), let cursor else {
             throw problem ?? CheckpointError.invalid(path: chosen, reason: "another rank could not load it")
         }
-        say("resumed from \(chosen) (step \(cursor.step))")
+        say(String(format: "resumed from %@ (step %d) in %.2f s", chosen, cursor.step, Date().timeIntervalSince(started)))
         return cursor
     }
 

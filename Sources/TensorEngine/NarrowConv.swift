@@ -123,7 +123,7 @@ struct SingleOutputConv: ConvKernels {
     }
 }
 
-/// Convolutions from a few input channels to many (the decoder's conv_in, 4 → 256):
+/// Convolutions from a few input channels (2 to 8) to many (the decoder's conv_in, 4 → 256):
 /// with C·kH·kW ≤ 72 the window of each output pixel is short enough to copy out
 /// (im2col), and the three passes become matrix products through oneDNN's gemm. For
 /// 64×8×8×4 → 256 that took the three passes from 9.6 to ~7 ms (backward to the input
@@ -138,7 +138,9 @@ struct WindowGemmConv: ConvKernels {
     var pixels: Int { g.n * g.outH * g.outW }
     var window: Int { g.c * g.kh * g.kw }
 
-    static func applies(to g: ConvGeometry) -> Bool { g.c > 1 && g.c * g.kh * g.kw <= 72 && g.o >= 128 }
+    static func applies(to g: ConvGeometry) -> Bool {
+        (2...8).contains(g.c) && g.kh * g.kw > 1 && g.c * g.kh * g.kw <= 72 && g.o >= 128
+    }
 
     /// Calls `body(p, k, source)` for every output pixel p and window position k, with
     /// the flat NHWC index of the input it reads (nil in the padding). Images are split
