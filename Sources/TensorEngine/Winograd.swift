@@ -51,20 +51,24 @@ struct WinogradConv: ConvKernels {
             for cc in range {
                 for o0 in stride(from: 0, to: o, by: 8) {
                     let lanes = min(8, o - o0), src = du.p + cc * o + o0
-                    @inline(__always) func at(_ r: Int, _ q: Int) -> SIMD8<Float> { loadLanes(src + (4 * r + q) * plane, lanes) }
-                    // Row k of Gᵀ dU at column q, from the four rows (a, b, e, f) of dU.
-                    @inline(__always) func left(_ k: Int, _ q: Int) -> SIMD8<Float> {
-                        let (a, b, e, f) = (at(0, q), at(1, q), at(2, q), at(3, q))
-                        return k == 0 ? a + 0.5 * (b + e) : k == 1 ? 0.5 * (b - e) : 0.5 * (b + e) + f
+                    // Gᵀ dU column by column: rows (a + ½(b + e), ½(b − e), ½(b + e) + f) of the rows (a, b, e, f).
+                    @inline(__always) func column(_ q: Int) -> (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>) {
+                        let (a, b, e, f) = (loadLanes(src + q * plane, lanes), loadLanes(src + (4 + q) * plane, lanes),
+                                            loadLanes(src + (8 + q) * plane, lanes), loadLanes(src + (12 + q) * plane, lanes))
+                        return (a + 0.5 * (b + e), 0.5 * (b - e), 0.5 * (b + e) + f)
                     }
-                    for k in 0..<3 {   // (Gᵀ dU) G: three columns from four
-                        let (a, b, e, f) = (left(k, 0), left(k, 1), left(k, 2), left(k, 3))
+                    // (Gᵀ dU) G: row k's three kernel columns from its four (a, b, e, f).
+                    @inline(__always) func emit(_ k: Int, _ a: SIMD8<Float>, _ b: SIMD8<Float>, _ e: SIMD8<Float>, _ f: SIMD8<Float>) {
                         let (d0, d1, d2) = (a + 0.5 * (b + e), 0.5 * (b - e), 0.5 * (b + e) + f)
                         for lane in 0..<lanes {
                             let out = dw + ((o0 + lane) * c + cc) * 9 + 3 * k
                             (out[0], out[1], out[2]) = (d0[lane], d1[lane], d2[lane])
                         }
                     }
+                    let (c0, c1, c2, c3) = (column(0), column(1), column(2), column(3))
+                    emit(0, c0.0, c1.0, c2.0, c3.0)
+                    emit(1, c0.1, c1.1, c2.1, c3.1)
+                    emit(2, c0.2, c1.2, c2.2, c3.2)
                 }
             }
         }
