@@ -59,6 +59,24 @@ public func warmupLearningRate(base: Double, step: Int, warmupSteps: Int) -> Dou
     warmupSteps <= 0 ? base : base * min(1, Double(step + 1) / Double(warmupSteps))
 }
 
+/// What the learning rate does after warm-up.
+public enum LRDecay: String, Codable, Sendable, CaseIterable {
+    /// Stays at the base rate.
+    case constant
+    /// Half a cosine from the base rate at the end of warm-up down to
+    /// `minRatio` × base at `totalSteps` (diffusers' cosine schedule with warm-up).
+    case cosine
+}
+
+/// Learning rate at `step` of a run of `totalSteps`: warm-up, then `decay`.
+public func scheduledLearningRate(base: Double, step: Int, warmupSteps: Int, totalSteps: Int, decay: LRDecay,
+                                  minRatio: Double = 0) -> Double {
+    let warm = warmupLearningRate(base: base, step: step, warmupSteps: warmupSteps)
+    guard decay == .cosine, step >= warmupSteps, totalSteps > warmupSteps else { return warm }
+    let progress = min(1, Double(step - warmupSteps) / Double(totalSteps - warmupSteps))
+    return base * (minRatio + (1 - minRatio) * 0.5 * (1 + cos(Double.pi * progress)))
+}
+
 /// An exponential moving average of an arena's values (the weights sampling uses).
 public final class EMA {
     public let arena: ParameterArena

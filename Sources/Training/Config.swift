@@ -136,6 +136,9 @@ public struct OptimizerConfig: Codable, Equatable, Sendable {
     /// AdamW's decoupled weight decay instead of Adam's L2 term.
     public var decoupledWeightDecay = false
     public var warmupSteps = 0
+    /// After warm-up: `constant` or `cosine` (down to `min_lr_ratio` × lr at the last step).
+    public var lrDecay = LRDecay.constant
+    public var minLRRatio = 0.0
     /// Clip the global gradient norm to this (0: no clipping).
     public var gradClip = 0.0
 
@@ -155,6 +158,7 @@ public struct OptimizerConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case baseLR = "base_lr", scaleLR = "scale_lr", beta1, beta2, eps, weightDecay = "weight_decay"
         case decoupledWeightDecay = "decoupled_weight_decay", warmupSteps = "warmup_steps", gradClip = "grad_clip"
+        case lrDecay = "lr_decay", minLRRatio = "min_lr_ratio"
     }
 }
 

@@ -80,13 +80,14 @@ final class StageLoop {
         let (t, o) = stage.settings
         let lr = o.effectiveLR(globalBatch: plan.globalBatch)
         log.say("\(stage.summary); \(comm.size) rank(s) × batch \(plan.perRankBatch) × accumulate \(plan.accumulate) = global batch "
-                + "\(plan.globalBatch); lr = \(o.baseLR) × \(o.scaleLR ? plan.globalBatch : 1) = \(lr); steps \(state.step) → \(t.steps), "
+                + "\(plan.globalBatch); lr = \(o.baseLR) × \(o.scaleLR ? plan.globalBatch : 1) = \(lr)\(o.lrDecay == .cosine ? ", cosine decay to \(o.minLRRatio) × lr" : ""); steps \(state.step) → \(t.steps), "
                 + "\(Threads.count) thread(s) per rank")
         var window: [(String, Tally)] = [], windowSteps = 0, windowStart = Date(), stepSeconds: [Double] = []
         let runStart = Date(), firstStep = state.step
         while state.step < t.steps {
             let stepStart = Date()
-            let logged = try trainStep(&state, lr: warmupLearningRate(base: lr, step: state.step, warmupSteps: o.warmupSteps))
+            let logged = try trainStep(&state, lr: scheduledLearningRate(
+                base: lr, step: state.step, warmupSteps: o.warmupSteps, totalSteps: t.steps, decay: o.lrDecay, minRatio: o.minLRRatio))
             stepSeconds.append(Date().timeIntervalSince(stepStart))
             setWatchdog(config.distributed, stepSeconds, comm)
             window = window.isEmpty ? logged : zip(window, logged).map { ($0.0, $0.1 + $1.1) }

@@ -86,4 +86,17 @@ struct OptimizerTests {
         #expect(warmupLearningRate(base: 1, step: 100, warmupSteps: 4) == 1)
         #expect(warmupLearningRate(base: 2, step: 0, warmupSteps: 0) == 2)
     }
+
+    @Test("cosine decay: base rate after warm-up, half-way at the middle, the floor at the end")
+    func cosineDecay() {
+        func lr(_ step: Int) -> Double {
+            scheduledLearningRate(base: 2, step: step, warmupSteps: 10, totalSteps: 110, decay: .cosine, minRatio: 0.1)
+        }
+        #expect(lr(0) == 0.2)
+        #expect(abs(lr(10) - 2) < 1e-12)
+        #expect(abs(lr(60) - 1.1) < 1e-12)
+        #expect(abs(lr(110) - 0.2) < 1e-12)
+        #expect((11..<110).allSatisfy { lr($0) < lr($0 - 1) })
+        #expect(scheduledLearningRate(base: 2, step: 60, warmupSteps: 10, totalSteps: 110, decay: .constant) == 2)
+    }
 }
