@@ -86,8 +86,9 @@ final class StageLoop {
         let runStart = Date(), firstStep = state.step
         while state.step < t.steps {
             let stepStart = Date()
-            let logged = try trainStep(&state, lr: scheduledLearningRate(
-                base: lr, step: state.step, warmupSteps: o.warmupSteps, totalSteps: t.steps, decay: o.lrDecay, minRatio: o.minLRRatio))
+            let stepLR = scheduledLearningRate(base: lr, step: state.step, warmupSteps: o.warmupSteps, totalSteps: t.steps,
+                                               decay: o.lrDecay, minRatio: o.minLRRatio)
+            let logged = try trainStep(&state, lr: stepLR)
             stepSeconds.append(Date().timeIntervalSince(stepStart))
             setWatchdog(config.distributed, stepSeconds, comm)
             window = window.isEmpty ? logged : zip(window, logged).map { ($0.0, $0.1 + $1.1) }
@@ -100,7 +101,7 @@ final class StageLoop {
                     .joined(separator: ", ")
                 log.say(String(format: "step %d/%d  loss %.4f (%@)  %.1f img/s  ETA %@", state.step, t.steps, window[0].1.mean,
                                parts, rate, RunLog.duration(eta)))
-                var fields: [String: Any] = ["step": state.step, "epoch": state.epoch, "lr": lr, "img_per_s": rate]
+                var fields: [String: Any] = ["step": state.step, "epoch": state.epoch, "lr": stepLR, "img_per_s": rate]
                 for (name, tally) in window where tally.count > 0 { fields[name] = tally.mean }
                 log.record(fields)
                 (window, windowSteps, windowStart) = ([], 0, Date())
