@@ -94,10 +94,12 @@ struct DiffusionCommandTests {
             result = try ldmTrain(["diffusion"] + smoke + ["--latents", smokeStage1.latents, "--autoencoder", other, "--run-dir", run])
             #expect(result.err.contains("was encoded by autoencoder step-00000002/"), "\(result.err)")
         case "wrong shapes":
-            result = try ldmTrain(["diffusion"] + smoke + ["--latents", smokeStage1.latents, "--run-dir", run, "--set", "diffusion.model.in_channels=4"])
+            result = try ldmTrain(["diffusion"] + smoke + ["--latents", smokeStage1.latents, "--autoencoder", smokeStage1.autoencoder,
+                                                           "--run-dir", run, "--set", "diffusion.model.in_channels=4"])
             #expect(result.err.contains("latents are 2×16×16, the UNet takes 4×16×16"), "\(result.err)")
         default:
-            #expect(try ldmTrain(["diffusion"] + smoke + ["--latents", smokeStage1.latents, "--run-dir", run, "--steps", "1"]).status == 0)
+            #expect(try ldmTrain(["diffusion"] + smoke + ["--latents", smokeStage1.latents, "--autoencoder", smokeStage1.autoencoder,
+                                                          "--run-dir", run, "--steps", "1"]).status == 0)
             let option = ["class": ["--class", "12"], "guidance": ["--guidance=-1"], "steps": ["--steps", "1001"]][case_]!
             result = try ldmTrain(["sample", "--diffusion", run, "--autoencoder", smokeStage1.autoencoder, "--out", run + "/x.png"] + option)
             let expected = ["class": "--class 12 is outside 0..<10", "guidance": "--guidance must be ≥ 0", "steps": "--steps must be in 1...1000"][case_]!
