@@ -116,12 +116,8 @@ public final class AutoencoderTrainer: TrainingStage {
 
 /// Checks the values a config needs before anything runs (ranges, choices, shapes).
 public func validate(_ config: Config) throws {
-    let t = config.autoencoder.training
-    for (path, value) in [("steps", t.steps), ("batch_size", t.batchSize), ("accumulate", t.accumulate),
-                          ("log_every", t.logEvery), ("image_every", t.imageEvery), ("checkpoint_every", t.checkpointEvery),
-                          ("keep", t.keep)] where value < (path == "steps" ? 0 : 1) {
-        throw ConfigError.invalid(path: "autoencoder.training.\(path)", reason: "must be \(path == "steps" ? "≥ 0" : "positive"), got \(value)")
-    }
+    try config.autoencoder.training.validate(section: "autoencoder.training")
+    try config.autoencoder.optimizer.validate(section: "autoencoder.optimizer")
     let m = config.autoencoder.model
     guard !m.chMult.isEmpty, m.chMult.allSatisfy({ $0 > 0 }), m.ch > 0, m.ch % 32 == 0 else {
         throw ConfigError.invalid(path: "autoencoder.model", reason: "needs ch a multiple of 32 (GroupNorm) and positive ch_mult, got ch \(m.ch), ch_mult \(m.chMult)")
@@ -131,8 +127,5 @@ public func validate(_ config: Config) throws {
     }
     guard ["l1", "l2"].contains(config.autoencoder.loss.reconstruction) else {
         throw ConfigError.invalid(path: "autoencoder.loss.reconstruction", reason: "must be l1 or l2, got '\(config.autoencoder.loss.reconstruction)'")
-    }
-    guard config.autoencoder.optimizer.baseLR > 0 else {
-        throw ConfigError.invalid(path: "autoencoder.optimizer.base_lr", reason: "must be positive")
     }
 }

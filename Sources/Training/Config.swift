@@ -146,6 +146,18 @@ public struct OptimizerConfig: Codable, Equatable, Sendable {
         (self.baseLR, self.beta1, self.beta2) = (baseLR, beta1, beta2)
     }
 
+    /// Throws for a rate that is not positive, a negative warm-up or a floor outside [0, 1].
+    func validate(section: String) throws {
+        guard baseLR > 0 else { throw ConfigError.invalid(path: "\(section).base_lr", reason: "must be positive, got \(baseLR)") }
+        guard warmupSteps >= 0 else { throw ConfigError.invalid(path: "\(section).warmup_steps", reason: "must be ≥ 0, got \(warmupSteps)") }
+        guard (0...1).contains(minLRRatio) else {
+            throw ConfigError.invalid(path: "\(section).min_lr_ratio", reason: "must be in [0, 1], got \(minLRRatio)")
+        }
+    }
+
+    /// How the start-up line describes the schedule after warm-up.
+    var decayDescription: String { lrDecay == .cosine ? ", cosine decay to \(minLRRatio) × lr" : "" }
+
     /// The learning rate the optimizer uses for a global batch of `globalBatch` samples.
     public func effectiveLR(globalBatch: Int) -> Double { scaleLR ? baseLR * Double(globalBatch) : baseLR }
 
@@ -178,6 +190,15 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var keep = 3
     /// Test images for the final PSNR/SSIM (0: the whole test split).
     public var evalImages = 0
+
+    /// Throws for negative steps or a count that must be positive and is not.
+    func validate(section: String) throws {
+        for (key, value) in [("steps", steps), ("batch_size", batchSize), ("accumulate", accumulate), ("log_every", logEvery),
+                             ("image_every", imageEvery), ("checkpoint_every", checkpointEvery), ("keep", keep)]
+            where value < (key == "steps" ? 0 : 1) {
+            throw ConfigError.invalid(path: "\(section).\(key)", reason: "must be \(key == "steps" ? "≥ 0" : "positive"), got \(value)")
+        }
+    }
 
     enum CodingKeys: String, CodingKey {
         case steps, batchSize = "batch_size", accumulate, logEvery = "log_every", imageEvery = "image_every"

@@ -120,12 +120,9 @@ public final class DiffusionTrainer: TrainingStage {
 
 /// Checks the diffusion section's values before anything runs.
 public func validateDiffusion(_ config: Config) throws {
-    let d = config.diffusion, t = d.training
-    for (path, value) in [("steps", t.steps), ("batch_size", t.batchSize), ("accumulate", t.accumulate), ("log_every", t.logEvery),
-                          ("image_every", t.imageEvery), ("checkpoint_every", t.checkpointEvery), ("keep", t.keep)]
-        where value < (path == "steps" ? 0 : 1) {
-        throw ConfigError.invalid(path: "diffusion.training.\(path)", reason: "must be \(path == "steps" ? "≥ 0" : "positive"), got \(value)")
-    }
+    let d = config.diffusion
+    try d.training.validate(section: "diffusion.training")
+    try d.optimizer.validate(section: "diffusion.optimizer")
     let m = d.model
     guard m.modelChannels % 32 == 0, m.channelMult.allSatisfy({ $0 > 0 && (m.modelChannels * $0) % m.numHeadChannels == 0 }),
           m.imageSize % (1 << (m.channelMult.count - 1)) == 0 else {

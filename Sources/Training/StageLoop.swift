@@ -80,7 +80,7 @@ final class StageLoop {
         let (t, o) = stage.settings
         let lr = o.effectiveLR(globalBatch: plan.globalBatch)
         log.say("\(stage.summary); \(comm.size) rank(s) × batch \(plan.perRankBatch) × accumulate \(plan.accumulate) = global batch "
-                + "\(plan.globalBatch); lr = \(o.baseLR) × \(o.scaleLR ? plan.globalBatch : 1) = \(lr)\(o.lrDecay == .cosine ? ", cosine decay to \(o.minLRRatio) × lr" : ""); steps \(state.step) → \(t.steps), "
+                + "\(plan.globalBatch); lr = \(o.baseLR) × \(o.scaleLR ? plan.globalBatch : 1) = \(lr)\(o.decayDescription); steps \(state.step) → \(t.steps), "
                 + "\(Threads.count) thread(s) per rank")
         var window: [(String, Tally)] = [], windowSteps = 0, windowStart = Date(), stepSeconds: [Double] = []
         let runStart = Date(), firstStep = state.step

@@ -67,9 +67,17 @@ struct ConfigTests {
     @Test("values out of range are rejected with their key path")
     func invalid() throws {
         for (set, key) in [("autoencoder.training.steps=-1", "steps"), ("autoencoder.training.batch_size=0", "batch_size"),
-                           ("autoencoder.loss.reconstruction=l3", "reconstruction"), ("autoencoder.model.ch=48", "model")] {
+                           ("autoencoder.loss.reconstruction=l3", "reconstruction"), ("autoencoder.model.ch=48", "model"),
+                           ("autoencoder.optimizer.base_lr=0", "autoencoder.optimizer.base_lr")] {
             let c = try ConfigLoader.load(nil, overrides: [set])
             let e = #expect(throws: ConfigError.self) { try validate(c) }
+            #expect(e?.description.contains(key) == true, "\(set)")
+        }
+        for (set, key) in [("diffusion.optimizer.min_lr_ratio=1.5", "diffusion.optimizer.min_lr_ratio"),
+                           ("diffusion.optimizer.warmup_steps=-1", "diffusion.optimizer.warmup_steps"),
+                           ("diffusion.training.keep=0", "diffusion.training.keep")] {
+            let c = try ConfigLoader.load(nil, overrides: [set])
+            let e = #expect(throws: ConfigError.self) { try validateDiffusion(c) }
             #expect(e?.description.contains(key) == true, "\(set)")
         }
         let missing = #expect(throws: ConfigError.self) { try ConfigLoader.load("/nonexistent/config.yaml") }
