@@ -76,27 +76,50 @@ public final class HDF5File {
 
     /// Creates (or truncates) a file.
     public static func create(_ path: String) throws -> HDF5File {
-        return try HDF5Lock.locked {
-            silenceErrorPrinting()
-            let fapl = H5Pcreate(shim_H5P_FILE_ACCESS())
-            defer { H5Pclose(fapl) }
-            H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110)   // VDS needs the 1.10 format
-            let id = H5Fcreate(path, shim_H5F_ACC_TRUNC(), shim_H5P_DEFAULT(), fapl)
-            guard id >= 0 else { throw error(path, "", "create file") }
-            return HDF5File(path: path, id: id)
+        return try retryingLockConflicts {
+            try HDF5Lock.locked {
+                silenceErrorPrinting()
+                let fapl = H5Pcreate(shim_H5P_FILE_ACCESS())
+                defer { H5Pclose(fapl) }
+                H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110)   // VDS needs the 1.10 format
+                let id = H5Fcreate(path, shim_H5F_ACC_TRUNC(), shim_H5P_DEFAULT(), fapl)
+                guard id >= 0 else { throw error(path, "", "create file") }
+                return HDF5File(path: path, id: id)
+            }
         }
     }
 
     /// Opens an existing file.
     public static func open(_ path: String, writable: Bool = false) throws -> HDF5File {
-        return try HDF5Lock.locked {
-            silenceErrorPrinting()
-            guard FileManager.default.fileExists(atPath: path) else {
-                throw HDF5Error(file: path, object: "", operation: "open", detail: "no such file")
+        return try retryingLockConflicts {
+            try HDF5Lock.locked {
+                silenceErrorPrinting()
+                guard FileManager.default.fileExists(atPath: path) else {
+                    throw HDF5Error(file: path, object: "", operation: "open", detail: "no such file")
+                }
+                let id = H5Fopen(path, writable ? shim_H5F_ACC_RDWR() : shim_H5F_ACC_RDONLY(), shim_H5P_DEFAULT())
+                guard id >= 0 else { throw error(path, "", "open (not an HDF5 file, or damaged)") }
+                return HDF5File(path: path, id: id)
             }
-            let id = H5Fopen(path, writable ? shim_H5F_ACC_RDWR() : shim_H5F_ACC_RDONLY(), shim_H5P_DEFAULT())
-            guard id >= 0 else { throw error(path, "", "open (not an HDF5 file, or damaged)") }
-            return HDF5File(path: path, id: id)
+        }
+    }
+
+    /// HDF5 takes an flock on every file it opens. A process this one spawns holds a copy
+    /// of the descriptor (and so the lock) for the moment between fork and exec, so a file
+    /// closed here can look locked for a few milliseconds. Such conflicts are retried for
+    /// up to two seconds; a file still locked after that is reported as held elsewhere.
+    private static func retryingLockConflicts(_ body: () throws -> HDF5File) throws -> HDF5File {
+        let deadline = Date().addingTimeInterval(2)
+        while true {
+            do {
+                return try body()
+            } catch let e as HDF5Error where e.detail.contains("unable to lock file") {
+                guard Date() < deadline else {
+                    throw HDF5Error(file: e.file, object: e.object, operation: e.operation,
+                                    detail: "\(e.detail); another process holds the file open")
+                }
+                usleep(20_000)
+            }
         }
     }
 

@@ -123,4 +123,34 @@ struct HDF5Tests {
         let wrongType = #expect(throws: HDF5Error.self) { try f.read("labels", as: Float.self) }
         #expect(wrongType?.description.contains("u8") == true)
     }
+
+    @Test("a file another process locks for a moment opens once it is free; a longer lock is named as one")
+    func lockConflicts() throws {
+        let path = temporaryDirectory().appendingPathComponent("a.h5").path
+        do {
+            let f = try HDF5File.create(path)
+            try f.write("x", shape: [2], [Float(1), 2])
+            try f.close()
+        }
+        /// Holds an exclusive flock (as HDF5 does for a writer) for `seconds`, returning once it is taken.
+        func holdLock(seconds: Double) throws -> Process {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+            p.arguments = ["-c", "import fcntl, time; f = open('\(path)', 'rb'); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(\(seconds))"]
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            _ = out.fileHandleForReading.availableData   // blocks until "locked"
+            return p
+        }
+        let brief = try holdLock(seconds: 0.3)
+        #expect(try HDF5File.open(path).read("x", as: Float.self).values == [1, 2])
+        brief.waitUntilExit()
+
+        let long = try holdLock(seconds: 30)
+        defer { kill(long.processIdentifier, SIGKILL); long.waitUntilExit() }   // SIGTERM may be blocked in children
+        let error = #expect(throws: HDF5Error.self) { try HDF5File.open(path) }
+        #expect(error?.description.contains(path) == true)
+        #expect(error?.description.contains("another process holds the file open") == true)
+    }
 }
