@@ -21,7 +21,9 @@ struct ConfigTests {
         let m = c.autoencoder.model
         #expect(m.inChannels == 1 && m.outCh == 1 && m.resolution == 32 && m.ch == 64 && m.chMult == [1, 2, 4])
         #expect(m.numResBlocks == 1 && m.attnResolutions.isEmpty && m.zChannels == 4 && m.doubleZ && m.embedDim == 4)
-        #expect(c.autoencoder.loss.klWeight == 1e-6 && c.autoencoder.loss.reconstruction == "l1")
+        // The recipe trains with L2 (it optimises PSNR, the measure); the default stays CompVis's L1.
+        #expect(c.autoencoder.loss.klWeight == 1e-6 && c.autoencoder.loss.reconstruction == "l2")
+        #expect(Config().autoencoder.loss.reconstruction == "l1")
         #expect(c.autoencoder.optimizer.beta1 == 0.5 && c.autoencoder.optimizer.beta2 == 0.9)
         #expect(c.autoencoder.training.batchSize == 64)
         #expect(m.factor == 4 && m.latentSize == 8)
