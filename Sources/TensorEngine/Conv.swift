@@ -76,14 +76,14 @@ protocol ConvKernels {
 /// run computes the same way): Winograd, the direct single-output kernel or the
 /// window gemm where they apply (NarrowConv.swift), oneDNN's convolution otherwise.
 func convKernels(_ g: ConvGeometry) -> ConvKernels {
-    if useWinograd && WinogradConv.applies(to: g) { return WinogradConv(g: g) }
+    if useWinograd, let winograd = winogradKernels(g) { return winograd }
     if SingleOutputConv.applies(to: g) { return SingleOutputConv(g: g) }
     if WindowGemmConv.applies(to: g) { return WindowGemmConv(g: g) }
     return DNNL.conv(g)
 }
 
-/// 3×3 stride-1 pad-1 convolutions with ≥ 32 channels run by Winograd F(2×2, 3×3)
-/// (Winograd.swift) unless LDM_WINOGRAD=0.
+/// 3×3 stride-1 pad-1 convolutions with ≥ 32 channels run by Winograd F(4×4, 3×3) or
+/// F(2×2, 3×3) (Winograd.swift) unless LDM_WINOGRAD=0.
 let useWinograd = ProcessInfo.processInfo.environment["LDM_WINOGRAD"] != "0"
 
 /// d[i] += s[i] for i in 0..<n, split across threads.

@@ -398,6 +398,24 @@ extension DNNL {
 struct MatmulGeometry: Hashable {
     let batch, m, k, n: Int
     let transposeA, transposeB, accumulate: Bool
+    /// Distances between the batch's matrices of a, b and c; 0 for packed (m·k, k·n, m·n).
+    var batchStrides = (a: 0, b: 0, c: 0)
+
+    init(batch: Int, m: Int, k: Int, n: Int, transposeA: Bool, transposeB: Bool, accumulate: Bool,
+         batchStrides: (a: Int, b: Int, c: Int) = (0, 0, 0)) {
+        (self.batch, self.m, self.k, self.n) = (batch, m, k, n)
+        (self.transposeA, self.transposeB, self.accumulate) = (transposeA, transposeB, accumulate)
+        self.batchStrides = batchStrides
+    }
+    static func == (l: Self, r: Self) -> Bool {
+        l.batch == r.batch && l.m == r.m && l.k == r.k && l.n == r.n && l.batchStrides == r.batchStrides
+            && l.transposeA == r.transposeA && l.transposeB == r.transposeB && l.accumulate == r.accumulate
+    }
+    func hash(into h: inout Hasher) {
+        h.combine(batch); h.combine(m); h.combine(k); h.combine(n)
+        h.combine(batchStrides.a); h.combine(batchStrides.b); h.combine(batchStrides.c)
+        h.combine(transposeA); h.combine(transposeB); h.combine(accumulate)
+    }
 }
 
 final class MatmulPrimitive {
@@ -405,9 +423,10 @@ final class MatmulPrimitive {
     private let a, b, c: Memory
 
     init(_ g: MatmulGeometry) {
-        var aMD = DNNL.desc([g.batch, g.m, g.k], strides: g.transposeA ? [g.m * g.k, 1, g.m] : [g.m * g.k, g.k, 1])
-        var bMD = DNNL.desc([g.batch, g.k, g.n], strides: g.transposeB ? [g.k * g.n, 1, g.k] : [g.k * g.n, g.n, 1])
-        var cMD = DNNL.desc([g.batch, g.m, g.n], strides: [g.m * g.n, g.n, 1])
+        let (sa, sb, sc) = g.batchStrides
+        var aMD = DNNL.desc([g.batch, g.m, g.k], strides: [sa > 0 ? sa : g.m * g.k] + (g.transposeA ? [1, g.m] : [g.k, 1]))
+        var bMD = DNNL.desc([g.batch, g.k, g.n], strides: [sb > 0 ? sb : g.k * g.n] + (g.transposeB ? [1, g.k] : [g.n, 1]))
+        var cMD = DNNL.desc([g.batch, g.m, g.n], strides: [sc > 0 ? sc : g.m * g.n, g.n, 1])
         var d = dnnl_matmul_desc_t()
         DNNL.check(dnnl_matmul_desc_init(&d, &aMD, &bMD, nil, &cMD), "matmul desc \(g)")
         primitive = DNNL.primitive(&d, postOpsSum: g.accumulate, "matmul \(g)")
