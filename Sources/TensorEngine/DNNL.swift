@@ -399,23 +399,7 @@ struct MatmulGeometry: Hashable {
     let batch, m, k, n: Int
     let transposeA, transposeB, accumulate: Bool
     /// Distances between the batch's matrices of a, b and c; 0 for packed (m·k, k·n, m·n).
-    var batchStrides = (a: 0, b: 0, c: 0)
-
-    init(batch: Int, m: Int, k: Int, n: Int, transposeA: Bool, transposeB: Bool, accumulate: Bool,
-         batchStrides: (a: Int, b: Int, c: Int) = (0, 0, 0)) {
-        (self.batch, self.m, self.k, self.n) = (batch, m, k, n)
-        (self.transposeA, self.transposeB, self.accumulate) = (transposeA, transposeB, accumulate)
-        self.batchStrides = batchStrides
-    }
-    static func == (l: Self, r: Self) -> Bool {
-        l.batch == r.batch && l.m == r.m && l.k == r.k && l.n == r.n && l.batchStrides == r.batchStrides
-            && l.transposeA == r.transposeA && l.transposeB == r.transposeB && l.accumulate == r.accumulate
-    }
-    func hash(into h: inout Hasher) {
-        h.combine(batch); h.combine(m); h.combine(k); h.combine(n)
-        h.combine(batchStrides.a); h.combine(batchStrides.b); h.combine(batchStrides.c)
-        h.combine(transposeA); h.combine(transposeB); h.combine(accumulate)
-    }
+    var strideA = 0, strideB = 0, strideC = 0
 }
 
 final class MatmulPrimitive {
@@ -423,7 +407,7 @@ final class MatmulPrimitive {
     private let a, b, c: Memory
 
     init(_ g: MatmulGeometry) {
-        let (sa, sb, sc) = g.batchStrides
+        let (sa, sb, sc) = (g.strideA, g.strideB, g.strideC)
         var aMD = DNNL.desc([g.batch, g.m, g.k], strides: [sa > 0 ? sa : g.m * g.k] + (g.transposeA ? [1, g.m] : [g.k, 1]))
         var bMD = DNNL.desc([g.batch, g.k, g.n], strides: [sb > 0 ? sb : g.k * g.n] + (g.transposeB ? [1, g.k] : [g.n, 1]))
         var cMD = DNNL.desc([g.batch, g.m, g.n], strides: [sc > 0 ? sc : g.m * g.n, g.n, 1])

@@ -50,7 +50,7 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
         transformInput(x, channels: g.c, into: v.p)
         transformOutputGradient(dy, into: dm.p)
         DNNL.matmul(MatmulGeometry(batch: planes, m: g.c, k: tiles, n: g.o, transposeA: true, transposeB: false, accumulate: false,
-                                   batchStrides: (sv, sdm, sdu)), v.p, dm.p, du.p)
+                                   strideA: sv, strideB: sdm, strideC: sdu), v.p, dm.p, du.p)
         // dg = Gᵀ dU G for each (c, o), eight outputs o at a time.
         let (c, o, plane, alpha) = (g.c, g.o, sdu, alpha)
         parallelFor(c, grain: 8) { range in
@@ -144,7 +144,7 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
         let v = Scratch(planes * sv), m = Scratch(planes * sm)
         transformInput(x, channels: channels, into: v.p)
         DNNL.matmul(MatmulGeometry(batch: planes, m: tiles, k: channels, n: outputs, transposeA: false, transposeB: false,
-                                   accumulate: false, batchStrides: (sv, su, sm)), v.p, u, m.p)
+                                   accumulate: false, strideA: sv, strideB: su, strideC: sm), v.p, u, m.p)
         transformOutput(m.p, outputs: outputs, bias: bias, into: y)
     }
 
