@@ -9,9 +9,9 @@ import Foundation
 /// 16/4 = 4 products per output, F(4×4) 36/16 = 2.25, against 9 for direct convolution.
 /// Every transform is one 1-D map F applied down the columns and then along the rows
 /// (X ↦ F X Fᵀ), on 8 channels at a time (NHWC keeps them contiguous).
-/// Backward to the input is the same forward with the kernel flipped and its in/out
-/// channels swapped; backward to the weights is the adjoint of each step:
-///     dU[ξ] = V[ξ]ᵀ · dM[ξ],  dM = A dY Aᵀ,  dg = Gᵀ dU G.
+/// Both backward passes are the adjoints of these steps, sharing dM = A dY Aᵀ and
+/// reusing the forward's U and V:
+///     dV[ξ] = dM[ξ] · U[ξ]ᵀ,  dX = Σ_tiles B dV Bᵀ;   dU[ξ] = V[ξ]ᵀ · dM[ξ],  dg = Gᵀ dU G.
 /// The three passes are pre-specialised for both variants: they are reached through the
 /// ConvKernels witness table, which would otherwise run them generically.
 struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
@@ -23,34 +23,49 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
     var tilesW: Int { (g.outW + m - 1) / m }
     var tiles: Int { g.n * tilesH * tilesW }
 
+    /// U and V of the forward, and dM once a backward pass has made it: the backward
+    /// passes of the same call reuse them instead of transforming again.
+    let saved = SavedTransforms()
+
     @_specialize(where Variant == WinogradF4)
     @_specialize(where Variant == WinogradF2)
     func forward(x: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>, b: UnsafeMutablePointer<Float>?,
                  y: UnsafeMutablePointer<Float>) {
-        let u = Scratch(planes * planeStride(g.c * g.o))
-        transformWeights(w, into: u.p, inputs: g.c, outputs: g.o, flipped: false)
-        convolve(x, channels: g.c, weights: u.p, outputs: g.o, bias: b, into: y)
+        let (sv, su, sm) = (planeStride(tiles * g.c), planeStride(g.c * g.o), planeStride(tiles * g.o))
+        let u = Scratch(planes * su), v = Scratch(planes * sv), m = Scratch(planes * sm)
+        transformWeights(w, into: u.p)
+        transformInput(x, into: v.p)
+        DNNL.matmul(MatmulGeometry(batch: planes, m: tiles, k: g.c, n: g.o, transposeA: false, transposeB: false,
+                                   accumulate: false, strideA: sv, strideB: su, strideC: sm), v.p, u.p, m.p)
+        transformOutput(m.p, bias: b, into: y)
+        (saved.u, saved.v) = (u, v)
     }
 
+    /// dV[ξ] = dM[ξ] · U[ξ]ᵀ, then dX = B dV Bᵀ added up over the tiles: the adjoint of
+    /// the forward, with the forward's U.
     @_specialize(where Variant == WinogradF4)
     @_specialize(where Variant == WinogradF2)
     func backwardData(dy: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>, dx: UnsafeMutablePointer<Float>) {
-        // dX = conv(dY, W′) with W′[c][o][i][j] = W[o][c][2−i][2−j]: "outputs" are the c channels.
-        let u = Scratch(planes * planeStride(g.c * g.o))
-        transformWeights(w, into: u.p, inputs: g.o, outputs: g.c, flipped: true)
-        convolve(dy, channels: g.o, weights: u.p, outputs: g.c, bias: nil, into: dx)
+        let (sv, su, sdm) = (planeStride(tiles * g.c), planeStride(g.c * g.o), planeStride(tiles * g.o))
+        let u = saved.u ?? { let u = Scratch(planes * su); transformWeights(w, into: u.p); return u }()
+        let dm = outputGradient(dy), dv = Scratch(planes * sv)
+        DNNL.matmul(MatmulGeometry(batch: planes, m: tiles, k: g.o, n: g.c, transposeA: false, transposeB: true,
+                                   accumulate: false, strideA: sdm, strideB: su, strideC: sv), dm.p, u.p, dv.p)
+        saved.u = nil
+        transformInputAdjoint(dv.p, into: dx)
     }
 
+    /// dU[ξ] = V[ξ]ᵀ · dM[ξ], then dg = Gᵀ dU G.
     @_specialize(where Variant == WinogradF4)
     @_specialize(where Variant == WinogradF2)
     func backwardWeights(x: UnsafeMutablePointer<Float>, dy: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
                          db: UnsafeMutablePointer<Float>?) {
         let (sv, sdm, sdu) = (planeStride(tiles * g.c), planeStride(tiles * g.o), planeStride(g.c * g.o))
-        let v = Scratch(planes * sv), dm = Scratch(planes * sdm), du = Scratch(planes * sdu)
-        transformInput(x, channels: g.c, into: v.p)
-        transformOutputGradient(dy, into: dm.p)
+        let v = saved.v ?? { let v = Scratch(planes * sv); transformInput(x, into: v.p); return v }()
+        let dm = outputGradient(dy), du = Scratch(planes * sdu)
         DNNL.matmul(MatmulGeometry(batch: planes, m: g.c, k: tiles, n: g.o, transposeA: true, transposeB: false, accumulate: false,
                                    strideA: sv, strideB: sdm, strideC: sdu), v.p, dm.p, du.p)
+        (saved.v, saved.dm) = (nil, nil)
         // dg = Gᵀ dU G for each (c, o), eight outputs o at a time.
         let (c, o, plane, alpha) = (g.c, g.o, sdu, alpha)
         parallelFor(c, grain: 8) { range in
@@ -72,6 +87,15 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
             for oo in 0..<o { db[oo] = 0 }
             for p in 0..<n { let row = dy + p * o; for oo in 0..<o { db[oo] += row[oo] } }
         }
+    }
+
+    /// dM = A dY Aᵀ, made by the first backward pass that needs it and kept for the other.
+    private func outputGradient(_ dy: UnsafeMutablePointer<Float>) -> Scratch {
+        if let dm = saved.dm { return dm }
+        let dm = Scratch(planes * planeStride(tiles * g.o))
+        transformOutputGradient(dy, into: dm.p)
+        saved.dm = dm
+        return dm
     }
 
     // MARK: the steps
@@ -97,6 +121,7 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
                        _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
         switch f {
         case .bt: Variant.bt(x, xs, y, ys)
+        case .b: Variant.b(x, xs, y, ys)
         case .at: Variant.at(x, xs, y, ys)
         case .a: Variant.a(x, xs, y, ys)
         case .g: Variant.g(x, xs, y, ys)
@@ -137,36 +162,21 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
         }
     }
 
-    /// Y = Aᵀ (U ⊙ V) A + b for an input of `channels` channels and `outputs` outputs.
-    private func convolve(_ x: UnsafeMutablePointer<Float>, channels: Int, weights u: UnsafeMutablePointer<Float>, outputs: Int,
-                          bias: UnsafeMutablePointer<Float>?, into y: UnsafeMutablePointer<Float>) {
-        let (sv, su, sm) = (planeStride(tiles * channels), planeStride(channels * outputs), planeStride(tiles * outputs))
-        let v = Scratch(planes * sv), m = Scratch(planes * sm)
-        transformInput(x, channels: channels, into: v.p)
-        DNNL.matmul(MatmulGeometry(batch: planes, m: tiles, k: channels, n: outputs, transposeA: false, transposeB: false,
-                                   accumulate: false, strideA: sv, strideB: su, strideC: sm), v.p, u, m.p)
-        transformOutput(m.p, outputs: outputs, bias: bias, into: y)
-    }
-
-    /// U[ξ][q][p] = (G g Gᵀ)[ξ] for input q and output p, eight outputs at a time, with
-    /// g[i][j] = w[p][q][i][j], or w[q][p][2−i][2−j] when `flipped` (backward to the input).
-    private func transformWeights(_ w: UnsafeMutablePointer<Float>, into u: UnsafeMutablePointer<Float>, inputs: Int, outputs: Int,
-                                  flipped: Bool) {
-        let (plane, alpha) = (planeStride(inputs * outputs), alpha)
-        let (outputStride, inputStride) = flipped ? (9, 9 * outputs) : (9 * inputs, 9)
-        parallelFor(inputs, grain: 8) { range in
+    /// U[ξ][c][o] = (G g Gᵀ)[ξ] with g[i][j] = w[o][c][i][j], eight outputs o at a time.
+    private func transformWeights(_ w: UnsafeMutablePointer<Float>, into u: UnsafeMutablePointer<Float>) {
+        let (c, o, plane, alpha) = (g.c, g.o, planeStride(g.c * g.o), alpha)
+        parallelFor(c, grain: 8) { range in
             withTile { tile, work, result in
-                for q in range {
-                    for p in stride(from: 0, to: outputs, by: 8) {
-                        let lanes = min(8, outputs - p), origin = w + p * outputStride + q * inputStride
+                for cc in range {
+                    for o0 in stride(from: 0, to: o, by: 8) {
+                        let lanes = min(8, o - o0), origin = w + (o0 * c + cc) * 9
                         for k in 0..<9 {
-                            let tap = origin + (flipped ? 8 - k : k)
                             var v = SIMD8<Float>.zero
-                            for lane in 0..<lanes { v[lane] = tap[lane * outputStride] }
+                            for lane in 0..<lanes { v[lane] = origin[lane * 9 * c + k] }
                             tile[k] = v
                         }
                         transform2D(.g, inner: 3, outer: alpha, tile, work, result)
-                        let dst = u + q * outputs + p
+                        let dst = u + cc * o + o0
                         for k in 0..<alpha * alpha { storeLanes(result[k], dst + k * plane, lanes) }
                     }
                 }
@@ -175,8 +185,8 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
     }
 
     /// V[ξ][tile][c] = (Bᵀ d B)[ξ] for every α×α input tile d (zero outside the image).
-    private func transformInput(_ x: UnsafeMutablePointer<Float>, channels c: Int, into v: UnsafeMutablePointer<Float>) {
-        let (h, w, stride, m, alpha) = (g.h, g.w, planeStride(tiles * c), m, alpha)
+    private func transformInput(_ x: UnsafeMutablePointer<Float>, into v: UnsafeMutablePointer<Float>) {
+        let (h, w, c, stride, m, alpha) = (g.h, g.w, g.c, planeStride(tiles * g.c), m, alpha)
         forEachTile(channels: c) { t, n, i, j, ch, lanes, tile, work, result in
             let top = m * i - 1, left = m * j - 1
             let interior = top >= 0 && top + alpha <= h && left >= 0 && left + alpha <= w
@@ -193,10 +203,43 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
         }
     }
 
+    /// dX = Σ over tiles of B dV Bᵀ placed where the tile was read, the adjoint of
+    /// `transformInput` (positions outside the image dropped). Tiles overlap, so each
+    /// thread takes whole samples.
+    private func transformInputAdjoint(_ dv: UnsafeMutablePointer<Float>, into dx: UnsafeMutablePointer<Float>) {
+        let (h, w, c, stride, m, alpha, th, tw) = (g.h, g.w, g.c, planeStride(tiles * g.c), m, alpha, tilesH, tilesW)
+        parallelFor(g.n) { samples in
+            withTile { tile, work, result in
+                for n in samples {
+                    let image = dx + n * h * w * c
+                    image.update(repeating: 0, count: h * w * c)
+                    for i in 0..<th {
+                        for j in 0..<tw {
+                            let t = (n * th + i) * tw + j, top = m * i - 1, left = m * j - 1
+                            var ch = 0
+                            while ch < c {
+                                let lanes = min(8, c - ch), src = dv + t * c + ch
+                                for k in 0..<alpha * alpha { tile[k] = loadLanes(src + k * stride, lanes) }
+                                transform2D(.b, inner: alpha, outer: alpha, tile, work, result)
+                                for r in 0..<alpha where top + r >= 0 && top + r < h {
+                                    for q in 0..<alpha where left + q >= 0 && left + q < w {
+                                        let p = image + ((top + r) * w + left + q) * c + ch
+                                        storeLanes(loadLanes(p, lanes) + result[r * alpha + q], p, lanes)
+                                    }
+                                }
+                                ch += 8
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Y tile = Aᵀ M A (+ bias), written where it falls inside the output.
-    private func transformOutput(_ mm: UnsafeMutablePointer<Float>, outputs o: Int, bias: UnsafeMutablePointer<Float>?,
+    private func transformOutput(_ mm: UnsafeMutablePointer<Float>, bias: UnsafeMutablePointer<Float>?,
                                  into y: UnsafeMutablePointer<Float>) {
-        let (h, w, stride, m, alpha) = (g.outH, g.outW, planeStride(tiles * o), m, alpha)
+        let (h, w, o, stride, m, alpha) = (g.outH, g.outW, g.o, planeStride(tiles * g.o), m, alpha)
         forEachTile(channels: o) { t, n, i, j, ch, lanes, tile, work, result in
             let base = mm + t * o + ch
             for k in 0..<alpha * alpha { tile[k] = loadLanes(base + k * stride, lanes) }
@@ -238,8 +281,8 @@ func winogradKernels(_ g: ConvGeometry) -> ConvKernels? {
 
 let winogradTile = ProcessInfo.processInfo.environment["LDM_WINOGRAD_TILE"] == "2" ? 2 : 4
 
-/// The five 1-D maps of a variant.
-enum WinogradMap { case bt, at, a, g, gt }
+/// The six 1-D maps of a variant.
+enum WinogradMap { case bt, b, at, a, g, gt }
 
 /// The matrices of one variant F(m×m, 3×3) as 1-D maps: each reads its inputs at
 /// x[0], x[xs], x[2·xs], … and writes its outputs at y[0], y[ys], ….
@@ -248,6 +291,8 @@ protocol WinogradVariant {
     static var m: Int { get }
     /// Bᵀ: α → α.
     static func bt(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int)
+    /// B: α → α, the adjoint of Bᵀ.
+    static func b(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int)
     /// Aᵀ: α → m.
     static func at(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int)
     /// A: m → α, the adjoint of Aᵀ.
@@ -266,6 +311,11 @@ enum WinogradF2: WinogradVariant {
     static func bt(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
         let (x0, x1, x2, x3) = (x[0], x[xs], x[2 * xs], x[3 * xs])
         (y[0], y[ys], y[2 * ys], y[3 * ys]) = (x0 - x2, x1 + x2, x2 - x1, x1 - x3)
+    }
+    @inline(__always)
+    static func b(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+        let (x0, x1, x2, x3) = (x[0], x[xs], x[2 * xs], x[3 * xs])
+        (y[0], y[ys], y[2 * ys], y[3 * ys]) = (x0, x1 - x2 + x3, x1 + x2 - x0, -x3)
     }
     @inline(__always)
     static func at(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
@@ -305,6 +355,17 @@ enum WinogradF4: WinogradVariant {
         y[3 * ys] = r + s
         y[4 * ys] = r - s
         y[5 * ys] = 4 * x1 - 5 * x3 + x5
+    }
+    @inline(__always)
+    static func b(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+        let (x0, x1, x2, x3, x4, x5) = (x[0], x[xs], x[2 * xs], x[3 * xs], x[4 * xs], x[5 * xs])
+        let d12 = x2 - x1, d34 = x3 - x4, s12 = x1 + x2, s34 = x3 + x4
+        y[0] = 4 * x0
+        y[ys] = 4 * (d12 + x5) - 2 * d34
+        y[2 * ys] = -5 * x0 - 4 * s12 - s34
+        y[3 * ys] = -d12 + 2 * d34 - 5 * x5
+        y[4 * ys] = x0 + s12 + s34
+        y[5 * ys] = x5
     }
     @inline(__always)
     static func at(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
@@ -347,8 +408,13 @@ enum WinogradF4: WinogradVariant {
     }
 }
 
+/// The transforms one conv call keeps between its passes (WinogradConv.saved).
+final class SavedTransforms {
+    var u, v, dm: Scratch?
+}
+
 /// A pooled buffer for the duration of one call.
-private final class Scratch {
+final class Scratch {
     let p: UnsafeMutablePointer<Float>
     let count: Int
     init(_ count: Int) { (self.count, p) = (count, BufferPool.shared.take(count: count)) }

@@ -88,9 +88,11 @@ let opCases: [OpCase] = [
          padding: Padding2D(1)),
     conv("conv stride 2 asymmetric pad wide (blocked layout)", x: [2, 6, 6, 16], w: [8, 16, 3, 3], tinyX: [1, 4, 4, 1],
          tinyW: [1, 1, 3, 3], stride: 2, padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1)),
-    // 3×3 stride 1 pad 1 with ≥ 32 channels: Winograd F(2×2, 3×3); odd sizes give ragged
-    // tiles, 36 and 33 channels leave partial vectors.
+    // 3×3 stride 1 pad 1 with ≥ 32 channels: Winograd F(4×4, 3×3) from 4×4 outputs up,
+    // F(2×2, 3×3) below; odd sizes give ragged tiles, 36 and 33 channels partial vectors.
     conv("conv 3x3 Winograd (ragged tiles, channel tails)", x: [2, 5, 7, 36], w: [33, 36, 3, 3], tinyX: [1, 3, 3, 2],
+         tinyW: [2, 2, 3, 3], padding: Padding2D(1)),
+    conv("conv 3x3 Winograd F(2×2) (3×3 map)", x: [2, 3, 3, 32], w: [40, 32, 3, 3], tinyX: [1, 3, 3, 2],
          tinyW: [2, 2, 3, 3], padding: Padding2D(1)),
     // One output channel with ≥ 8 inputs: the direct kernel of NarrowConv.swift; 44
     // channels take its 32-wide loop, an 8-wide block and a 4-lane tail.

@@ -32,6 +32,8 @@ struct ReferenceTests {
                  padding: Padding2D(top: 0, bottom: 1, left: 0, right: 1), bias: true),
         ConvCase(description: "Winograd: odd sizes, channel tails", x: [2, 5, 7, 36], w: [33, 36, 3, 3], stride: 1,
                  padding: Padding2D(1), bias: true),
+        ConvCase(description: "Winograd F(2×2): 3×3 map", x: [2, 3, 3, 32], w: [40, 32, 3, 3], stride: 1,
+                 padding: Padding2D(1), bias: true),
         ConvCase(description: "Winograd: 32×32, 64 channels", x: [1, 32, 32, 64], w: [64, 64, 3, 3], stride: 1,
                  padding: Padding2D(1), bias: false),
         ConvCase(description: "one output channel (direct kernel), channel tail", x: [2, 5, 7, 44], w: [1, 44, 3, 3],
