@@ -19,8 +19,8 @@ public final class ResnetBlock: Module {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        var h = conv1(silu(norm1(x)))
-        h = conv2(silu(norm2(h)))
+        var h = conv1(norm1(x, thenSiLU: true))
+        h = conv2(norm2(h, thenSiLU: true))
         return (ninShortcut?(x) ?? x) + h
     }
 }

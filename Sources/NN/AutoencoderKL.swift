@@ -61,7 +61,7 @@ public final class Encoder: Module {
     public func callAsFunction(_ x: Tensor) -> Tensor {
         var h = convIn(x)
         for level in down { h = level(h) }
-        return convOut(silu(normOut(mid(h))))
+        return convOut(normOut(mid(h), thenSiLU: true))
     }
 }
 
@@ -100,7 +100,7 @@ public final class Decoder: Module {
     public func forward(_ z: Tensor) -> (lastInput: Tensor, output: Tensor) {
         var h = mid(convIn(z))
         for level in up.reversed() { h = level(h) }
-        let lastInput = silu(normOut(h))
+        let lastInput = normOut(h, thenSiLU: true)
         return (lastInput, convOut(lastInput))
     }
 

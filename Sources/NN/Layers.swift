@@ -80,7 +80,10 @@ public final class GroupNorm: Module {
         (self.groups, self.eps) = (groups, eps)
     }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor { groupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps) }
+    /// The normalised x, passed through SiLU in the same pass when `thenSiLU`.
+    public func callAsFunction(_ x: Tensor, thenSiLU: Bool = false) -> Tensor {
+        groupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps, thenSiLU: thenSiLU)
+    }
 }
 
 /// LayerNorm over the last axis.

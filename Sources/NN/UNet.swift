@@ -55,8 +55,8 @@ public final class ResBlock: TimestepLayer {
 
     override public func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor {
         let e = embLinear(silu(emb))
-        let h = inConv(silu(inNorm(x))) + e.reshaped([e.shape[0], 1, 1, e.shape[1]])
-        return (skipConnection?(x) ?? x) + outConv(silu(outNorm(h)))
+        let h = inConv(inNorm(x, thenSiLU: true)) + e.reshaped([e.shape[0], 1, 1, e.shape[1]])
+        return (skipConnection?(x) ?? x) + outConv(outNorm(h, thenSiLU: true))
     }
 }
 
@@ -154,7 +154,7 @@ public final class UNetModel: Module {
             h = concat([h, skips.removeLast()], axis: -1)
             for layer in block { h = layer.forward(h, emb: emb, context: context) }
         }
-        return outConv(silu(outNorm(h)))
+        return outConv(outNorm(h, thenSiLU: true))
     }
 }
 

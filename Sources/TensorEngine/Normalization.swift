@@ -6,8 +6,11 @@ import Foundation
 /// with means over the normalised group (or row).
 
 /// GroupNorm: x [N, H, W, C] split into `groups` groups of C/groups channels, each
-/// normalised over (H, W, its channels); then y = x̂ · weight[c] + bias[c].
-public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, eps: Float = 1e-6) -> Tensor {
+/// normalised over (H, W, its channels); then y = x̂ · weight[c] + bias[c]. With
+/// `thenSiLU` the result is SiLU(y) in the same pass (the ResBlocks' norm-then-SiLU):
+/// y is never stored, and the backward recomputes it from x and the statistics.
+public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, eps: Float = 1e-6,
+                      thenSiLU: Bool = false) -> Tensor {
     precondition(x.rank == 4, "groupNorm: input \(x.shape) is not [N, H, W, C]")
     let (n, hw, c) = (x.shape[0], x.shape[1] * x.shape[2], x.shape[3])
     precondition(groups > 0 && c % groups == 0, "groupNorm: \(c) channels (input \(x.shape)) do not split into \(groups) groups")
@@ -35,7 +38,14 @@ public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, ep
             }
             let ys = py + s * hw * c
             scale.withUnsafeBufferPointer { a in shift.withUnsafeBufferPointer { b in
-                for p in 0..<hw { let xi = xs + p * c, yi = ys + p * c; for ch in 0..<c { yi[ch] = xi[ch] * a[ch] + b[ch] } }
+                if thenSiLU {
+                    for p in 0..<hw {
+                        let xi = xs + p * c, yi = ys + p * c
+                        for ch in 0..<c { let u = xi[ch] * a[ch] + b[ch]; yi[ch] = u / (1 + fastExp(-u)) }
+                    }
+                } else {
+                    for p in 0..<hw { let xi = xs + p * c, yi = ys + p * c; for ch in 0..<c { yi[ch] = xi[ch] * a[ch] + b[ch] } }
+                }
             } }
         }
     }
@@ -48,8 +58,27 @@ public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, ep
             let dxTensor = x.requiresGrad ? Tensor(uninitialized: x.shape) : nil
             parallelFor(n) { samples in
                 var a = [Float](repeating: 0, count: c), b = a, k = a, t1 = a, t2 = a
+                // With SiLU: the gradient at the norm's output, dy ⊙ SiLU'(y), one sample at a time.
+                let dNorm = UnsafeMutablePointer<Float>.allocate(capacity: thenSiLU ? hw * c : 0)
+                defer { dNorm.deallocate() }
                 for s in samples {
-                    let xs = px + s * hw * c, gs = pg + s * hw * c
+                    let xs = px + s * hw * c
+                    var gs = pg + s * hw * c
+                    if thenSiLU {
+                        for ch in 0..<c {
+                            let g = s * groups + ch / cg
+                            a[ch] = pw[ch] * pr[g]
+                            b[ch] = pb[ch] - pm[g] * a[ch]
+                        }
+                        for p in 0..<hw {
+                            let xi = xs + p * c, gi = gs + p * c, di = dNorm + p * c
+                            for ch in 0..<c {
+                                let u = xi[ch] * a[ch] + b[ch], sig = 1 / (1 + fastExp(-u))
+                                di[ch] = gi[ch] * sig * (1 + u * (1 - sig))
+                            }
+                        }
+                        gs = dNorm
+                    }
                     channelSums(gs, hw, c, into: &t1, shift: nil)
                     channelDotSums(gs, xs, hw, c, into: &t2)
                     (sdy.pointer + s * c).update(from: t1, count: c)

@@ -113,6 +113,9 @@ let opCases: [OpCase] = [
     OpCase("group norm", shapes: [[2, 4, 3, 8], [8], [8]], tiny: [[1, 2, 2, 4], [4], [4]]) {
         groupNorm($0[0], groups: 2, weight: $0[1], bias: $0[2])
     },
+    OpCase("group norm then SiLU (fused)", shapes: [[2, 4, 3, 8], [8], [8]], tiny: [[1, 2, 2, 4], [4], [4]]) {
+        groupNorm($0[0], groups: 2, weight: $0[1], bias: $0[2], thenSiLU: true)
+    },
     OpCase("group norm one channel per group", shapes: [[2, 3, 3, 4], [4], [4]], tiny: [[1, 2, 2, 2], [2], [2]]) {
         groupNorm($0[0], groups: $0[1].count, weight: $0[1], bias: $0[2])
     },

@@ -76,6 +76,14 @@ struct ReferenceTests {
         #expect(isClose(y, Reference.groupNorm(x, groups: groups, w, b, eps: 1e-6), rtol: 1e-4, atol: 1e-4))
     }
 
+    @Test("groupNorm with thenSiLU equals SiLU of groupNorm", arguments: [([2, 4, 4, 64], 32), ([1, 3, 5, 6], 3)])
+    func groupNormSiLU(_ shape: [Int], _ groups: Int) {
+        let x = randn(shape, 1, scale: 3).adding(1.5), w = randn([shape[3]], 2), b = randn([shape[3]], 3)
+        let fused = groupNorm(x, groups: groups, weight: w, bias: b, thenSiLU: true)
+        let reference = silu(groupNorm(x, groups: groups, weight: w, bias: b)).scalars.map(Double.init)
+        #expect(isClose(fused, reference, rtol: 1e-5, atol: 1e-6))
+    }
+
     @Test("softmax matches the definition and rows sum to one")
     func softmaxReference() {
         let x = randn([3, 4, 37], 1, scale: 4)
