@@ -41,10 +41,7 @@ public final class FeedForward: Module {
         out = Linear(dim * mult, dim, initializer)
     }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor {
-        let parts = proj(x).split(sizes: [out.weight.shape[1], out.weight.shape[1]], axis: -1)
-        return out(parts[0] * gelu(parts[1]))
-    }
+    public func callAsFunction(_ x: Tensor) -> Tensor { out(geglu(proj(x))) }
 }
 
 /// Self-attention, cross-attention to the context, feed-forward; pre-LayerNorm and a

@@ -182,6 +182,41 @@ private struct GELU: PointwiseFunction {
     }
 }
 
+/// GEGLU's gate (Shazeer 2020): h [..., 2D] split along the last axis into a and g,
+/// y = a ⊙ GELU(g) [..., D], in one pass with no split copies;
+/// backward da = dy ⊙ GELU(g), dg = dy ⊙ a ⊙ GELU'(g).
+public func geglu(_ h: Tensor) -> Tensor {
+    let width = h.shape.last ?? 0
+    precondition(h.rank >= 1 && width % 2 == 0, "geglu: input \(h.shape) does not split in two along its last axis")
+    let d = width / 2, rows = h.count / max(width, 1), f = GELU()
+    let out = Tensor(uninitialized: Array(h.shape.dropLast()) + [d])
+    let ph = h.pointer, py = out.pointer
+    parallelFor(rows, grain: max(1, 32768 / max(d, 1))) { r in
+        for row in r {
+            let a = ph + row * width, g = a + d, y = py + row * d
+            for j in 0..<d { y[j] = a[j] * f.value(g[j]) }
+        }
+    }
+    if Tape.needsGrad(h) {
+        Tape.record(out, inputs: [h]) { dy in
+            let pg = dy.pointer
+            h.withGradient { dh, accumulate in
+                parallelFor(rows, grain: max(1, 32768 / max(d, 1))) { r in
+                    for row in r {
+                        let a = ph + row * width, g = a + d, gy = pg + row * d, da = dh + row * width, dg = da + d
+                        if accumulate {
+                            for j in 0..<d { da[j] += gy[j] * f.value(g[j]); dg[j] += gy[j] * a[j] * f.derivative(g[j], 0) }
+                        } else {
+                            for j in 0..<d { da[j] = gy[j] * f.value(g[j]); dg[j] = gy[j] * a[j] * f.derivative(g[j], 0) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return out
+}
+
 /// max(x, 0) for slope 0, else x for x > 0 and slope·x below (LeakyReLU).
 private struct LeakyReLU: PointwiseFunction {
     let slope: Float

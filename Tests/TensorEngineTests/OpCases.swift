@@ -49,6 +49,7 @@ let opCases: [OpCase] = [
     OpCase("sigmoid", shapes: [[4, 5]], tiny: [[3]]) { sigmoid($0[0]) },
     OpCase("silu", shapes: [[4, 5]], tiny: [[3]]) { silu($0[0]) },
     OpCase("gelu", shapes: [[4, 5]], tiny: [[3]]) { gelu($0[0]) },
+    OpCase("geglu", shapes: [[3, 4, 10]], tiny: [[2, 4]]) { geglu($0[0]) },
     // kinks at 0: inputs kept away from it so central differences do not straddle it
     OpCase("relu", { t in [randn(t ? [4] : [4, 5], 1).adding(0.05)] }) { relu($0[0].scaled(by: 1)) },
     OpCase("leaky relu", { t in [randn(t ? [4] : [4, 5], 2)] }) { leakyReLU($0[0], slope: 0.2) },

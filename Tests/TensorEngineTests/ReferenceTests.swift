@@ -84,6 +84,13 @@ struct ReferenceTests {
         #expect(isClose(fused, reference, rtol: 1e-5, atol: 1e-6))
     }
 
+    @Test("geglu equals a ⊙ gelu(g) of the split halves")
+    func gegluReference() {
+        let h = randn([3, 5, 2 * 37], 1, scale: 2)
+        let parts = h.split(sizes: [37, 37], axis: -1)
+        #expect(isClose(geglu(h), (parts[0] * gelu(parts[1])).scalars.map(Double.init), rtol: 1e-6, atol: 1e-7))
+    }
+
     @Test("softmax matches the definition and rows sum to one")
     func softmaxReference() {
         let x = randn([3, 4, 37], 1, scale: 4)
