@@ -400,38 +400,51 @@ struct MatmulGeometry: Hashable {
     let transposeA, transposeB, accumulate: Bool
     /// Distances between the batch's matrices of a, b and c; 0 for packed (m·k, k·n, m·n).
     var strideA = 0, strideB = 0, strideC = 0
+    /// Adds a bias of n values to every row of c.
+    var bias = false
 }
 
 final class MatmulPrimitive {
     private let primitive: Primitive
     private let a, b, c: Memory
+    private let bias: Memory?
 
     init(_ g: MatmulGeometry) {
         let (sa, sb, sc) = (g.strideA, g.strideB, g.strideC)
         var aMD = DNNL.desc([g.batch, g.m, g.k], strides: [sa > 0 ? sa : g.m * g.k] + (g.transposeA ? [1, g.m] : [g.k, 1]))
         var bMD = DNNL.desc([g.batch, g.k, g.n], strides: [sb > 0 ? sb : g.k * g.n] + (g.transposeB ? [1, g.k] : [g.n, 1]))
         var cMD = DNNL.desc([g.batch, g.m, g.n], strides: [sc > 0 ? sc : g.m * g.n, g.n, 1])
+        var biasMD = DNNL.desc([1, 1, g.n], strides: [g.n, g.n, 1])
         var d = dnnl_matmul_desc_t()
-        DNNL.check(dnnl_matmul_desc_init(&d, &aMD, &bMD, nil, &cMD), "matmul desc \(g)")
+        if g.bias {
+            DNNL.check(dnnl_matmul_desc_init(&d, &aMD, &bMD, &biasMD, &cMD), "matmul desc \(g)")
+        } else {
+            DNNL.check(dnnl_matmul_desc_init(&d, &aMD, &bMD, nil, &cMD), "matmul desc \(g)")
+        }
         primitive = DNNL.primitive(&d, postOpsSum: g.accumulate, "matmul \(g)")
         a = Memory(aMD)
         b = Memory(bMD)
         c = Memory(cMD)
+        bias = g.bias ? Memory(biasMD) : nil
     }
 
-    func run(_ pa: UnsafeMutablePointer<Float>, _ pb: UnsafeMutablePointer<Float>, _ pc: UnsafeMutablePointer<Float>) {
-        primitive.execute([(DNNL_ARG_SRC, a.bind(pa)), (DNNL_ARG_WEIGHTS, b.bind(pb)), (DNNL_ARG_DST, c.bind(pc))])
+    func run(_ pa: UnsafeMutablePointer<Float>, _ pb: UnsafeMutablePointer<Float>, _ pc: UnsafeMutablePointer<Float>,
+             bias pbias: UnsafeMutablePointer<Float>? = nil) {
+        var args = [(DNNL_ARG_SRC, a.bind(pa)), (DNNL_ARG_WEIGHTS, b.bind(pb)), (DNNL_ARG_DST, c.bind(pc))]
+        if let bias, let pbias { args.append((DNNL_ARG_BIAS, bias.bind(pbias))) }
+        primitive.execute(args)
     }
 }
 
 extension DNNL {
     /// Runs the cached matmul primitive for `g`.
     static func matmul(_ g: MatmulGeometry, _ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>,
-                       _ c: UnsafeMutablePointer<Float>) {
+                       _ c: UnsafeMutablePointer<Float>, bias: UnsafeMutablePointer<Float>? = nil) {
+        precondition(g.bias == (bias != nil), "matmul \(g): bias pointer and geometry disagree")
         locked {
             let p: MatmulPrimitive
             if let cached = matmulCache[g] { p = cached } else { p = MatmulPrimitive(g); matmulCache[g] = p }
-            p.run(a, b, c)
+            p.run(a, b, c, bias: bias)
         }
     }
 }

@@ -4,6 +4,11 @@
 /// a: [B, M, K] with b: [B, K, N] (batched). With `transposeA` a holds [.., K, M];
 /// with `transposeB` b holds [N, K] or [B, N, K]. Result [..., M, N].
 public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
+    product(a, b, transposeA: transposeA, transposeB: transposeB, bias: nil)
+}
+
+/// `matmul`, plus a bias [N] added to every row inside the same oneDNN call (for `linear`).
+private func product(_ a: Tensor, _ b: Tensor, transposeA: Bool, transposeB: Bool, bias: Tensor?) -> Tensor {
     precondition(a.rank >= 2 && (b.rank == 2 || b.rank == a.rank),
                  "matmul: shapes \(a.shape) and \(b.shape) are not [.., M, K] x [K, N] or batched")
     let batched = b.rank > 2
@@ -17,10 +22,12 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transpose
     // A shared b folds the leading dimensions of a into its rows.
     let (batch, rows) = batched ? (lead.reduce(1, *), m) : (1, lead.reduce(1, *) * m)
     let out = Tensor(uninitialized: lead + [m, n])
+    precondition(bias == nil || (!batched && bias!.shape == [n]), "matmul: bias \(bias!.shape) does not match \(n) columns")
     DNNL.matmul(MatmulGeometry(batch: batch, m: rows, k: k, n: n, transposeA: transposeA, transposeB: transposeB,
-                               accumulate: false), a.pointer, b.pointer, out.pointer)
-    if Tape.needsGrad(a, b) {
-        Tape.record(out, inputs: [a, b]) { dc in
+                               accumulate: false, bias: bias != nil), a.pointer, b.pointer, out.pointer, bias: bias?.pointer)
+    if Tape.needsGrad(a, b, bias) {
+        Tape.record(out, inputs: [a, b, bias]) { dc in
+            if let bias, bias.requiresGrad { bias.accumulateGradient(columnSums(dc.pointer, rows: rows, columns: n)) }
             // C = op(A)·op(B)  ⇒  d op(A) = dC·op(B)ᵀ,  d op(B) = op(A)ᵀ·dC.
             if a.requiresGrad {
                 a.withGradient { da, accumulate in
@@ -53,8 +60,16 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transpose
 public func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil) -> Tensor {
     precondition(weight.rank == 2 && x.shape.last == weight.shape[1],
                  "linear: input \(x.shape) does not match weight \(weight.shape) ([out, in])")
-    let y = matmul(x, weight, transposeB: true)
-    guard let bias else { return y }
-    precondition(bias.shape == [weight.shape[0]], "linear: bias \(bias.shape) does not match weight \(weight.shape)")
-    return y + bias
+    precondition(bias == nil || bias!.shape == [weight.shape[0]], "linear: bias \(bias!.shape) does not match weight \(weight.shape)")
+    return product(x, weight, transposeA: false, transposeB: true, bias: bias)
+}
+
+/// Σ over rows of a rows × columns matrix → [columns], threads splitting the columns.
+private func columnSums(_ p: UnsafeMutablePointer<Float>, rows: Int, columns: Int) -> Tensor {
+    let sums = Tensor(zeros: [columns])
+    let s = sums.pointer
+    parallelFor(columns, grain: 64) { range in
+        for r in 0..<rows { let row = p + r * columns; for j in range { s[j] += row[j] } }
+    }
+    return sums
 }

@@ -69,6 +69,13 @@ struct ReferenceTests {
         #expect(isClose(matmul(x, y, transposeA: ta, transposeB: tb), Reference.matmul(x, y, transposeA: ta, transposeB: tb)))
     }
 
+    @Test("linear adds its bias to every row of x · Wᵀ")
+    func linearReference() {
+        let x = randn([2, 3, 6], 1), w = randn([5, 6], 2), b = randn([5], 3)
+        let product = Reference.matmul(x, w, transposeA: false, transposeB: true)
+        #expect(isClose(linear(x, weight: w, bias: b), product.enumerated().map { $0.element + Double(b.scalars[$0.offset % 5]) }))
+    }
+
     @Test("groupNorm matches the definition", arguments: [([2, 4, 4, 64], 32), ([1, 3, 5, 6], 3), ([2, 2, 2, 4], 4)])
     func groupNormReference(_ shape: [Int], _ groups: Int) {
         let x = randn(shape, 1, scale: 3).adding(1.5), w = randn([shape[3]], 2), b = randn([shape[3]], 3)
