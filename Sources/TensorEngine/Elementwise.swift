@@ -177,8 +177,12 @@ private struct SiLU: PointwiseFunction {
 /// GELU(x) = x·Φ(x) with the exact normal CDF (PyTorch's default); d/dx = Φ(x) + x·φ(x).
 private struct GELU: PointwiseFunction {
     @inline(__always) func value(_ x: Float) -> Float { 0.5 * x * (1 + fastErf(x * 0.70710678)) }
-    @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float {
-        0.5 * (1 + fastErf(x * 0.70710678)) + x * 0.39894228 * fastExp(-0.5 * x * x)
+    @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { valueAndDerivative(x).derivative }
+    /// Both from one erf and one exponential: e^(−(x/√2)²) = e^(−x²/2) is φ(x)·√(2π).
+    @inline(__always) func valueAndDerivative(_ x: Float) -> (value: Float, derivative: Float) {
+        let (erf, gaussian) = fastErfAndGaussian(x * 0.70710678)
+        let cdf = 0.5 * (1 + erf)
+        return (x * cdf, cdf + x * 0.39894228 * gaussian)
     }
 }
 
@@ -204,10 +208,11 @@ public func geglu(_ h: Tensor) -> Tensor {
                 parallelFor(rows, grain: max(1, 32768 / max(d, 1))) { r in
                     for row in r {
                         let a = ph + row * width, g = a + d, gy = pg + row * d, da = dh + row * width, dg = da + d
-                        if accumulate {
-                            for j in 0..<d { da[j] += gy[j] * f.value(g[j]); dg[j] += gy[j] * a[j] * f.derivative(g[j], 0) }
-                        } else {
-                            for j in 0..<d { da[j] = gy[j] * f.value(g[j]); dg[j] = gy[j] * a[j] * f.derivative(g[j], 0) }
+                        for j in 0..<d {
+                            let (value, slope) = f.valueAndDerivative(g[j])
+                            if accumulate { da[j] += gy[j] * value; dg[j] += gy[j] * a[j] * slope } else {
+                                da[j] = gy[j] * value; dg[j] = gy[j] * a[j] * slope
+                            }
                         }
                     }
                 }

@@ -26,7 +26,11 @@ public func fastExp(_ x: Float) -> Float {
 /// erf(x) by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7):
 /// erf(|x|) = 1 − (a1·t + … + a5·t⁵)·e^(−x²), t = 1 / (1 + p·|x|).
 @inline(__always)
-public func fastErf(_ x: Float) -> Float {
+public func fastErf(_ x: Float) -> Float { fastErfAndGaussian(x).erf }
+
+/// erf(x) and the e^(−x²) it is built from, for callers that need both (GELU's derivative).
+@inline(__always)
+public func fastErfAndGaussian(_ x: Float) -> (erf: Float, gaussian: Float) {
     let a = abs(x)
     let t = 1 / (1 + 0.3275911 * a)
     var poly: Float = 1.061405429
@@ -34,8 +38,9 @@ public func fastErf(_ x: Float) -> Float {
     poly = poly * t + 1.421413741
     poly = poly * t - 0.284496736
     poly = poly * t + 0.254829592
-    let y = 1 - poly * t * fastExp(-a * a)
-    return x < 0 ? -y : y
+    let gaussian = fastExp(-a * a)
+    let y = 1 - poly * t * gaussian
+    return (x < 0 ? -y : y, gaussian)
 }
 
 // The row reductions keep eight partial results in one AVX register (SIMD8, the
