@@ -37,8 +37,9 @@ public final class Adam {
         step += 1
         let b1 = Float(settings.beta1), b2 = Float(settings.beta2), eps = Float(settings.eps)
         let c1 = 1 - pow(settings.beta1, Double(step)), c2 = 1 - pow(settings.beta2, Double(step))
-        // p −= lr/c1 · m / (√v/√c2 + eps), the bias corrections folded into two scalars.
-        let stepSize = Float(lr / c1), rootC2 = Float(c2.squareRoot())
+        // p −= lr/c1 · m / (√v/√c2 + eps), the bias corrections folded into two scalars
+        // (1/√c2 as a factor: one vector division per element, not two).
+        let stepSize = Float(lr / c1), inverseRootC2 = Float(1 / c2.squareRoot())
         let wd = Float(settings.weightDecay), decay = Float(1 - lr * settings.weightDecay)
         // Adam's L2 term joins the gradient; AdamW's decay scales the weight (by 1 otherwise: exact).
         let l2 = settings.decoupled ? 0 : wd, keep = settings.decoupled && wd != 0 ? decay : 1
@@ -49,7 +50,7 @@ public final class Adam {
             let vi = b2 * loadLanes(pv + i, lanes) + (1 - b2) * gi * gi
             storeLanes(mi, pm + i, lanes)
             storeLanes(vi, pv + i, lanes)
-            storeLanes(loadLanes(p + i, lanes) * keep - stepSize * mi / (vi.squareRoot() / rootC2 + eps), p + i, lanes)
+            storeLanes(loadLanes(p + i, lanes) * keep - stepSize * mi / (vi.squareRoot() * inverseRootC2 + eps), p + i, lanes)
         }
     }
 }
