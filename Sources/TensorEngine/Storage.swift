@@ -51,11 +51,20 @@ public final class BufferPool: @unchecked Sendable {
             return p
         }
         lock.unlock()
+        let bytes = n * MemoryLayout<Float>.stride, huge = bytes >= BufferPool.hugePageMinimum
         var raw: UnsafeMutableRawPointer?
-        let status = posix_memalign(&raw, 64, n * MemoryLayout<Float>.stride)
+        let status = posix_memalign(&raw, huge ? BufferPool.hugePage : 64, bytes)
         guard status == 0, let raw else { fatalError("out of memory allocating \(n) floats") }
+        // Large buffers are streamed through whole (activations, the arena, Adam's moments):
+        // on 2 MiB pages the prefetchers run on across what would be 4 KiB page edges, and
+        // the TLB covers them. A hint only; the kernel may decline.
+        if huge { _ = madvise(raw, bytes / BufferPool.hugePage * BufferPool.hugePage, MADV_HUGEPAGE) }
         return raw.bindMemory(to: Float.self, capacity: n)
     }
+
+    static let hugePage = 2 << 20
+    /// Buffers from this size up are aligned to and advised onto huge pages.
+    static let hugePageMinimum = 4 << 20
 
     func give(_ p: UnsafeMutablePointer<Float>, count: Int) {
         let n = max(count, 1)
