@@ -22,6 +22,13 @@ public final class CrossAttention: Module {
     public func callAsFunction(_ x: Tensor, context: Tensor? = nil) -> Tensor {
         let c = context ?? x
         let (n, t, s) = (x.shape[0], x.shape[1], c.shape[1])
+        if s == 1 {
+            // One key: softmax over a single logit is exactly 1 whatever the query, so every
+            // position receives that token's value (and to_q's gradient is exactly zero). The
+            // class-conditioned UNet's cross-attention is this case: skip q, q·kᵀ and softmax.
+            let out = toOut(toV(c))
+            return out.expanded(to: [n, t, out.shape[2]])
+        }
         // [N, T, H·D] → [N·H, T, D]
         func split(_ y: Tensor, _ length: Int) -> Tensor {
             y.reshaped([n, length, heads, headChannels]).permuted([0, 2, 1, 3]).reshaped([n * heads, length, headChannels])

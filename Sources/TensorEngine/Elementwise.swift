@@ -103,6 +103,15 @@ public func * (a: Tensor, b: Tensor) -> Tensor {
     return out
 }
 
+extension Tensor {
+    /// This tensor repeated along its size-1 axes up to `shape` (a broadcast add to
+    /// zeros); the backward sums the repeats.
+    public func expanded(to shape: [Int]) -> Tensor {
+        precondition(BroadcastPlan.resultShape(self.shape, shape) == shape, "expanded: \(self.shape) does not broadcast to \(shape)")
+        return self + Tensor(zeros: shape)
+    }
+}
+
 /// a ⊘ b with broadcasting.
 public func / (a: Tensor, b: Tensor) -> Tensor {
     let (out, plan) = broadcastMap(a, b, "div") { $0 / $1 }

@@ -112,11 +112,24 @@ struct UNetTests {
         let z = randn([2, 4, 4, 2], 5)
         let toInput = gradCheck([z], directions: 3) { model($0[0], timesteps: [3, 700], labels: [1, 3]) }
         #expect(toInput.worstError < 2e-3, "input: \(toInput)")
-        let weights = ["model.diffusion_model.time_embed.0.weight", "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+        let weights = ["model.diffusion_model.time_embed.0.weight", "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight",
                        "model.diffusion_model.output_blocks.0.0.skip_connection.weight", "cond_stage_model.embedding.weight",
                        "model.diffusion_model.middle_block.1.transformer_blocks.0.ff.net.0.proj.bias"].map { named[$0]! }
         let toWeights = gradCheckInPlace(weights, directions: 3) { model(z, timesteps: [3, 700], labels: [1, 3]) }
         #expect(toWeights.worstError < 2e-3, "weights: \(toWeights)")
+    }
+
+    @Test("cross-attention to one context token gives every position that token's projected value")
+    func crossAttentionOneToken() {
+        let attn = CrossAttention(queryDim: 8, contextDim: 6, heads: 2, headChannels: 4, ParameterInitializer(seed: 5))
+        let x = randn([2, 5, 8], 1), c = randn([2, 1, 6], 2)
+        let y = withoutGradient { attn(x, context: c) }
+        let weights = attn.namedParameters().map(\.tensor)   // to_q, to_k, to_v, to_out.0 weight, bias
+        let k = matmul(c, weights[1], transposeB: true), v = matmul(c, weights[2], transposeB: true)
+        let q = matmul(x, weights[0], transposeB: true)
+        let full = withoutGradient { linear(attention(query: q, key: k, value: v), weight: weights[3], bias: weights[4]) }
+        #expect(y.shape == [2, 5, 8])
+        #expect(isClose(y, full.scalars.map(Double.init), rtol: 1e-5, atol: 1e-6))
     }
 
     @Test("multi-head cross-attention equals attention computed per head")

@@ -36,6 +36,7 @@ let opCases: [OpCase] = [
     OpCase("add broadcast channels", shapes: [[2, 3, 4, 8], [8]], tiny: [[2, 2, 3], [3]]) { $0[0] + $0[1] },
     OpCase("add broadcast NHWC time embedding", shapes: [[2, 3, 4, 8], [2, 1, 1, 8]], tiny: [[2, 2, 1, 3], [2, 1, 1, 3]]) { $0[0] + $0[1] },
     OpCase("add broadcast both", shapes: [[4, 1, 6], [5, 1]], tiny: [[2, 1, 3], [2, 1]]) { $0[0] + $0[1] },
+    OpCase("expand size-1 axes", shapes: [[2, 1, 3]], tiny: [[2, 1, 2]]) { $0[0].expanded(to: [$0[0].shape[0], 4, $0[0].shape[2]]) },
     OpCase("sub broadcast", shapes: [[3, 4, 5], [4, 1]], tiny: [[2, 3], [2, 1]]) { $0[0] - $0[1] },
     OpCase("mul broadcast", shapes: [[3, 4, 5], [1, 4, 5]], tiny: [[2, 3], [1, 3]]) { $0[0] * $0[1] },
     OpCase("mul scalar tensor", shapes: [[3, 7], []], tiny: [[2, 2], []]) { $0[0] * $0[1] },
