@@ -88,16 +88,25 @@ public enum ModelBenchmark {
         }
     }
 
+    /// This process's peak resident set (VmHWM of /proc/self/status). Not getrusage's
+    /// ru_maxrss: Linux carries that over fork and exec, so a process started by a large
+    /// one (the Python side of the PyTorch comparison) would report its parent's peak.
+    static func peakResidentMiB() -> Double {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kib = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+        else { return 0 }
+        return kib / 1024
+    }
+
     /// This rank's medians; with several ranks, img/s is the sum over ranks and the
     /// step time and exposed communication the slowest rank's.
     static func result(_ name: String, batch: Int, times: [Double], exposed: [Double], overlap: Bool,
                        comm: Communicator) throws -> ModelTiming {
         func median(_ v: [Double]) -> Double { v.isEmpty ? 0 : v.sorted()[v.count / 2] }
-        var usage = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &usage)
         var t = ModelTiming(bench: name, batchSize: batch, ranks: comm.size, threads: Threads.count, steps: times.count,
                             stepMs: median(times), imgPerS: Double(batch) / median(times) * 1000,
-                            peakRssMib: Double(usage.ru_maxrss) / 1024, exposedCommMs: median(exposed), overlap: overlap)
+                            peakRssMib: peakResidentMiB(), exposedCommMs: median(exposed), overlap: overlap)
         guard comm.size > 1 else { return t }
         t.imgPerS = try comm.sum(t.imgPerS)
         let all = try comm.allGather([t.stepMs, t.exposedCommMs, t.peakRssMib].withUnsafeBytes { Array($0) })
