@@ -175,8 +175,8 @@ private struct Sigmoid: PointwiseFunction {
     @inline(__always) func value(_ x: Float) -> Float { 1 / (1 + fastExp(-x)) }
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { y * (1 - y) }
 }
-/// SiLU(x) = x·σ(x); d/dx = σ(x)·(1 + x·(1 − σ(x))).
-private struct SiLU: PointwiseFunction {
+/// SiLU(x) = x·σ(x); d/dx = σ(x)·(1 + x·(1 − σ(x))). Also used by the fused GroupNorm.
+struct SiLU: PointwiseFunction {
     @inline(__always) func value(_ x: Float) -> Float { x / (1 + fastExp(-x)) }
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float {
         let s = 1 / (1 + fastExp(-x))
@@ -219,9 +219,8 @@ public func geglu(_ h: Tensor) -> Tensor {
                         let a = ph + row * width, g = a + d, gy = pg + row * d, da = dh + row * width, dg = da + d
                         for j in 0..<d {
                             let (value, slope) = f.valueAndDerivative(g[j])
-                            if accumulate { da[j] += gy[j] * value; dg[j] += gy[j] * a[j] * slope } else {
-                                da[j] = gy[j] * value; dg[j] = gy[j] * a[j] * slope
-                            }
+                            let (toA, toG) = (gy[j] * value, gy[j] * a[j] * slope)
+                            if accumulate { da[j] += toA; dg[j] += toG } else { (da[j], dg[j]) = (toA, toG) }
                         }
                     }
                 }

@@ -39,10 +39,8 @@ public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, ep
             let ys = py + s * hw * c
             scale.withUnsafeBufferPointer { a in shift.withUnsafeBufferPointer { b in
                 if thenSiLU {
-                    for p in 0..<hw {
-                        let xi = xs + p * c, yi = ys + p * c
-                        for ch in 0..<c { let u = xi[ch] * a[ch] + b[ch]; yi[ch] = u / (1 + fastExp(-u)) }
-                    }
+                    let f = SiLU()
+                    for p in 0..<hw { let xi = xs + p * c, yi = ys + p * c; for ch in 0..<c { yi[ch] = f.value(xi[ch] * a[ch] + b[ch]) } }
                 } else {
                     for p in 0..<hw { let xi = xs + p * c, yi = ys + p * c; for ch in 0..<c { yi[ch] = xi[ch] * a[ch] + b[ch] } }
                 }
@@ -70,12 +68,10 @@ public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, ep
                             a[ch] = pw[ch] * pr[g]
                             b[ch] = pb[ch] - pm[g] * a[ch]
                         }
+                        let f = SiLU()
                         for p in 0..<hw {
                             let xi = xs + p * c, gi = gs + p * c, di = dNorm + p * c
-                            for ch in 0..<c {
-                                let u = xi[ch] * a[ch] + b[ch], sig = 1 / (1 + fastExp(-u))
-                                di[ch] = gi[ch] * sig * (1 + u * (1 - sig))
-                            }
+                            for ch in 0..<c { di[ch] = gi[ch] * f.derivative(xi[ch] * a[ch] + b[ch], 0) }
                         }
                         gs = dNorm
                     }
