@@ -50,7 +50,7 @@ let package = Package(
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "NN", "TensorEngine", "TestSupport"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Distributed", "TestSupport"]),
         .testTarget(name: "ShimTests", dependencies: ["CDNNL", "CMPI", "CHDF5"]),
-        .testTarget(name: "CommandTests", dependencies: ["Training", "NN", "Storage", "Distributed", "TestSupport"]),
+        .testTarget(name: "CommandTests", dependencies: ["Training", "NN", "TensorEngine", "Storage", "Distributed", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -29,7 +29,7 @@ if try comm.sum(Int64(r)) != Int64(n * (n - 1) / 2) { fail("sum of integers") }
 if try comm.all(true) != true || comm.all(r != n - 1) != false { fail("agreement") }
 if try comm.broadcast("from rank 0: \(r)") != "from rank 0: 0" { fail("broadcast") }
 let gathered = try comm.allGather([UInt8(r), UInt8(r * 2)])
-if gathered != (0..<n).flatMap { [UInt8($0), UInt8($0 * 2)] } { fail("all-gather \(gathered)") }
+if gathered != (0..<n).flatMap({ [UInt8($0), UInt8($0 * 2)] }) { fail("all-gather \(gathered)") }
 
 // Gradient buckets over a padded arena, reduced through the tape's readiness hooks.
 var offsets: [Int] = [], total = 0
@@ -41,7 +41,7 @@ let parameters = sizes.enumerated().map { i, s -> Tensor in
     t.readyIndex = i
     return t
 }
-let sync = GradientSynchronizer(gradients: arena.pointer, parameters: zip(offsets, sizes).map { ($0, $1) }, arenaCount: total,
+let sync = GradientSynchronizer(gradients: arena.pointer, parameters: parameters, offsets: offsets, arenaCount: total,
                                 communicator: comm, firstBucketBytes: firstBytes, bucketBytes: bucketBytes)
 // Gradients are views into the arena, as the trainer sets them up.
 for (i, p) in parameters.enumerated() {

@@ -3,10 +3,13 @@ import TensorEngine
 
 /// Averages gradients over ranks the way PyTorch DDP's reducer does: parameters
 /// are grouped into flat buckets (the first small, ~1 MiB, so communication starts
-/// early; then ~25 MiB) over the gradient arena, whose layout already follows the
-/// reverse order of use; the gradients live in the arena (no copies). During
+/// early; then ~25 MiB) over the gradient arena, whose layout follows the order
+/// backward finishes gradients (`ParameterArena`); the gradients live in the arena
+/// (no copies). During
 /// backward, each parameter reports when its gradient is final
-/// (`Tape.onGradientReady`); a bucket whose parameters are all final is summed
+/// (`Tape.onGradientReady`), and parameters the forward did not use (cross-attention
+/// to one token skips to_q and to_k) count as final when backward starts, as with
+/// DDP's find_unused_parameters; a bucket whose parameters are all final is summed
 /// over ranks by a communication thread, in bucket order on every rank, while
 /// backward goes on. OpenMPI here has no asynchronous progress, so the thread
 /// issues blocking MPI_Allreduce calls; `overlap: false` reduces every bucket after
@@ -21,6 +24,7 @@ public final class GradientSynchronizer {
     public let buckets: [Bucket]
     /// The bucket of each parameter (by its index in the arena's layout order).
     private let bucketOf: [Int]
+    private let parameters: [Tensor]
     private let gradients: UnsafeMutablePointer<Float>
     private let comm: Communicator
     public let overlap: Bool
@@ -28,6 +32,8 @@ public final class GradientSynchronizer {
     // Shared with the communication thread, under `condition`.
     private let condition = NSCondition()
     private var remaining: [Int] = []     // per bucket: parameters not yet final
+    private var isFinal: [Bool] = []      // per parameter
+    private var completed: [Int] = []     // buckets, in the order they became complete
     private var next = 0                  // the bucket the thread reduces next
     private var active = false
     private var failure: Error?
@@ -35,17 +41,24 @@ public final class GradientSynchronizer {
     private var stopping = false
     /// Seconds the last `finish()` waited for communication after backward ended.
     public private(set) var lastExposedSeconds = 0.0
+    /// The buckets that became complete during the last backward, in that order;
+    /// with the arena in gradient order this is 0, 1, 2, ... (the others were
+    /// released by `finish()`).
+    public private(set) var lastCompletionOrder: [Int] = []
 
-    /// `parameters` are (offset, count) in floats, in arena order; buckets close
-    /// at parameter boundaries once they reach their size (a parameter larger
-    /// than a bucket gets a bucket of its own).
-    public init(gradients: UnsafeMutablePointer<Float>, parameters: [(offset: Int, count: Int)], arenaCount: Int,
+    /// `parameters` are the tensors at `offsets` (in floats) of the arena, in its
+    /// order, each with its index as `readyIndex`; buckets close at parameter
+    /// boundaries once they reach their size (a parameter larger than a bucket gets
+    /// a bucket of its own).
+    public init(gradients: UnsafeMutablePointer<Float>, parameters: [Tensor], offsets: [Int], arenaCount: Int,
                 communicator: Communicator, firstBucketBytes: Int = 1 << 20, bucketBytes: Int = 25 << 20, overlap: Bool = true) {
         var buckets: [Bucket] = [], bucketOf: [Int] = []
         var start = 0, firstParameter = 0
+        precondition(parameters.count == offsets.count && parameters.indices.allSatisfy { parameters[$0].readyIndex == $0 },
+                     "gradient buckets need one offset per parameter and each parameter's index as its readyIndex")
         for i in parameters.indices {
             bucketOf.append(buckets.count)
-            let end = i + 1 < parameters.count ? parameters[i + 1].offset : arenaCount
+            let end = i + 1 < parameters.count ? offsets[i + 1] : arenaCount
             let limit = (buckets.isEmpty ? firstBucketBytes : bucketBytes) / 4
             if end - start >= limit || i == parameters.count - 1 {
                 buckets.append(Bucket(range: start..<end, parameters: firstParameter..<(i + 1)))
@@ -54,6 +67,7 @@ public final class GradientSynchronizer {
         }
         self.buckets = buckets
         self.bucketOf = bucketOf
+        self.parameters = parameters
         self.gradients = gradients
         self.comm = communicator
         self.overlap = overlap && communicator.size > 1
@@ -66,24 +80,42 @@ public final class GradientSynchronizer {
         condition.unlock()
     }
 
-    /// Hooks into this thread's tape before the backward of the last micro-batch.
+    /// Hooks into this thread's tape before the forward of the last micro-batch.
     public func beginBackward() {
         condition.lock()
         remaining = buckets.map { $0.parameters.count }
+        isFinal = Array(repeating: false, count: parameters.count)
+        completed = []
         next = 0
         active = true
         failure = nil
         condition.unlock()
-        guard overlap else { return }
-        if thread == nil { startThread() }
-        Tape.current.onGradientReady = { [weak self] index in self?.parameterReady(index) }
+        if overlap && thread == nil { startThread() }
+        let tape = Tape.current
+        tape.onGradientReady = { [weak self] index in self?.parametersReady([index]) }
+        tape.onBackwardStart = { [weak self] in self?.releaseUnused() }
     }
 
-    /// Called by the tape when parameter `index`'s gradient is final.
-    func parameterReady(_ index: Int) {
+    /// At the start of each backward: parameters that take gradients but were not
+    /// used by the forward (and are not final yet) are final now. A parameter frozen
+    /// during this backward (the discriminator during the generator's) is not.
+    private func releaseUnused() {
+        parametersReady(parameters.indices.filter { parameters[$0].requiresGrad && parameters[$0].pendingUses == 0 && !isFinal[$0] })
+    }
+
+    /// Called by the tape when these parameters' gradients are final.
+    func parametersReady(_ indices: [Int]) {
+        guard !indices.isEmpty else { return }
         condition.lock()
-        remaining[bucketOf[index]] -= 1
-        if remaining[bucketOf[index]] == 0 { condition.broadcast() }
+        for index in indices where !isFinal[index] {
+            isFinal[index] = true
+            let b = bucketOf[index]
+            remaining[b] -= 1
+            if remaining[b] == 0 {
+                completed.append(b)
+                condition.broadcast()
+            }
+        }
         condition.unlock()
     }
 
@@ -91,7 +123,11 @@ public final class GradientSynchronizer {
     /// this waits until every bucket has been summed over ranks.
     public func finish() throws {
         Tape.current.onGradientReady = nil
+        Tape.current.onBackwardStart = nil
         let waitStart = Date()
+        condition.lock()
+        lastCompletionOrder = completed
+        condition.unlock()
         if overlap {
             condition.lock()
             for b in buckets.indices { remaining[b] = 0 }

@@ -73,6 +73,9 @@ public final class Decoder: Module {
     let up: [UpLevel]
     let normOut: GroupNorm
     let convOut: Conv2D
+    override public var childrenInGradientOrder: [(String, Any)]? {
+        [("conv_out", convOut), ("norm_out", normOut)] + up.indices.map { ("up.\($0)", up[$0]) } + [("mid", mid), ("conv_in", convIn)]
+    }
 
     public init(_ a: AutoencoderArchitecture, _ initializer: ParameterInitializer) {
         var blockIn = a.ch * a.chMult.last!
@@ -138,6 +141,9 @@ public final class AutoencoderKL: Module {
     public let decoder: Decoder
     let quantConv: Conv2D
     let postQuantConv: Conv2D
+    override public var childrenInGradientOrder: [(String, Any)]? {
+        [("decoder", decoder), ("post_quant_conv", postQuantConv), ("quant_conv", quantConv), ("encoder", encoder)]
+    }
 
     public init(_ a: AutoencoderArchitecture, seed: UInt64) {
         precondition(a.doubleZ, "AutoencoderKL needs double_z (mean and log-variance)")

@@ -22,10 +22,25 @@ open class Module {
     /// PyTorch keys are positions in an nn.Sequential with gaps (`main.0`, `main.2`).
     open var explicitChildren: [(String, Any)]? { nil }
 
+    /// (key, child) pairs in the order backward finishes their gradients, for a
+    /// module whose forward does not use its children in declaration order (the
+    /// decoder runs its `up` levels from the last). nil: reverse declaration order.
+    open var childrenInGradientOrder: [(String, Any)]? { nil }
+
     /// Every parameter with its full key, in declaration order (depth first).
     public final func namedParameters() -> [(key: String, tensor: Tensor)] {
         var out: [(key: String, tensor: Tensor)] = []
-        visit(self, prefix: "") { out.append(($0, $1)) }
+        visit(self, prefix: "", inGradientOrder: false) { out.append(($0, $1)) }
+        return out
+    }
+
+    /// Every parameter in the order backward finishes its gradient: declaration
+    /// order reversed, except where a module's `childrenInGradientOrder` says otherwise. The
+    /// parameter arena is laid out in this order, so gradient buckets complete one
+    /// after another while backward runs.
+    public final func namedParametersInGradientOrder() -> [(key: String, tensor: Tensor)] {
+        var out: [(key: String, tensor: Tensor)] = []
+        visit(self, prefix: "", inGradientOrder: true) { out.append(($0, $1)) }
         return out
     }
 
@@ -36,32 +51,36 @@ open class Module {
     public final func parameterCount() -> Int { parameters().reduce(0) { $0 + $1.count } }
 }
 
-/// Calls `found(key, tensor)` for each parameter reachable from `value`.
-private func visit(_ value: Any, prefix: String, _ found: (String, Tensor) -> Void) {
+/// Calls `found(key, tensor)` for each parameter reachable from `value`, in
+/// declaration order or in gradient order (see `Module.childrenInGradientOrder`).
+private func visit(_ value: Any, prefix: String, inGradientOrder reversed: Bool, _ found: (String, Tensor) -> Void) {
     func join(_ key: String) -> String { key.isEmpty ? prefix : prefix.isEmpty ? key : prefix + "." + key }
+    func ordered<C: Collection>(_ children: C) -> [C.Element] { reversed ? children.reversed() : Array(children) }
     switch value {
     case let t as Tensor:
         found(prefix, t)
+    case let m as Module where reversed && m.childrenInGradientOrder != nil:
+        for (key, child) in m.childrenInGradientOrder! { visit(child, prefix: join(key), inGradientOrder: true, found) }
     case let m as Module where m.explicitChildren != nil:
-        for (key, child) in m.explicitChildren! { visit(child, prefix: join(key), found) }
+        for (key, child) in ordered(m.explicitChildren!) { visit(child, prefix: join(key), inGradientOrder: reversed, found) }
     case let m as Module:
         var mirror: Mirror? = Mirror(reflecting: m)
         var levels: [Mirror] = []
         while let current = mirror { levels.append(current); mirror = current.superclassMirror }
         let overrides = type(of: m).keys
-        for level in levels.reversed() {   // superclass properties first
-            for child in level.children {
-                guard let label = child.label else { continue }
-                visit(child.value, prefix: join(overrides[label] ?? snakeCase(label)), found)
-            }
+        for child in ordered(levels.reversed().flatMap(\.children)) {   // declared: superclass properties first
+            guard let label = child.label else { continue }
+            visit(child.value, prefix: join(overrides[label] ?? snakeCase(label)), inGradientOrder: reversed, found)
         }
     default:
         let mirror = Mirror(reflecting: value)
         switch mirror.displayStyle {
         case .optional:
-            if let wrapped = mirror.children.first { visit(wrapped.value, prefix: prefix, found) }
+            if let wrapped = mirror.children.first { visit(wrapped.value, prefix: prefix, inGradientOrder: reversed, found) }
         case .collection:
-            for (i, child) in mirror.children.enumerated() { visit(child.value, prefix: join(String(i)), found) }
+            for (i, child) in ordered(mirror.children.enumerated()) {
+                visit(child.value, prefix: join(String(i)), inGradientOrder: reversed, found)
+            }
         default:
             break   // configuration values: Int, Float, Bool, enums, ...
         }

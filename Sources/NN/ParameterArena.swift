@@ -4,9 +4,10 @@ import TensorEngine
 /// (llm.c style), so zeroing, all-reducing, clipping and the optimizer step are
 /// each one loop. Each parameter's storage and gradient become views into them.
 ///
-/// Layout: parameters in reverse declaration order (roughly the order backward
-/// produces their gradients, so gradient buckets are contiguous runs from the
-/// start), each at a 16-float (64-byte) aligned offset; the padding stays zero.
+/// Layout: parameters in the order backward finishes their gradients
+/// (`Module.namedParametersInGradientOrder()`), so gradient buckets are contiguous
+/// runs that complete one after another; each at a 16-float (64-byte) aligned
+/// offset; the padding stays zero.
 public final class ParameterArena {
     public struct Entry {
         public let key: String
@@ -15,26 +16,29 @@ public final class ParameterArena {
         public let offset: Int
     }
 
+    /// In layout order.
     public let entries: [Entry]
+    /// The entries in declaration order (the order of the model's `namedParameters()`,
+    /// which is CompVis's state_dict order).
+    public let declarationOrder: [Entry]
     /// Every parameter value, [count].
     public let values: Tensor
     /// Every gradient, [count], zeroed by `zeroGradients()`.
     public let gradients: Tensor
 
     /// Moves `module`'s parameters into a new arena.
-    public convenience init(_ module: Module) { self.init(module.namedParameters()) }
-
-    public init(_ named: [(key: String, tensor: Tensor)]) {
+    public init(_ module: Module) {
+        let layout = module.namedParametersInGradientOrder()
         var offsets: [Int] = []
         var total = 0
-        for (_, t) in named.reversed() {
+        for (_, t) in layout {
             offsets.append(total)
             total += (t.count + 15) / 16 * 16
         }
         values = Tensor(zeros: [total])
         gradients = Tensor(zeros: [total])
         var entries: [Entry] = []
-        for ((key, t), offset) in zip(named.reversed(), offsets) {
+        for ((key, t), offset) in zip(layout, offsets) {
             t.moveStorage(to: TensorStorage(viewing: values.pointer + offset, count: t.count, owner: values.storage))
             t.grad = Tensor(shape: t.shape, storage: TensorStorage(viewing: gradients.pointer + offset, count: t.count,
                                                                     owner: gradients.storage))
@@ -42,13 +46,15 @@ public final class ParameterArena {
             entries.append(Entry(key: key, tensor: t, offset: offset))
         }
         self.entries = entries
+        let byKey = Dictionary(entries.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
+        let declared = module.namedParameters()
+        precondition(byKey.count == entries.count && declared.count == entries.count && declared.allSatisfy { byKey[$0.key] != nil },
+                     "\(type(of: module)): the parameters in gradient order are not the declared ones")
+        declarationOrder = declared.map { byKey[$0.key]! }
     }
 
     /// Number of floats in each arena (parameters plus alignment padding).
     public var count: Int { values.count }
-
-    /// The entries in declaration order (the order of the model's `namedParameters()`).
-    public var declarationOrder: [Entry] { entries.reversed() }
 
     public func zeroGradients() { gradients.pointer.update(repeating: 0, count: count) }
 

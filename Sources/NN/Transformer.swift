@@ -56,6 +56,9 @@ public final class FeedForward: Module {
 public final class BasicTransformerBlock: Module {
     let attn1: CrossAttention, ff: FeedForward, attn2: CrossAttention
     let norm1: LayerNorm, norm2: LayerNorm, norm3: LayerNorm
+    override public var childrenInGradientOrder: [(String, Any)]? {
+        [("ff", ff), ("norm3", norm3), ("attn2", attn2), ("norm2", norm2), ("attn1", attn1), ("norm1", norm1)]
+    }
 
     public init(_ dim: Int, heads: Int, headChannels: Int, contextDim: Int, _ initializer: ParameterInitializer) {
         attn1 = CrossAttention(queryDim: dim, heads: heads, headChannels: headChannels, initializer)

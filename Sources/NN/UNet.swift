@@ -180,6 +180,8 @@ public func timestepEmbedding(_ t: [Int], channels: Int) -> Tensor {
 public final class LatentDiffusionModel: Module {
     public let model: DiffusionWrapper
     public let condStageModel: ClassEmbedder
+    /// The class embedding is used first, so its gradient is the last to finish.
+    override public var childrenInGradientOrder: [(String, Any)]? { [("model", model), ("cond_stage_model", condStageModel)] }
 
     public init(_ a: UNetArchitecture, seed: UInt64) {
         let initializer = ParameterInitializer(seed: seed)

@@ -42,6 +42,9 @@ public final class Tape {
     /// op using it has added its gradient: data-parallel training starts reducing
     /// gradient buckets while backward goes on.
     public var onGradientReady: ((Int) -> Void)?
+    /// Called when backward starts, before any op's backward runs: the forward is
+    /// over, so a watched leaf whose `pendingUses` is 0 was not used by it.
+    public var onBackwardStart: (() -> Void)?
 
     /// Drops recorded ops without running them (an evaluation pass, an aborted step).
     public func reset() {
@@ -107,6 +110,7 @@ extension Tensor {
             grad = Tensor(shape: shape, repeating: 1)
         }
         let tape = Tape.current
+        tape.onBackwardStart?()
         for entry in tape.entries.reversed() {
             if let dOutput = entry.output.grad {
                 entry.backward(dOutput)

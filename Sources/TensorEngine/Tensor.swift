@@ -18,8 +18,9 @@ public final class Tensor {
     /// Set on a leaf (a parameter) to be told when backward has finished its
     /// gradient: `Tape.onGradientReady` receives this index.
     public var readyIndex: Int?
-    /// Recorded ops that use this watched leaf and have not run backward yet.
-    var pendingUses = 0
+    /// Recorded ops that use this watched leaf and have not run backward yet (0 when
+    /// backward starts: the forward did not use it).
+    public internal(set) var pendingUses = 0
 
     /// A tensor over existing storage; `storage.count` must equal the shape's size.
     public init(shape: [Int], storage: TensorStorage, requiresGrad: Bool = false) {

@@ -18,6 +18,8 @@ public final class AutoencoderWithLoss: Module {
     public let autoencoder: AutoencoderKL
     public let loss: DiscriminatorLoss?
     override public class var keys: [String: String] { ["autoencoder": ""] }
+    /// The discriminator's backward (its hinge loss) runs after the autoencoder's.
+    override public var childrenInGradientOrder: [(String, Any)]? { [("", autoencoder), ("loss", loss as Any)] }
 
     init(_ autoencoder: AutoencoderKL, _ loss: DiscriminatorLoss?) { (self.autoencoder, self.loss) = (autoencoder, loss) }
 }

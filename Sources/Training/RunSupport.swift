@@ -9,7 +9,7 @@ import NN
 /// in the arena's layout).
 func makeSynchronizer(_ arena: ParameterArena, _ config: DistributedConfig, _ comm: Communicator) -> GradientSynchronizer {
     for (i, e) in arena.entries.enumerated() { e.tensor.readyIndex = i }
-    return GradientSynchronizer(gradients: arena.gradients.pointer, parameters: arena.entries.map { ($0.offset, $0.tensor.count) },
+    return GradientSynchronizer(gradients: arena.gradients.pointer, parameters: arena.entries.map(\.tensor), offsets: arena.entries.map(\.offset),
                                 arenaCount: arena.count, communicator: comm,
                                 firstBucketBytes: Int(config.firstBucketMiB * 1_048_576), bucketBytes: Int(config.bucketMiB * 1_048_576),
                                 overlap: config.overlap)
