@@ -14,6 +14,7 @@ static inline MPI_Op shim_MPI_MAX(void) { return MPI_MAX; }
 static inline MPI_Op shim_MPI_MIN(void) { return MPI_MIN; }
 static inline void *shim_MPI_IN_PLACE(void) { return MPI_IN_PLACE; }
 static inline MPI_Status *shim_MPI_STATUS_IGNORE(void) { return MPI_STATUS_IGNORE; }
+static inline MPI_Request shim_MPI_REQUEST_NULL(void) { return MPI_REQUEST_NULL; }
 static inline MPI_Errhandler shim_MPI_ERRORS_RETURN(void) { return MPI_ERRORS_RETURN; }
 static inline MPI_Info shim_MPI_INFO_NULL(void) { return MPI_INFO_NULL; }
 static inline int shim_MPI_THREAD_MULTIPLE(void) { return MPI_THREAD_MULTIPLE; }

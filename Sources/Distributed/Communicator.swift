@@ -18,6 +18,10 @@ public protocol Communicator: AnyObject {
     /// Every rank's `bytes` (same length on all ranks), concatenated in rank order.
     func allGather(_ bytes: [UInt8]) throws -> [UInt8]
     func barrier() throws
+    /// A barrier for ranks that may wait long while another works: it sleeps
+    /// between checks instead of spinning as MPI's waits do, so a waiting rank
+    /// leaves its core to the ranks still working.
+    func sleepingBarrier() throws
     /// Ends every rank of the job with `code` (MPI_Abort under MPI).
     func abort(code: Int32) -> Never
 }
@@ -68,6 +72,7 @@ public final class SingleProcess: Communicator {
     }
     public func allGather(_ bytes: [UInt8]) throws -> [UInt8] { bytes }
     public func barrier() throws {}
+    public func sleepingBarrier() throws {}
     public func abort(code: Int32) -> Never { exit(code) }
 }
 

@@ -113,6 +113,21 @@ public final class MPICommunicator: Communicator {
 
     public func barrier() throws { try watched("barrier") { try Self.check(MPI_Barrier(world), "Barrier") } }
 
+    /// MPI_Ibarrier, then MPI_Test every millisecond (OpenMPI progresses it only
+    /// inside those calls), sleeping in between.
+    public func sleepingBarrier() throws {
+        try watched("barrier") {
+            var request = shim_MPI_REQUEST_NULL()
+            try Self.check(MPI_Ibarrier(world, &request), "Ibarrier")
+            var done: Int32 = 0
+            while true {
+                try Self.check(MPI_Test(&request, &done, shim_MPI_STATUS_IGNORE()), "Test")
+                if done != 0 { return }
+                usleep(1000)
+            }
+        }
+    }
+
     public func abort(code: Int32) -> Never {
         MPI_Abort(world, code)
         exit(code)

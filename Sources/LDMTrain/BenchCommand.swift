@@ -13,7 +13,10 @@ struct Bench: ParsableCommand {
 
     @Argument(help: "ops, autoencoder or unet.") var target: Target
     @Option(name: .customLong("batch-size"), help: "Batch size of the shapes.") var batchSize = 64
-    @Option(help: "Model steps to time (autoencoder, unet).") var steps = 10
+    @Option(help: "Model steps to time (autoencoder, unet; per block with --scaling-rounds).") var steps = 10
+    @Option(name: .customLong("scaling-rounds"),
+            help: "autoencoder, unet under mpirun: alternate this many rounds of rank 0 alone, every rank without exchange, and every rank data-parallel, and report the scaling.")
+    var scalingRounds: Int?
     @Option(help: "Threads for the engine and oneDNN (default: cores ÷ local ranks).") var threads: Int?
     @Option(help: "ops: autoencoder, unet or all.") var model = "all"
     @Option(help: "ops: seconds of measuring per shape.") var seconds = 0.5
@@ -24,6 +27,7 @@ struct Bench: ParsableCommand {
     func validate() throws {
         guard batchSize > 0 else { throw ValidationError("--batch-size must be positive, got \(batchSize)") }
         guard steps > 0 else { throw ValidationError("--steps must be positive, got \(steps)") }
+        guard (scalingRounds ?? 1) > 0 else { throw ValidationError("--scaling-rounds must be positive, got \(scalingRounds!)") }
         guard (threads ?? 1) > 0 else { throw ValidationError("--threads must be positive, got \(threads!)") }
         guard ["autoencoder", "unet", "all"].contains(model) else {
             throw ValidationError("--model must be autoencoder, unet or all, got '\(model)'")
@@ -37,26 +41,42 @@ struct Bench: ParsableCommand {
         if let threads { Threads.configure(threads) } else { Threads.configure(Threads.count) }
         switch target {
         case .ops: try runOps()
-        case .autoencoder:
+        case .autoencoder, .unet:
             let loaded = try ConfigLoader.load(config, overrides: overrides)
             try distributed { comm in
-                let timing = try ModelBenchmark.autoencoder(config: loaded, batch: batchSize, steps: steps, communicator: comm)
-                if comm.isRoot { try report(timing) }
+                if let rounds = scalingRounds {
+                    let timing = try ModelBenchmark.scaling(target.rawValue, config: loaded, batch: batchSize, steps: steps, rounds: rounds,
+                                                            communicator: comm)
+                    if comm.isRoot { try report(timing) }
+                } else {
+                    let timing = try ModelBenchmark.run(target.rawValue, config: loaded, batch: batchSize, steps: steps, communicator: comm)
+                    if comm.isRoot { try report(timing) }
+                }
             }
-        case .unet:
-            let loaded = try ConfigLoader.load(config, overrides: overrides)
-            try distributed { comm in
-                let timing = try ModelBenchmark.unet(config: loaded, batch: batchSize, steps: steps, communicator: comm)
-                if comm.isRoot { try report(timing) }
-            }
+        }
+    }
+
+    private func printJSON<T: Encodable>(_ value: T) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        print(String(decoding: try encoder.encode(value), as: UTF8.self))
+    }
+
+    private func report(_ t: ScalingTiming) throws {
+        if json {
+            try printJSON(t)
+        } else {
+            print(String(format: "bench %@ scaling: batch %d per rank, %d rounds of %d steps per block: rank 0 alone %.1f img/s, "
+                         + "%d ranks data-parallel %.1f img/s (%.2f×, exposed all-reduce %.1f ms of %.1f ms), "
+                         + "%d ranks without exchange %.1f img/s (%.2f×)",
+                         t.bench, t.batchSize, t.rounds, t.stepsPerBlock, t.soloImgPerS, t.ranks, t.parallelImgPerS, t.scaling,
+                         t.exposedCommMs, t.parallelStepMs, t.ranks, t.independentImgPerS, t.ceiling))
         }
     }
 
     private func report(_ t: ModelTiming) throws {
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            print(String(decoding: try encoder.encode(t), as: UTF8.self))
+            try printJSON(t)
         } else {
             print(String(format: "bench %@: batch %d × %d rank(s), %d thread(s): %.1f ms/step, %.1f img/s (all ranks), "
                          + "peak RSS %.0f MiB, all-reduce waited on after backward %.1f ms (%.1f%%, overlap %@)",
