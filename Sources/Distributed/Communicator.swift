@@ -13,6 +13,10 @@ public protocol Communicator: AnyObject {
     func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
     func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws
     func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Int64>) throws
+    /// Starts an in-place sum over ranks that completes while `poll()` is called
+    /// (MPI_Iallreduce; OpenMPI here progresses it only inside MPI calls). The
+    /// buffer must not be touched until `poll()` has returned true.
+    func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> PendingReduction
     /// Copies `root`'s bytes into every rank's buffer.
     func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws
     /// Every rank's `bytes` (same length on all ranks), concatenated in rank order.
@@ -24,6 +28,17 @@ public protocol Communicator: AnyObject {
     func sleepingBarrier() throws
     /// Ends every rank of the job with `code` (MPI_Abort under MPI).
     func abort(code: Int32) -> Never
+}
+
+/// A sum over ranks in flight.
+public protocol PendingReduction: AnyObject {
+    /// True once the sum is in the buffer; each call lets MPI make progress.
+    func poll() throws -> Bool
+}
+
+/// A reduction that finished when it started (one rank; or done blocking).
+final class CompletedReduction: PendingReduction {
+    func poll() throws -> Bool { true }
 }
 
 extension Communicator {
@@ -67,6 +82,7 @@ public final class SingleProcess: Communicator {
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {}
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {}
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Int64>) throws {}
+    public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> PendingReduction { CompletedReduction() }
     public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws {
         precondition(root == 0, "broadcast from rank \(root) in a world of one")
     }

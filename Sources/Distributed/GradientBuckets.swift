@@ -12,7 +12,10 @@ import TensorEngine
 /// DDP's find_unused_parameters; a bucket whose parameters are all final is summed
 /// over ranks by a communication thread, in bucket order on every rank, while
 /// backward goes on. OpenMPI here has no asynchronous progress, so the thread
-/// issues blocking MPI_Allreduce calls; `overlap: false` reduces every bucket after
+/// either issues blocking MPI_Allreduce calls, or (`pollInterval`) starts
+/// MPI_Iallreduce and calls MPI_Test every `pollInterval` seconds while backward
+/// runs, sleeping in between instead of spinning on a core backward needs, then
+/// without pause once backward is over; `overlap: false` reduces every bucket after
 /// backward instead (to measure what the overlap buys).
 public final class GradientSynchronizer {
     /// A run of whole parameters: floats `range` of the arena, parameters `parameters`.
@@ -28,6 +31,8 @@ public final class GradientSynchronizer {
     private let gradients: UnsafeMutablePointer<Float>
     private let comm: Communicator
     public let overlap: Bool
+    /// nil: blocking MPI_Allreduce on the thread.
+    public let pollInterval: Double?
 
     // Shared with the communication thread, under `condition`.
     private let condition = NSCondition()
@@ -36,6 +41,7 @@ public final class GradientSynchronizer {
     private var completed: [Int] = []     // buckets, in the order they became complete
     private var next = 0                  // the bucket the thread reduces next
     private var active = false
+    private var backwardRunning = false
     private var failure: Error?
     private var thread: Thread?
     private var stopping = false
@@ -51,7 +57,8 @@ public final class GradientSynchronizer {
     /// boundaries once they reach their size (a parameter larger than a bucket gets
     /// a bucket of its own).
     public init(gradients: UnsafeMutablePointer<Float>, parameters: [Tensor], offsets: [Int], arenaCount: Int,
-                communicator: Communicator, firstBucketBytes: Int = 1 << 20, bucketBytes: Int = 25 << 20, overlap: Bool = true) {
+                communicator: Communicator, firstBucketBytes: Int = 1 << 20, bucketBytes: Int = 25 << 20, overlap: Bool = true,
+                pollInterval: Double? = nil) {
         var buckets: [Bucket] = [], bucketOf: [Int] = []
         var start = 0, firstParameter = 0
         precondition(parameters.count == offsets.count && parameters.indices.allSatisfy { parameters[$0].readyIndex == $0 },
@@ -71,6 +78,7 @@ public final class GradientSynchronizer {
         self.gradients = gradients
         self.comm = communicator
         self.overlap = overlap && communicator.size > 1
+        self.pollInterval = pollInterval
     }
 
     deinit {
@@ -88,6 +96,7 @@ public final class GradientSynchronizer {
         completed = []
         next = 0
         active = true
+        backwardRunning = true
         failure = nil
         condition.unlock()
         if overlap && thread == nil { startThread() }
@@ -127,6 +136,7 @@ public final class GradientSynchronizer {
         let waitStart = Date()
         condition.lock()
         lastCompletionOrder = completed
+        backwardRunning = false
         condition.unlock()
         if overlap {
             condition.lock()
@@ -154,6 +164,19 @@ public final class GradientSynchronizer {
         try comm.allReduceSum(UnsafeMutableBufferPointer(start: gradients + bucket.range.lowerBound, count: bucket.range.count))
     }
 
+    /// Blocking, or started and polled (see `pollInterval`).
+    private func reduceOnThread(_ bucket: Bucket) throws {
+        guard let pollInterval else { return try reduce(bucket) }
+        let pending = try comm.startAllReduceSum(UnsafeMutableBufferPointer(start: gradients + bucket.range.lowerBound,
+                                                                              count: bucket.range.count))
+        while try !pending.poll() {
+            condition.lock()
+            let pause = backwardRunning
+            condition.unlock()
+            if pause { usleep(UInt32(pollInterval * 1e6)) }
+        }
+    }
+
     private func startThread() {
         let t = Thread { [weak self] in self?.communicate() }
         t.name = "gradient-buckets"
@@ -172,7 +195,7 @@ public final class GradientSynchronizer {
             let bucket = buckets[next]
             condition.unlock()
             var error: Error?
-            do { try reduce(bucket) } catch let e { error = e }
+            do { try reduceOnThread(bucket) } catch let e { error = e }
             condition.lock()
             if let error { failure = error }
             next += 1

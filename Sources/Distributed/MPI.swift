@@ -30,7 +30,7 @@ public final class MPICommunicator: Communicator {
         set { watch.withLock { $0.context = newValue } }
     }
     private let watch = Mutex(WatchState())
-    private struct WatchState {
+    struct WatchState {
         var deadline = 120.0
         var context = "starting"
         var collective: String?
@@ -71,6 +71,24 @@ public final class MPICommunicator: Communicator {
     }
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Int64>) throws {
         try allReduce(UnsafeMutableRawPointer(buffer.baseAddress), count: buffer.count, type: shim_MPI_INT64_T(), size: 8)
+    }
+
+    public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> PendingReduction {
+        guard let base = buffer.baseAddress, buffer.count > 0, buffer.count <= 1 << 30 else {
+            try allReduceSum(buffer)   // empty, or too large for one MPI count: done blocking
+            return CompletedReduction()
+        }
+        let what = "all-reduce of \(buffer.count) elements"
+        watch.withLock { $0.collective = what; $0.since = Date() }
+        var request = shim_MPI_REQUEST_NULL()
+        do {
+            try Self.check(MPI_Iallreduce(shim_MPI_IN_PLACE(), base, Int32(buffer.count), shim_MPI_FLOAT(), shim_MPI_SUM(), world, &request),
+                           "Iallreduce")
+        } catch {
+            watch.withLock { $0.collective = nil }
+            throw error
+        }
+        return MPIReduction(request: request, watch: watch)
     }
 
     /// In-place sum, in pieces of at most 2^30 elements (MPI counts are Int32).
@@ -169,6 +187,26 @@ public final class MPICommunicator: Communicator {
         var length: Int32 = 0
         MPI_Error_string(code, &text, &length)
         throw MPIError(call: call, detail: String(cString: text))
+    }
+}
+
+/// An MPI_Iallreduce in flight, under the watchdog until it completes.
+final class MPIReduction: PendingReduction {
+    private var request: MPI_Request?
+    private var done = false
+    private let watch: Mutex<MPICommunicator.WatchState>
+
+    init(request: MPI_Request?, watch: Mutex<MPICommunicator.WatchState>) { (self.request, self.watch) = (request, watch) }
+
+    func poll() throws -> Bool {
+        guard !done else { return true }
+        var flag: Int32 = 0
+        try MPICommunicator.check(MPI_Test(&request, &flag, shim_MPI_STATUS_IGNORE()), "Test")
+        if flag != 0 {
+            done = true
+            watch.withLock { $0.collective = nil }
+        }
+        return done
     }
 }
 

@@ -43,6 +43,7 @@ struct Bench: ParsableCommand {
         case .ops: try runOps()
         case .autoencoder, .unet:
             let loaded = try ConfigLoader.load(config, overrides: overrides)
+            try loaded.distributed.validate()
             try distributed { comm in
                 if let rounds = scalingRounds {
                     let timing = try ModelBenchmark.scaling(target.rawValue, config: loaded, batch: batchSize, steps: steps, rounds: rounds,

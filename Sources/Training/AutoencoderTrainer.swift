@@ -118,6 +118,7 @@ public final class AutoencoderTrainer: TrainingStage {
 public func validate(_ config: Config) throws {
     try config.autoencoder.training.validate(section: "autoencoder.training")
     try config.autoencoder.optimizer.validate(section: "autoencoder.optimizer")
+    try config.distributed.validate()
     let m = config.autoencoder.model
     guard !m.chMult.isEmpty, m.chMult.allSatisfy({ $0 > 0 }), m.ch > 0, m.ch % 32 == 0 else {
         throw ConfigError.invalid(path: "autoencoder.model", reason: "needs ch a multiple of 32 (GroupNorm) and positive ch_mult, got ch \(m.ch), ch_mult \(m.chMult)")

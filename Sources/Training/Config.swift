@@ -89,11 +89,25 @@ public struct DistributedConfig: Codable, Equatable, Sendable {
     public var bucketMiB = 25.0
     /// Reduce buckets on a communication thread during backward (false: after it).
     public var overlap = true
+    /// > 0: the thread starts each bucket's MPI_Iallreduce and polls it every this
+    /// many microseconds while backward runs, sleeping between polls; 0: blocking MPI_Allreduce.
+    public var pollMicroseconds = 0.0
     /// Seconds a collective may take before the job is ended (0: max(120 s, 20× the median step)).
     public var watchdogSeconds = 0.0
 
     enum CodingKeys: String, CodingKey {
-        case firstBucketMiB = "first_bucket_mib", bucketMiB = "bucket_mib", overlap, watchdogSeconds = "watchdog_seconds"
+        case firstBucketMiB = "first_bucket_mib", bucketMiB = "bucket_mib", overlap, pollMicroseconds = "poll_microseconds"
+        case watchdogSeconds = "watchdog_seconds"
+    }
+
+    /// Throws for a bucket size that is not positive or a negative interval.
+    public func validate() throws {
+        for (key, value) in [("first_bucket_mib", firstBucketMiB), ("bucket_mib", bucketMiB)] where !(value > 0) {
+            throw ConfigError.invalid(path: "distributed.\(key)", reason: "must be positive, got \(value)")
+        }
+        for (key, value) in [("poll_microseconds", pollMicroseconds), ("watchdog_seconds", watchdogSeconds)] where !(value >= 0) {
+            throw ConfigError.invalid(path: "distributed.\(key)", reason: "must be ≥ 0, got \(value)")
+        }
     }
 }
 

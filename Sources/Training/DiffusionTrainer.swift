@@ -123,6 +123,7 @@ public func validateDiffusion(_ config: Config) throws {
     let d = config.diffusion
     try d.training.validate(section: "diffusion.training")
     try d.optimizer.validate(section: "diffusion.optimizer")
+    try config.distributed.validate()
     let m = d.model
     guard m.modelChannels % 32 == 0, m.channelMult.allSatisfy({ $0 > 0 && (m.modelChannels * $0) % m.numHeadChannels == 0 }),
           m.imageSize % (1 << (m.channelMult.count - 1)) == 0 else {

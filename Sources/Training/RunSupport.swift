@@ -12,7 +12,7 @@ func makeSynchronizer(_ arena: ParameterArena, _ config: DistributedConfig, _ co
     return GradientSynchronizer(gradients: arena.gradients.pointer, parameters: arena.entries.map(\.tensor), offsets: arena.entries.map(\.offset),
                                 arenaCount: arena.count, communicator: comm,
                                 firstBucketBytes: Int(config.firstBucketMiB * 1_048_576), bucketBytes: Int(config.bucketMiB * 1_048_576),
-                                overlap: config.overlap)
+                                overlap: config.overlap, pollInterval: config.pollMicroseconds > 0 ? config.pollMicroseconds / 1e6 : nil)
 }
 
 /// The watchdog's deadline: the configured seconds, or max(120 s, 20× the median of

@@ -70,7 +70,9 @@ struct ConfigTests {
     func invalid() throws {
         for (set, key) in [("autoencoder.training.steps=-1", "steps"), ("autoencoder.training.batch_size=0", "batch_size"),
                            ("autoencoder.loss.reconstruction=l3", "reconstruction"), ("autoencoder.model.ch=48", "model"),
-                           ("autoencoder.optimizer.base_lr=0", "autoencoder.optimizer.base_lr")] {
+                           ("autoencoder.optimizer.base_lr=0", "autoencoder.optimizer.base_lr"),
+                           ("distributed.bucket_mib=0", "distributed.bucket_mib"),
+                           ("distributed.poll_microseconds=-5", "distributed.poll_microseconds")] {
             let c = try ConfigLoader.load(nil, overrides: [set])
             let e = #expect(throws: ConfigError.self) { try validate(c) }
             #expect(e?.description.contains(key) == true, "\(set)")
