@@ -107,6 +107,23 @@ struct DistributedTests {
         #expect(control > 1e-3, "turning flips off changed nothing: \(control)")
     }
 
+    @Test("bench --scaling-rounds at 2 ranks: every round's solo, independent and data-parallel blocks, and medians that agree with them")
+    func scalingBench() throws {
+        let r = try mpirunLocal(2, ["ldm-train", "bench", "unet", "--json", "--threads", "1", "--batch-size", "2", "--steps", "2",
+                                    "--scaling-rounds", "3"], timeout: 120)
+        #expect(r.status == 0, "\(r.err)")
+        let line = try #require(r.out.split(separator: "\n").last)
+        let t = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+        #expect(t["ranks"] as? Int == 2 && t["rounds"] as? Int == 3)
+        let rounds = try #require(t["round_scaling"] as? [Double]), ceilings = try #require(t["round_ceiling"] as? [Double])
+        #expect(rounds.count == 3 && ceilings.count == 3)
+        #expect(rounds.allSatisfy { $0 > 0.2 && $0 < 4 } && ceilings.allSatisfy { $0 > 0.2 && $0 < 4 }, "\(rounds) \(ceilings)")
+        #expect(t["scaling"] as? Double == rounds.sorted()[1] && t["ceiling"] as? Double == ceilings.sorted()[1])
+        let step = try #require(t["parallel_step_ms"] as? Double), parallel = try #require(t["parallel_img_per_s"] as? Double)
+        #expect(abs(step * parallel / 1000 - 4) < 1e-6)   // 2 ranks × batch 2 per step
+        #expect((t["exposed_comm_ms"] as? Double).map { $0 >= 0 && $0 < step } == true)
+    }
+
     @Test("an error every rank meets (a config typo) is reported once, by rank 0, and ends the job non-zero")
     func errorOnEveryRank() throws {
         let r = try mpirunLocal(2, ["ldm-train", "autoencoder"] + smoke + ["--run-dir", temporaryRun(), "--set", "autoencoder.model.ch_mul=3"],
