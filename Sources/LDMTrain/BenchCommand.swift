@@ -69,9 +69,9 @@ struct Bench: ParsableCommand {
         } else {
             print(String(format: "bench %@ scaling: batch %d per rank, %d rounds of %d steps per block: rank 0 alone %.1f img/s, "
                          + "%d ranks data-parallel %.1f img/s (%.2f×, exposed all-reduce %.1f ms of %.1f ms), "
-                         + "%d ranks without exchange %.1f img/s (%.2f×)",
+                         + "%d ranks without exchange %.1f img/s (%.2f×; %.2f× at the slowest rank's speed)",
                          t.bench, t.batchSize, t.rounds, t.stepsPerBlock, t.soloImgPerS, t.ranks, t.parallelImgPerS, t.scaling,
-                         t.exposedCommMs, t.parallelStepMs, t.ranks, t.independentImgPerS, t.ceiling))
+                         t.exposedCommMs, t.parallelStepMs, t.ranks, t.independentImgPerS, t.ceiling, t.lockstepCeiling))
         }
     }
 

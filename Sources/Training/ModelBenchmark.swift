@@ -45,6 +45,9 @@ public struct ScalingTiming: Codable, Sendable {
     /// Medians over rounds of the round's ratio to the solo img/s.
     public var scaling: Double
     public var ceiling: Double
+    /// Ranks × the slowest rank's img/s when on their own, over the solo img/s: what
+    /// ranks in lockstep reach when this VM's cores run at different speeds.
+    public var lockstepCeiling: Double
     /// Each round's ratios, in order.
     public var roundScaling: [Double]
     public var roundCeiling: [Double]
@@ -56,6 +59,7 @@ public struct ScalingTiming: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case bench, batchSize = "batch_size", ranks, rounds, stepsPerBlock = "steps_per_block", soloImgPerS = "solo_img_per_s"
         case independentImgPerS = "independent_img_per_s", parallelImgPerS = "parallel_img_per_s", scaling, ceiling
+        case lockstepCeiling = "lockstep_ceiling"
         case roundScaling = "round_scaling", roundCeiling = "round_ceiling"
         case exposedCommMs = "exposed_comm_ms", parallelStepMs = "parallel_step_ms"
     }
@@ -153,12 +157,14 @@ public enum ModelBenchmark {
             }
         }
         try comm.sleepingBarrier()
-        // Per round: img/s summed over ranks; the slowest rank's exposed wait.
-        func perRound(_ medians: [Double]) throws -> [Double] {
+        // Per round, each rank's img/s; the slowest rank's exposed wait.
+        func perRound(_ medians: [Double]) throws -> [[Double]] {
             let all = try comm.allGather(medians.withUnsafeBytes { Array($0) }).withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
-            return (0..<rounds).map { r in (0..<comm.size).map { Double(batch) / all[$0 * rounds + r] * 1000 }.reduce(0, +) }
+            return (0..<rounds).map { r in (0..<comm.size).map { Double(batch) / all[$0 * rounds + r] * 1000 } }
         }
-        let independentImg = try perRound(independent), parallelImg = try perRound(together)
+        let independentRanks = try perRound(independent)
+        let independentImg = independentRanks.map { $0.reduce(0, +) }, parallelImg = try perRound(together).map { $0.reduce(0, +) }
+        let lockstepImg = independentRanks.map { $0.min()! * Double(comm.size) }
         let soloImg = solo.map { Double(batch) / $0 * 1000 }
         let roundScaling = zip(parallelImg, soloImg).map { $0 / $1 }, roundCeiling = zip(independentImg, soloImg).map { $0 / $1 }
         let exposedAll = try comm.allGather(exposed.withUnsafeBytes { Array($0) }).withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
@@ -166,6 +172,7 @@ public enum ModelBenchmark {
         return ScalingTiming(bench: w.name, batchSize: batch, ranks: comm.size, rounds: rounds, stepsPerBlock: steps,
                              soloImgPerS: median(soloImg), independentImgPerS: median(independentImg), parallelImgPerS: median(parallelImg),
                              scaling: median(roundScaling), ceiling: median(roundCeiling),
+                             lockstepCeiling: median(zip(lockstepImg, soloImg).map { $0 / $1 }),
                              roundScaling: roundScaling, roundCeiling: roundCeiling,
                              exposedCommMs: median(slowest), parallelStepMs: Double(batch * comm.size) / median(parallelImg) * 1000)
     }

@@ -119,6 +119,8 @@ struct DistributedTests {
         #expect(rounds.count == 3 && ceilings.count == 3)
         #expect(rounds.allSatisfy { $0 > 0.2 && $0 < 4 } && ceilings.allSatisfy { $0 > 0.2 && $0 < 4 }, "\(rounds) \(ceilings)")
         #expect(t["scaling"] as? Double == rounds.sorted()[1] && t["ceiling"] as? Double == ceilings.sorted()[1])
+        let lockstep = try #require(t["lockstep_ceiling"] as? Double)   // 2 × the slower rank ≤ the sum of both
+        #expect(lockstep > 0 && lockstep <= ceilings.sorted()[1] * (1 + 1e-12), "\(lockstep) \(ceilings)")
         let step = try #require(t["parallel_step_ms"] as? Double), parallel = try #require(t["parallel_img_per_s"] as? Double)
         #expect(abs(step * parallel / 1000 - 4) < 1e-6)   // 2 ranks × batch 2 per step
         #expect((t["exposed_comm_ms"] as? Double).map { $0 >= 0 && $0 < step } == true)
