@@ -62,6 +62,11 @@ extension Communicator {
     /// the same decision (an error on one rank stops them all, none left waiting).
     public func all(_ flag: Bool) throws -> Bool { try sum(flag ? 0 : Int64(1)) == 0 }
 
+    /// Every rank's `values` (same count on all ranks), concatenated in rank order.
+    public func allGather<T: BitwiseCopyable>(values: [T]) throws -> [T] {
+        try allGather(values.withUnsafeBytes { Array($0) }).withUnsafeBytes { Array($0.bindMemory(to: T.self)) }
+    }
+
     /// Root's string on every rank.
     public func broadcast(_ string: String, root: Int = 0) throws -> String {
         var length = [Int64(string.utf8.count)]

@@ -12,7 +12,7 @@ public enum StartUp {
     /// Checks that each named component hashes the same on every rank.
     public static func checkAgreement(_ components: [(name: String, value: String)], _ comm: Communicator) throws {
         let mine = components.map { fnv1a($0.value) }
-        let all = try comm.allGather(mine.withUnsafeBytes { Array($0) }).withUnsafeBytes { Array($0.bindMemory(to: UInt64.self)) }
+        let all = try comm.allGather(values: mine)
         for r in 1..<comm.size {
             for (i, component) in components.enumerated() where all[r * components.count + i] != all[i] {
                 throw StartUpMismatch(component: component.name, rank: r)

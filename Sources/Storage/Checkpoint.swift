@@ -130,8 +130,7 @@ public final class CheckpointStore {
         } catch {
             problem = "rank \(comm.rank): \(error)"
         }
-        let gathered = try comm.allGather(report.withUnsafeBytes { Array($0) })
-        let reports = gathered.withUnsafeBytes { Array($0.bindMemory(to: Int64.self)) }
+        let reports = try comm.allGather(values: report)
         guard try comm.all(problem == nil), stride(from: 0, to: reports.count, by: 3).allSatisfy({ reports[$0] == 1 }) else {
             throw CheckpointError.saveFailed(path: partial, reason: problem ?? "another rank could not write its shard")
         }

@@ -57,8 +57,7 @@ public enum LatentCache {
         guard try comm.all(problem.isEmpty) else { throw DataError("\(partial): writing the shards failed: \(problem)") }
         precondition(rows.mean.count == n * per, "latent rows: \(rows.mean.count) values for \(n) × \(per)")
         // Row ranges of every rank, gathered so rank 0 can map them.
-        let ranges = try comm.allGather([Int64(rows.start), Int64(n)].withUnsafeBytes { Array($0) })
-            .withUnsafeBytes { Array($0.bindMemory(to: Int64.self)) }
+        let ranges = try comm.allGather(values: [Int64(rows.start), Int64(n)])
         if comm.isRoot {
             do {
                 let index = try HDF5File.create("\(partial)/index.h5")

@@ -75,8 +75,7 @@ public enum EncodeStage {
             expSum += exp(Double(logvar[i]))
         }
         let seconds = Date().timeIntervalSince(start)
-        let gathered = try comm.allGather([stats.n, stats.mean, stats.m2, expSum].withUnsafeBytes { Array($0) })
-            .withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
+        let gathered = try comm.allGather(values: [stats.n, stats.mean, stats.m2, expSum])
         var total = (n: 0.0, mean: 0.0, m2: 0.0), totalExp = 0.0
         for r in 0..<comm.size {
             total = LatentCache.merge(total, (gathered[4 * r], gathered[4 * r + 1], gathered[4 * r + 2]))
@@ -89,7 +88,7 @@ public enum EncodeStage {
         try LatentCache.write(out, rows: LatentCache.Rows(start: rows.lowerBound, mean: mean, logvar: logvar,
                                                           labels: rows.map { Int32(split.labels[$0]) }, sourceIndex: rows.map { Int64($0) }),
                               info: info, communicator: comm)
-        let slowest = try comm.allGather(withUnsafeBytes(of: seconds) { Array($0) }).withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }.max()!
+        let slowest = try comm.allGather(values: [seconds]).max()!
         let rate = Double(n) / slowest
         say(String(format: "encode: %d latents %d×%d×%d, mean %.4f, std %.4f → scale_factor %.5f; %.0f img/s over %d rank(s)",
                    n, c, h, h, total.mean, std, 1 / std, rate, comm.size))

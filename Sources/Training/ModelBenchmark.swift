@@ -159,7 +159,7 @@ public enum ModelBenchmark {
         try comm.sleepingBarrier()
         // Per round, each rank's img/s; the slowest rank's exposed wait.
         func perRound(_ medians: [Double]) throws -> [[Double]] {
-            let all = try comm.allGather(medians.withUnsafeBytes { Array($0) }).withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
+            let all = try comm.allGather(values: medians)
             return (0..<rounds).map { r in (0..<comm.size).map { Double(batch) / all[$0 * rounds + r] * 1000 } }
         }
         let independentRanks = try perRound(independent)
@@ -167,7 +167,7 @@ public enum ModelBenchmark {
         let lockstepImg = independentRanks.map { $0.min()! * Double(comm.size) }
         let soloImg = solo.map { Double(batch) / $0 * 1000 }
         let roundScaling = zip(parallelImg, soloImg).map { $0 / $1 }, roundCeiling = zip(independentImg, soloImg).map { $0 / $1 }
-        let exposedAll = try comm.allGather(exposed.withUnsafeBytes { Array($0) }).withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
+        let exposedAll = try comm.allGather(values: exposed)
         let slowest = exposed.indices.map { i in (0..<comm.size).map { exposedAll[$0 * exposed.count + i] }.max()! }
         return ScalingTiming(bench: w.name, batchSize: batch, ranks: comm.size, rounds: rounds, stepsPerBlock: steps,
                              soloImgPerS: median(soloImg), independentImgPerS: median(independentImg), parallelImgPerS: median(parallelImg),
@@ -209,8 +209,7 @@ public enum ModelBenchmark {
                             peakRssMib: peakResidentMiB(), exposedCommMs: median(exposed), overlap: overlap)
         guard comm.size > 1 else { return t }
         t.imgPerS = try comm.sum(t.imgPerS)
-        let all = try comm.allGather([t.stepMs, t.exposedCommMs, t.peakRssMib].withUnsafeBytes { Array($0) })
-            .withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
+        let all = try comm.allGather(values: [t.stepMs, t.exposedCommMs, t.peakRssMib])
         t.stepMs = stride(from: 0, to: all.count, by: 3).map { all[$0] }.max()!
         t.exposedCommMs = stride(from: 1, to: all.count, by: 3).map { all[$0] }.max()!
         t.peakRssMib = stride(from: 2, to: all.count, by: 3).map { all[$0] }.max()!
