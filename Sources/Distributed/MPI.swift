@@ -78,17 +78,23 @@ public final class MPICommunicator: Communicator {
             try allReduceSum(buffer)   // empty, or too large for one MPI count: done blocking
             return CompletedReduction()
         }
-        let what = "all-reduce of \(buffer.count) elements"
+        return try start("all-reduce of \(buffer.count) elements", "Iallreduce") {
+            MPI_Iallreduce(shim_MPI_IN_PLACE(), base, Int32(buffer.count), shim_MPI_FLOAT(), shim_MPI_SUM(), world, &$0)
+        }
+    }
+
+    /// Starts a nonblocking collective (`call` fills in the request), watched by the
+    /// watchdog until it completes.
+    private func start(_ what: String, _ name: String, _ call: (inout MPI_Request?) -> Int32) throws -> MPIPending {
         watch.withLock { $0.collective = what; $0.since = Date() }
         var request = shim_MPI_REQUEST_NULL()
         do {
-            try Self.check(MPI_Iallreduce(shim_MPI_IN_PLACE(), base, Int32(buffer.count), shim_MPI_FLOAT(), shim_MPI_SUM(), world, &request),
-                           "Iallreduce")
+            try Self.check(call(&request), name)
         } catch {
             watch.withLock { $0.collective = nil }
             throw error
         }
-        return MPIReduction(request: request, watch: watch)
+        return MPIPending(request: request, watch: watch)
     }
 
     /// In-place sum, in pieces of at most 2^30 elements (MPI counts are Int32).
@@ -134,16 +140,8 @@ public final class MPICommunicator: Communicator {
     /// MPI_Ibarrier, then MPI_Test every millisecond (OpenMPI progresses it only
     /// inside those calls), sleeping in between.
     public func sleepingBarrier() throws {
-        try watched("barrier") {
-            var request = shim_MPI_REQUEST_NULL()
-            try Self.check(MPI_Ibarrier(world, &request), "Ibarrier")
-            var done: Int32 = 0
-            while true {
-                try Self.check(MPI_Test(&request, &done, shim_MPI_STATUS_IGNORE()), "Test")
-                if done != 0 { return }
-                usleep(1000)
-            }
-        }
+        let pending = try start("barrier", "Ibarrier") { MPI_Ibarrier(world, &$0) }
+        while try !pending.poll() { usleep(1000) }
     }
 
     public func abort(code: Int32) -> Never {
@@ -190,8 +188,8 @@ public final class MPICommunicator: Communicator {
     }
 }
 
-/// An MPI_Iallreduce in flight, under the watchdog until it completes.
-final class MPIReduction: PendingReduction {
+/// A nonblocking collective in flight, under the watchdog until it completes.
+final class MPIPending: PendingReduction {
     private var request: MPI_Request?
     private var done = false
     private let watch: Mutex<MPICommunicator.WatchState>
