@@ -27,8 +27,9 @@ let package = Package(
         .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c"),
         .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5-openmpi"),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        .systemLibrary(name: "CFastMath", path: "Sources/CFastMath"),
 
-        .target(name: "TensorEngine", dependencies: ["CDNNL"], swiftSettings: kernelSettings),
+        .target(name: "TensorEngine", dependencies: ["CDNNL", "CFastMath"], swiftSettings: kernelSettings),
         .target(name: "NN", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .target(name: "Diffusion", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .target(name: "Distributed", dependencies: ["TensorEngine", "CMPI"], swiftSettings: kernelSettings),

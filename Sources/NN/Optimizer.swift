@@ -44,13 +44,17 @@ public final class Adam {
         // Adam's L2 term joins the gradient; AdamW's decay scales the weight (by 1 otherwise: exact).
         let l2 = settings.decoupled ? 0 : wd, keep = settings.decoupled && wd != 0 ? decay : 1
         let p = arena.values.pointer, g = arena.gradients.pointer, pm = m.pointer, pv = v.pointer
-        forEachLanes(arena.count) { i, lanes in
-            let gi = loadLanes(g + i, lanes) + l2 * loadLanes(p + i, lanes)
-            let mi = b1 * loadLanes(pm + i, lanes) + (1 - b1) * gi
-            let vi = b2 * loadLanes(pv + i, lanes) + (1 - b2) * gi * gi
-            storeLanes(mi, pm + i, lanes)
-            storeLanes(vi, pv + i, lanes)
-            storeLanes(loadLanes(p + i, lanes) * keep - stepSize * mi / (vi.squareRoot() * inverseRootC2 + eps), p + i, lanes)
+        // A scalar loop, which LLVM vectorises (SIMD8's squareRoot() takes the
+        // root lane by lane, through libm).
+        parallelFor(arena.count, grain: 1 << 16) { range in
+            for i in range {
+                let gi = g[i] + l2 * p[i]
+                let mi = b1 * pm[i] + (1 - b1) * gi
+                let vi = b2 * pv[i] + (1 - b2) * gi * gi
+                pm[i] = mi
+                pv[i] = vi
+                p[i] = p[i] * keep - stepSize * mi / (vectorizableSquareRoot(vi) * inverseRootC2 + eps)
+            }
         }
     }
 }

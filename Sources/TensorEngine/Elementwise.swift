@@ -168,7 +168,7 @@ private struct Log: PointwiseFunction {
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { 1 / x }
 }
 private struct Sqrt: PointwiseFunction {
-    @inline(__always) func value(_ x: Float) -> Float { x.squareRoot() }
+    @inline(__always) func value(_ x: Float) -> Float { vectorizableSquareRoot(x) }
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { 0.5 / y }
 }
 private struct Sigmoid: PointwiseFunction {

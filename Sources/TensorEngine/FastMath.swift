@@ -2,6 +2,13 @@
 /// reductions (a plain `s += x[i]` loop cannot vectorise, since float addition is
 /// not reassociated, so it runs at one add per FP latency).
 
+import CFastMath
+
+/// √x (NaN below 0) in a form loops vectorise: `Float.squareRoot()` keeps a libm
+/// call for negative inputs, which stops LLVM from vectorising the loop around it.
+@inlinable @inline(__always)
+public func vectorizableSquareRoot(_ x: Float) -> Float { ldm_sqrtf(x) }
+
 /// e^x (Cephes expf: x = n·ln2 + r, |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^n
 /// built in the exponent bits). Relative error ≲ 2 ulp on [-87, 88]; inputs are
 /// clamped to that range and NaN propagates.
