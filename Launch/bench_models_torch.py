@@ -144,29 +144,44 @@ REFERENCE_AUTOENCODER = dict(in_channels=1, out_ch=1, resolution=32, ch=64, ch_m
                              z_channels=4, embed_dim=4)
 
 
-def autoencoder_step(batch, channels_last=False):
-    """One training step of the reference autoencoder, as SwiftLDM runs it."""
+class AutoencoderTraining(nn.Module):
+    """The autoencoder's loss on one batch as a forward (so DDP can wrap it): L1 summed
+    over pixels and averaged over the batch, plus 1e-6 × KL."""
+
+    def __init__(self, model, x, eps):
+        super().__init__()
+        self.model, self.x, self.eps = model, x, eps
+
+    def forward(self):
+        m, x = self.model, self.x
+        moments = m.quant_conv(m.encoder(x))
+        mean, logvar = torch.chunk(moments, 2, dim=1)
+        logvar = torch.clamp(logvar, -30.0, 20.0)
+        z = mean + torch.exp(0.5 * logvar) * self.eps
+        rec = m.decoder(m.post_quant_conv(z))
+        rec_loss = torch.abs(x - rec).sum() / x.shape[0]
+        kl = 0.5 * torch.sum(mean ** 2 + torch.exp(logvar) - 1.0 - logvar, dim=[1, 2, 3]).mean()
+        return rec_loss + 1e-6 * kl
+
+
+def autoencoder_step(batch, channels_last=False, wrap=lambda m: m, seed=1):
+    """One training step of the reference autoencoder, as SwiftLDM runs it; `wrap`
+    takes the loss module (DistributedDataParallel for the scaling benchmark)."""
     a = REFERENCE_AUTOENCODER
     model = AutoencoderKL(a)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, a["in_channels"], a["resolution"], a["resolution"], generator=g) * 2 - 1
     f = a["resolution"] // 2 ** (len(a["ch_mult"]) - 1)
     eps = torch.randn(batch, a["embed_dim"], f, f, generator=g)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    loss = wrap(AutoencoderTraining(model, x, eps))
 
     def step():
         opt.zero_grad(set_to_none=True)
-        moments = model.quant_conv(model.encoder(x))
-        mean, logvar = torch.chunk(moments, 2, dim=1)
-        logvar = torch.clamp(logvar, -30.0, 20.0)
-        z = mean + torch.exp(0.5 * logvar) * eps
-        rec = model.decoder(model.post_quant_conv(z))
-        rec_loss = torch.abs(x - rec).sum() / batch
-        kl = 0.5 * torch.sum(mean ** 2 + torch.exp(logvar) - 1.0 - logvar, dim=[1, 2, 3]).mean()
-        (rec_loss + 1e-6 * kl).backward()
+        loss().backward()
         opt.step()
     return step
 
@@ -336,15 +351,28 @@ REFERENCE_UNET = dict(image_size=8, in_channels=4, out_channels=4, model_channel
                       attention_resolutions=[2], num_head_channels=32, context_dim=64, num_classes=10)
 
 
-def unet_step(batch, channels_last=False):
-    """One training step of the reference UNet with its class embedder, as SwiftLDM runs it."""
+class UNetTraining(nn.Module):
+    """The UNet's ε-prediction loss on one batch as a forward (so DDP can wrap it)."""
+
+    def __init__(self, model, embedder, xt, t, labels, noise):
+        super().__init__()
+        self.model, self.embedder = model, embedder
+        self.xt, self.t, self.labels, self.noise = xt, t, labels, noise
+
+    def forward(self):
+        return F.mse_loss(self.model(self.xt, self.t, self.embedder(self.labels)[:, None, :]), self.noise)
+
+
+def unet_step(batch, channels_last=False, wrap=lambda m: m, seed=1):
+    """One training step of the reference UNet with its class embedder, as SwiftLDM
+    runs it; `wrap` takes the loss module (DistributedDataParallel for scaling)."""
     a = REFERENCE_UNET
     model = UNetModel(a)
     embedder = nn.Embedding(a["num_classes"] + 1, a["context_dim"])
     params = list(model.parameters()) + list(embedder.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     ema = [p.detach().clone() for p in params]
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     s = a["image_size"]
     z0 = torch.randn(batch, a["in_channels"], s, s, generator=g)
     noise = torch.randn(batch, a["in_channels"], s, s, generator=g)
@@ -355,11 +383,11 @@ def unet_step(batch, channels_last=False):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         xt = xt.contiguous(memory_format=torch.channels_last)
+    loss = wrap(UNetTraining(model, embedder, xt, t, labels, noise))
 
     def step():
         opt.zero_grad(set_to_none=True)
-        eps = model(xt, t, embedder(labels)[:, None, :])
-        F.mse_loss(eps, noise).backward()
+        loss().backward()
         opt.step()
         with torch.no_grad():
             for e, p in zip(ema, params):
