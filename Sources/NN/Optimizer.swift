@@ -101,7 +101,7 @@ public final class EMA {
         updates += 1
         let d = Float(min(decay, Double(1 + updates) / Double(10 + updates)))
         let s = shadow.pointer, p = arena.values.pointer
-        forEachLanes(arena.count) { i, lanes in storeLanes(d * loadLanes(s + i, lanes) + (1 - d) * loadLanes(p + i, lanes), s + i, lanes) }
+        parallelFor(arena.count, grain: 1 << 16) { range in for i in range { s[i] = d * s[i] + (1 - d) * p[i] } }
     }
 }
 

@@ -146,11 +146,3 @@ public func storeLanes(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>, _ la
     for k in 0..<lanes { p[k] = v[k] }
 }
 
-/// Runs `body(i, lanes)` over 0..<count in steps of 8 (the last `lanes` < 8 wide),
-/// split across the engine's threads: for elementwise updates of long buffers.
-@inlinable
-public func forEachLanes(_ count: Int, _ body: (Int, Int) -> Void) {
-    parallelFor((count + 7) / 8, grain: 1 << 13) { range in
-        for block in range { body(block * 8, min(8, count - block * 8)) }
-    }
-}
