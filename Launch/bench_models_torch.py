@@ -186,8 +186,10 @@ def autoencoder_step(batch, channels_last=False, wrap=lambda m: m, seed=1):
     return step
 
 
-def time_steps(step, steps):
-    step(); step()
+def time_steps(step, steps, warm_up=2):
+    """The median (the upper one for an even count) of `steps` timed calls, in ms."""
+    for _ in range(warm_up):
+        step()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()

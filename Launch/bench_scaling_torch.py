@@ -10,22 +10,12 @@ import argparse
 import json
 import os
 import statistics
-import time
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import bench_models_torch as ref
-
-
-def median_ms(step, steps):
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median_high(times)
 
 
 def main():
@@ -58,11 +48,11 @@ def main():
         for block in ([0, 1, 2] if r % 2 == 0 else [2, 1, 0]):
             dist.barrier()
             if block == 0 and rank == 0:
-                solo.append(median_ms(local_step, args.steps))
+                solo.append(ref.time_steps(local_step, args.steps, warm_up=0))
             elif block == 1:
-                independent.append(median_ms(local_step, args.steps))
+                independent.append(ref.time_steps(local_step, args.steps, warm_up=0))
             elif block == 2:
-                together.append(median_ms(step, args.steps))
+                together.append(ref.time_steps(step, args.steps, warm_up=0))
     gathered = [None] * size
     dist.all_gather_object(gathered, (independent, together))
     if rank == 0:
