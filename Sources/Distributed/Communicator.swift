@@ -67,6 +67,19 @@ extension Communicator {
         try allGather(values.withUnsafeBytes { Array($0) }).withUnsafeBytes { Array($0.bindMemory(to: T.self)) }
     }
 
+    /// Every rank's list of strings (of any length), in rank order.
+    public func allGather(strings: [String]) throws -> [[String]] {
+        let bytes = Array(strings.joined(separator: "\u{0}").utf8)
+        let lengths = try allGather(values: [Int64(bytes.count), Int64(strings.count)])
+        let width = Int(stride(from: 0, to: lengths.count, by: 2).map { lengths[$0] }.max() ?? 0)
+        let gathered = try allGather(bytes + [UInt8](repeating: 0, count: width - bytes.count))
+        return (0..<size).map { r in
+            guard lengths[2 * r + 1] > 0 else { return [] }
+            let own = gathered[(r * width)..<(r * width + Int(lengths[2 * r]))]
+            return own.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+        }
+    }
+
     /// Root's string on every rank.
     public func broadcast(_ string: String, root: Int = 0) throws -> String {
         var length = [Int64(string.utf8.count)]

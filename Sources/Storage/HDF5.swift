@@ -188,7 +188,7 @@ public final class HDF5File {
         }
     }
 
-    /// The element type name of dataset `name` ("f32", "u8", ...; "other" otherwise).
+    /// The element type name of dataset `name` ("f32", "u8", ..., "str"; "other" otherwise).
     public func elementType(of name: String) throws -> String {
         return try HDF5Lock.locked {
             let dset = try openDataset(name)
@@ -197,7 +197,7 @@ public final class HDF5File {
             defer { H5Tclose(type) }
             let candidates: [any HDF5Element.Type] = [Float.self, Double.self, Int32.self, Int64.self, UInt8.self]
             for c in candidates where H5Tequal(type, c.nativeType) > 0 { return c.typeName }
-            return "other"
+            return H5Tget_class(type) == H5T_STRING ? "str" : "other"
         }
     }
 
@@ -284,12 +284,23 @@ public final class HDF5File {
     /// Creates a virtual dataset `name` of `shape` whose rows come from `sources`
     /// (each a whole dataset of shape [rows.count] + shape[1...]).
     public func writeVirtual<T: HDF5Element>(_ name: String, shape: [Int], type: T.Type, sources: [VirtualSource]) throws {
+        try writeVirtual(name, shape: shape, typeID: T.nativeType, sources: sources)
+    }
+
+    /// The same for variable-length UTF-8 strings ([N] datasets written by `writeStrings`).
+    public func writeVirtualStrings(_ name: String, count: Int, sources: [VirtualSource]) throws {
+        let type = Self.stringType()
+        defer { H5Tclose(type) }
+        try writeVirtual(name, shape: [count], typeID: type, sources: sources)
+    }
+
+    private func writeVirtual(_ name: String, shape: [Int], typeID: hid_t, sources: [VirtualSource]) throws {
         try HDF5Lock.locked {
             let vspace = try dataspace(shape, name)
             defer { H5Sclose(vspace) }
             let dcpl = H5Pcreate(shim_H5P_DATASET_CREATE())
             defer { H5Pclose(dcpl) }
-            for s in sources {
+            for s in sources where s.rows.count > 0 || shape.isEmpty {
                 var srcShape = shape
                 if !srcShape.isEmpty { srcShape[0] = s.rows.count }
                 let srcSpace = try dataspace(srcShape, name)
@@ -307,7 +318,7 @@ public final class HDF5File {
             H5Sselect_all(vspace)
             let lcpl = linkCreationProperties()
             defer { H5Pclose(lcpl) }
-            let dset = H5Dcreate2(id, name, T.nativeType, vspace, lcpl, dcpl, shim_H5P_DEFAULT())
+            let dset = H5Dcreate2(id, name, typeID, vspace, lcpl, dcpl, shim_H5P_DEFAULT())
             guard dset >= 0 else { throw Self.error(path, name, "create virtual dataset") }
             H5Dclose(dset)
         }
@@ -335,22 +346,163 @@ public final class HDF5File {
         }
     }
 
+    // MARK: Row lists and strings
+
+    /// Reads the rows `rows` (axis 0, any order, repeats allowed) of dataset `name`
+    /// into `out`, in the order of `rows`, with one read of the union of the rows.
+    public func read<T: HDF5Element>(_ name: String, rowList rows: [Int], into out: UnsafeMutableBufferPointer<T>) throws {
+        try HDF5Lock.locked {
+            let shape = try self.shape(of: name), type = try elementType(of: name)
+            guard type == T.typeName else {
+                throw HDF5Error(file: path, object: name, operation: "read", detail: "holds \(type), expected \(T.typeName)")
+            }
+            let rowLength = shape.dropFirst().reduce(1, *)
+            guard out.count == rows.count * rowLength else {
+                throw HDF5Error(file: path, object: name, operation: "read", detail: "\(rows.count) rows of \(rowLength) for \(out.count) elements")
+            }
+            let unique = Array(Set(rows)).sorted()
+            var sorted = [T](unsafeUninitializedCapacity: unique.count * rowLength) { _, n in n = unique.count * rowLength }
+            try sorted.withUnsafeMutableBytes { try readSelected(name, shape: shape, rows: unique, memoryType: T.nativeType, into: $0.baseAddress!) }
+            let position = Dictionary(uniqueKeysWithValues: unique.enumerated().map { ($0.element, $0.offset) })
+            for (i, r) in rows.enumerated() {
+                let from = position[r]! * rowLength
+                for k in 0..<rowLength { out[i * rowLength + k] = sorted[from + k] }
+            }
+        }
+    }
+
+    /// Writes `values` as a 1-D dataset of variable-length UTF-8 strings (h5py reads `str`).
+    public func writeStrings(_ name: String, _ values: [String]) throws {
+        try HDF5Lock.locked {
+            let type = Self.stringType(), space = try dataspace([values.count], name), lcpl = linkCreationProperties()
+            defer { H5Tclose(type); H5Sclose(space); H5Pclose(lcpl) }
+            let dset = H5Dcreate2(id, name, type, space, lcpl, shim_H5P_DEFAULT(), shim_H5P_DEFAULT())
+            guard dset >= 0 else { throw Self.error(path, name, "create dataset") }
+            defer { H5Dclose(dset) }
+            guard !values.isEmpty else { return }
+            let status = Self.withCStrings(values) { H5Dwrite(dset, type, shim_H5S_ALL(), shim_H5S_ALL(), shim_H5P_DEFAULT(), $0) }
+            guard status >= 0 else { throw Self.error(path, name, "write") }
+        }
+    }
+
+    /// Rows `rows` (any order; all when nil) of a 1-D string dataset.
+    public func readStrings(_ name: String, rowList rows: [Int]? = nil) throws -> [String] {
+        try HDF5Lock.locked {
+            let shape = try self.shape(of: name)
+            guard shape.count == 1, try isStringDataset(name) else {
+                throw HDF5Error(file: path, object: name, operation: "read strings", detail: "not a 1-D string dataset")
+            }
+            let unique = rows.map { Array(Set($0)).sorted() } ?? Array(0..<shape[0])
+            guard !unique.isEmpty else { return [] }
+            let type = Self.stringType()
+            defer { H5Tclose(type) }
+            var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: unique.count)
+            try pointers.withUnsafeMutableBytes { try readSelected(name, shape: shape, rows: unique, memoryType: type, into: $0.baseAddress!) }
+            let strings = pointers.map { $0.map { String(cString: $0) } ?? "" }
+            let memory = H5Screate_simple(1, [hsize_t(unique.count)], nil)
+            pointers.withUnsafeMutableBytes { _ = H5Dvlen_reclaim(type, memory, shim_H5P_DEFAULT(), $0.baseAddress) }
+            H5Sclose(memory)
+            guard let rows else { return strings }
+            let position = Dictionary(uniqueKeysWithValues: unique.enumerated().map { ($0.element, $0.offset) })
+            return rows.map { strings[position[$0]!] }
+        }
+    }
+
+    /// True when dataset `name` holds strings.
+    public func isStringDataset(_ name: String) throws -> Bool {
+        try HDF5Lock.locked {
+            let dset = try openDataset(name)
+            defer { H5Dclose(dset) }
+            let type = H5Dget_type(dset)
+            defer { H5Tclose(type) }
+            return H5Tget_class(type) == H5T_STRING
+        }
+    }
+
+    /// One read of `rows` (sorted, distinct) of a dataset into `buffer`, in file order.
+    private func readSelected(_ name: String, shape: [Int], rows: [Int], memoryType: hid_t, into buffer: UnsafeMutableRawPointer) throws {
+        guard let last = rows.last, rows[0] >= 0, last < (shape.first ?? 0) else {
+            throw HDF5Error(file: path, object: name, operation: "read", detail: "rows outside shape \(shape)")
+        }
+        let dset = try openDataset(name)
+        let fileSpace = H5Dget_space(dset)
+        var count = shape.map { hsize_t($0) }
+        let memorySpace = H5Screate_simple(Int32(shape.count), [hsize_t(rows.count)] + count.dropFirst(), nil)
+        defer { H5Sclose(memorySpace); H5Sclose(fileSpace); H5Dclose(dset) }
+        var start = [hsize_t](repeating: 0, count: shape.count), i = 0, first = true
+        while i < rows.count {   // runs of consecutive rows, one hyperslab each
+            var j = i + 1
+            while j < rows.count && rows[j] == rows[j - 1] + 1 { j += 1 }
+            (start[0], count[0]) = (hsize_t(rows[i]), hsize_t(j - i))
+            H5Sselect_hyperslab(fileSpace, first ? H5S_SELECT_SET : H5S_SELECT_OR, start, nil, count, nil)
+            (first, i) = (false, j)
+        }
+        guard H5Dread(dset, memoryType, memorySpace, fileSpace, shim_H5P_DEFAULT(), buffer) >= 0 else {
+            throw Self.error(path, name, "read (checksum mismatch, damaged data or a missing shard)")
+        }
+    }
+
+    /// Variable-length UTF-8 strings.
+    private static func stringType() -> hid_t {
+        let type = H5Tcopy(shim_H5T_C_S1())
+        H5Tset_size(type, shim_H5T_VARIABLE())
+        H5Tset_cset(type, H5T_CSET_UTF8)
+        return type
+    }
+
+    /// `body` with a C array of `values` as NUL-terminated UTF-8.
+    private static func withCStrings<R>(_ values: [String], _ body: (UnsafeRawPointer) -> R) -> R {
+        let copies = values.map { strdup($0) }
+        defer { copies.forEach { free($0) } }
+        return copies.withUnsafeBytes { body($0.baseAddress!) }
+    }
+
     // MARK: Attributes
 
     /// Sets a string attribute on the object at `object` ("/" for the file): a
     /// variable-length UTF-8 string, which h5py reads as `str`.
     public func setAttribute(_ name: String, _ value: String, on object: String = "/") throws {
         try HDF5Lock.locked {
-            let type = H5Tcopy(shim_H5T_C_S1())
+            let type = Self.stringType()
             defer { H5Tclose(type) }
-            H5Tset_size(type, shim_H5T_VARIABLE())
-            H5Tset_cset(type, H5T_CSET_UTF8)
             try writeAttribute(name, on: object, type: type, space: H5Screate(H5S_SCALAR)) { attr in
                 value.withCString { c in
                     var p: UnsafePointer<CChar>? = c
                     return H5Awrite(attr, type, &p)
                 }
             }
+        }
+    }
+
+    /// Sets a 1-D attribute of variable-length UTF-8 strings (h5py: an array of `str`).
+    public func setAttribute(_ name: String, _ values: [String], on object: String = "/") throws {
+        try HDF5Lock.locked {
+            let type = Self.stringType()
+            defer { H5Tclose(type) }
+            let space = values.isEmpty ? H5Screate(H5S_NULL) : H5Screate_simple(1, [hsize_t(values.count)], nil)
+            try writeAttribute(name, on: object, type: type, space: space) { attr in
+                values.isEmpty ? 0 : Self.withCStrings(values) { H5Awrite(attr, type, $0) }
+            }
+        }
+    }
+
+    /// A string-array attribute, or nil when absent.
+    public func stringArrayAttribute(_ name: String, on object: String = "/") throws -> [String]? {
+        try HDF5Lock.locked {
+            guard let attr = try openAttribute(name, on: object) else { return nil }
+            defer { H5Aclose(attr) }
+            let space = H5Aget_space(attr)
+            defer { H5Sclose(space) }
+            let count = Int(H5Sget_simple_extent_npoints(space))
+            guard count > 0 else { return [] }
+            let type = Self.stringType()
+            defer { H5Tclose(type) }
+            var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: count)
+            guard pointers.withUnsafeMutableBytes({ H5Aread(attr, type, $0.baseAddress) }) >= 0 else {
+                throw Self.error(path, "\(object) @\(name)", "read attribute (not an array of strings)")
+            }
+            defer { pointers.withUnsafeMutableBytes { _ = H5Dvlen_reclaim(type, space, shim_H5P_DEFAULT(), $0.baseAddress) } }
+            return pointers.map { $0.map { String(cString: $0) } ?? "" }
         }
     }
 
