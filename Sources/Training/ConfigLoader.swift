@@ -23,19 +23,24 @@ public enum ConfigError: Error, CustomStringConvertible, Equatable {
 /// exist in the defaults (typos are errors, with a "did you mean"), each value must
 /// have the default's shape (mapping, list or scalar) and decode to its type.
 public enum ConfigLoader {
-    /// Loads `path` (nil: defaults only), then applies `overrides` ("a.b=value", YAML values).
+    /// Loads `path` (nil: the built-in reference recipe, `ReferenceRecipe.yaml`), then
+    /// applies `overrides` ("a.b=value", YAML values).
     public static func load(_ path: String?, overrides: [String] = []) throws -> Config {
-        var node = try defaultsNode()
-        if let path {
-            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-                throw ConfigError.unreadable(file: path, reason: "cannot read the config file")
-            }
-            let user: Node?
-            do { user = try Yams.compose(yaml: text) } catch {
-                throw ConfigError.unreadable(file: path, reason: "not valid YAML: \(error)")
-            }
-            if let user { node = try merge(node, user, path: "", file: path) }
+        guard let path else { return try load(text: ReferenceRecipe.yaml, file: "the built-in reference recipe", overrides: overrides) }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError.unreadable(file: path, reason: "cannot read the config file")
         }
+        return try load(text: text, file: path, overrides: overrides)
+    }
+
+    /// YAML `text` (named `file` in errors) over the defaults, then `overrides`.
+    static func load(text: String, file path: String, overrides: [String]) throws -> Config {
+        var node = try defaultsNode()
+        let user: Node?
+        do { user = try Yams.compose(yaml: text) } catch {
+            throw ConfigError.unreadable(file: path, reason: "not valid YAML: \(error)")
+        }
+        if let user { node = try merge(node, user, path: "", file: path) }
         for override in overrides {
             guard let eq = override.firstIndex(of: "="), eq != override.startIndex else {
                 throw ConfigError.unreadable(file: "--set", reason: "'\(override)' is not key.path=value")
@@ -49,20 +54,17 @@ public enum ConfigLoader {
         do {
             return try YAMLDecoder().decode(Config.self, from: node)
         } catch let DecodingError.typeMismatch(type, context) {
-            throw ConfigError.wrongType(file: path ?? "--set", path: dotted(context.codingPath), expected: describe(type))
+            throw ConfigError.wrongType(file: path, path: dotted(context.codingPath), expected: describe(type))
         } catch let DecodingError.dataCorrupted(context) {
-            throw ConfigError.wrongType(file: path ?? "--set", path: dotted(context.codingPath), expected: "a valid value")
+            throw ConfigError.wrongType(file: path, path: dotted(context.codingPath), expected: "a valid value")
         } catch let DecodingError.valueNotFound(type, context) {
-            throw ConfigError.wrongType(file: path ?? "--set", path: dotted(context.codingPath), expected: describe(type))
+            throw ConfigError.wrongType(file: path, path: dotted(context.codingPath), expected: describe(type))
         }
     }
 
     /// A config from YAML text (what a checkpoint records), named `source` in errors.
     public static func load(yamlText text: String, source: String) throws -> Config {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("swiftldm-config-\(UUID().uuidString).yaml").path
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        do { return try load(path) } catch let e as ConfigError {
+        do { return try load(text: text, file: source, overrides: []) } catch let e as ConfigError {
             throw ConfigError.unreadable(file: source, reason: "its recorded config does not load: \(e)")
         }
     }

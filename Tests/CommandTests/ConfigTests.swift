@@ -72,7 +72,9 @@ struct ConfigTests {
                            ("autoencoder.loss.reconstruction=l3", "reconstruction"), ("autoencoder.model.ch=48", "model"),
                            ("autoencoder.optimizer.base_lr=0", "autoencoder.optimizer.base_lr"),
                            ("distributed.bucket_mib=0", "distributed.bucket_mib"),
-                           ("distributed.poll_microseconds=-5", "distributed.poll_microseconds")] {
+                           ("distributed.poll_microseconds=-5", "distributed.poll_microseconds"),
+                           ("data.channels=2", "data.channels"), ("data.background=[1, 2]", "data.background"),
+                           ("data.test_fraction=1", "data.test_fraction")] {
             let c = try ConfigLoader.load(nil, overrides: [set])
             let e = #expect(throws: ConfigError.self) { try validate(c) }
             #expect(e?.description.contains(key) == true, "\(set)")
@@ -86,6 +88,18 @@ struct ConfigTests {
         }
         let missing = #expect(throws: ConfigError.self) { try ConfigLoader.load("/nonexistent/config.yaml") }
         #expect(missing?.description.contains("/nonexistent/config.yaml") == true)
+    }
+
+    @Test("the built-in recipe is Launch/configs/fmnist.yaml, word for word, and loads when no config is named")
+    func builtIn() throws {
+        let file = try String(contentsOf: packageRoot.appendingPathComponent("Launch/configs/fmnist.yaml"), encoding: .utf8)
+        #expect(file == ReferenceRecipe.yaml + "\n")
+        #expect(try ConfigLoader.load(nil) == ConfigLoader.load(packageRoot.appendingPathComponent("Launch/configs/fmnist.yaml").path))
+        let filter = #expect(throws: ConfigError.self) { try ConfigLoader.load(nil, overrides: ["data.resize_filter=cubic"]) }
+        #expect(filter?.description.contains("'data.resize_filter'") == true)
+        let emoji = try ConfigLoader.load(packageRoot.appendingPathComponent("Launch/configs/emoji.yaml").path)
+        try validate(emoji)
+        #expect(emoji.data.channels == 3 && emoji.autoencoder.model.resolution == 64 && emoji.autoencoder.model.latentSize == 16)
     }
 
     @Test("the config round-trips through its YAML text (what checkpoints record)")
