@@ -1,6 +1,6 @@
 // swift-tools-version:6.0
 // SwiftLDM: a Swift trainer for two-stage Latent Diffusion Models.
-// Layers (one-way imports) are described in ../shared/DESIGN.md and README.md.
+// Layers (one-way imports) are described in ARCHITECTURE.md.
 import PackageDescription
 
 /// Numeric kernels are built optimised even in debug builds (debug numeric Swift
@@ -28,18 +28,23 @@ let package = Package(
         .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5-openmpi"),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CFastMath", path: "Sources/CFastMath"),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+        .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
 
         .target(name: "TensorEngine", dependencies: ["CDNNL", "CFastMath"], swiftSettings: kernelSettings),
         .target(name: "NN", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .target(name: "Diffusion", dependencies: ["TensorEngine"], swiftSettings: kernelSettings),
         .target(name: "Distributed", dependencies: ["TensorEngine", "CMPI"], swiftSettings: kernelSettings),
         .target(name: "Storage", dependencies: ["TensorEngine", "Distributed", "CHDF5", "CZlib"], swiftSettings: kernelSettings),
-        .target(name: "Training", dependencies: ["TensorEngine", "NN", "Diffusion", "Distributed", "Storage", .product(name: "Yams", package: "Yams")],
+        .target(name: "Datasets", dependencies: ["TensorEngine", "Distributed", "Storage", "CPNG", "CJPEG", "CZlib"],
+                swiftSettings: kernelSettings),
+        .target(name: "Training", dependencies: ["TensorEngine", "NN", "Diffusion", "Distributed", "Storage", "Datasets",
+                                                 .product(name: "Yams", package: "Yams")],
                 swiftSettings: kernelSettings),
         .executableTarget(
             name: "LDMTrain",
             dependencies: [
-                "TensorEngine", "Training",
+                "TensorEngine", "Datasets", "Training",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -51,7 +56,7 @@ let package = Package(
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "NN", "TensorEngine", "TestSupport"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Distributed", "TestSupport"]),
         .testTarget(name: "ShimTests", dependencies: ["CDNNL", "CMPI", "CHDF5"]),
-        .testTarget(name: "CommandTests", dependencies: ["Training", "NN", "TensorEngine", "Storage", "Distributed", "TestSupport"]),
+        .testTarget(name: "CommandTests", dependencies: ["Training", "Datasets", "NN", "TensorEngine", "Storage", "Distributed", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

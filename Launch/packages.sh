@@ -1,10 +1,15 @@
 # Debian packages SwiftLDM needs, and a function that installs the missing ones.
 # Sourced by the Launch/ scripts; not run on its own.
 
-# Build and run: oneDNN, OpenMPI, HDF5 (its OpenMPI flavour), the data.
-LDM_RUNTIME_PACKAGES="pkg-config zlib1g-dev libdnnl-dev libopenmpi-dev openmpi-bin libhdf5-openmpi-dev dataset-fashion-mnist"
-# Checks that read our files as users do (h5py) and compare against PyTorch.
-LDM_CHECK_PACKAGES="python3-h5py hdf5-tools"
+# Build and run: oneDNN, OpenMPI, HDF5 (its OpenMPI flavour), libpng and
+# libjpeg-turbo (image folders), the Fashion-MNIST data.
+LDM_RUNTIME_PACKAGES="pkg-config zlib1g-dev libdnnl-dev libopenmpi-dev openmpi-bin libhdf5-openmpi-dev libpng-dev libturbojpeg0-dev dataset-fashion-mnist"
+# Checks that read our files as users do (h5py), and make and decode test images
+# the way users' Python does (Pillow, NumPy).
+LDM_CHECK_PACKAGES="python3-h5py hdf5-tools python3-pil python3-numpy"
+# The emoji recipe: the Noto Color Emoji font, read with fontTools, named with
+# the CLDR names of python3-emoji (Launch/make-emoji-folder).
+LDM_EMOJI_PACKAGES="fonts-noto-color-emoji python3-fonttools python3-emoji python3-pil"
 # Side-by-side benchmarks: Debian's PyTorch with the BLAS it recommends (without
 # libopenblas0 its matrix products run on the reference BLAS, ~30x slower).
 LDM_BENCH_PACKAGES="python3-torch libopenblas0"

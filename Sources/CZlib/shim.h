@@ -1,4 +1,4 @@
-// zlib (Debian zlib1g-dev): gzip reading for the Fashion-MNIST IDX files and the
-// deflate stream and CRC of PNG files.
+// zlib (Debian zlib1g-dev): CRC-32s of checkpoint shards, gzip reading of the
+// Fashion-MNIST IDX files.
 #pragma once
 #include <zlib.h>

@@ -1,7 +1,7 @@
 import ArgumentParser
+import Distributed
 import Foundation
 import TensorEngine
-import Distributed
 import Training
 
 struct Bench: ParsableCommand {
@@ -34,7 +34,7 @@ struct Bench: ParsableCommand {
         }
     }
 
-    @Option(help: "autoencoder, unet: config whose model is timed.") var config = "Launch/configs/fmnist.yaml"
+    @Option(help: "autoencoder, unet: config whose model is timed (default: the built-in recipe).") var config: String?
     @Option(name: .customLong("set"), help: "autoencoder, unet: config override key.path=value (repeatable).") var overrides: [String] = []
 
     func run() throws {

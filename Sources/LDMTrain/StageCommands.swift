@@ -1,4 +1,5 @@
 import ArgumentParser
+import Datasets
 import Distributed
 import Foundation
 import Storage
@@ -7,7 +8,7 @@ import Training
 
 /// Options every training command shares (DESIGN.md, "The command line").
 struct TrainingOptions: ParsableArguments {
-    @Option(help: "Config file (YAML).") var config = "Launch/configs/fmnist.yaml"
+    @Option(help: "Config file (YAML; default: the built-in Fashion-MNIST recipe, Launch/configs/fmnist.yaml).") var config: String?
     @Option(help: "Train until global optimizer step N.") var steps: Int?
     @Option(name: .customLong("batch-size"), help: "Per-rank batch size.") var batchSize: Int?
     @Option(help: "Micro-batches per optimizer step.") var accumulate: Int?
@@ -40,8 +41,8 @@ struct PipelineCommand: ParsableCommand {
         commandName: "pipeline",
         abstract: "prepare → autoencoder → encode → diffusion → sample, skipping complete stages.",
         discussion: "Outputs go to Datasets/ and Checkpoints/<stage>; run it again to resume.")
-    @Option(help: "Config file (YAML).") var config = "Launch/configs/fmnist.yaml"
-    @Option(help: "Where the stages' runs go (<dir>/autoencoder, <dir>/diffusion).") var checkpoints = "Checkpoints"
+    @Option(help: "Config file (YAML; default: the built-in Fashion-MNIST recipe, Launch/configs/fmnist.yaml).") var config: String?
+    @Option(help: "Where the stages' runs go (<dir>/autoencoder, <dir>/diffusion; default: pipeline.checkpoints).") var checkpoints: String?
     @Option(help: "Random seed.") var seed: Int?
     @Option(name: .customLong("set"), help: "Config override key.path=value (repeatable).") var overrides: [String] = []
     @Option(help: "Threads per rank (default: cores ÷ ranks on this node).") var threads: Int?
@@ -54,17 +55,53 @@ struct PipelineCommand: ParsableCommand {
         let loaded = try ConfigLoader.load(config, overrides: (seed.map { ["seed=\($0)"] } ?? []) + overrides)
         try Training.validate(loaded)
         try validateDiffusion(loaded)
-        try distributed { comm in try Training.Pipeline.run(config: loaded, layout: .init(checkpoints: checkpoints), communicator: comm) }
+        try distributed { comm in try Training.Pipeline.run(config: loaded, layout: .init(checkpoints: checkpoints ?? loaded.pipeline.checkpoints),
+                                                          communicator: comm) }
     }
 }
 
 struct Prepare: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Convert the Debian Fashion-MNIST package to HDF5.")
-    @Option(help: "Directory of the IDX .gz files.") var source = "/usr/share/datasets/fashion-mnist"
-    @Option(help: "Output HDF5 file.") var out = "Datasets/fashion-mnist.h5"
+    static let configuration = CommandConfiguration(
+        abstract: "Make a dataset file from Fashion-MNIST's IDX files or a folder of PNG/JPEG images.",
+        discussion: """
+            An image folder: *.png, *.jpg, *.jpeg found recursively; class labels from first-level \
+            subfolders; train/ and test/ subfolders as splits (else --test-fraction held out); \
+            captions and labels from metadata.jsonl ({"file_name": ..., "text": ..., "label": ...}). \
+            Under mpirun every rank decodes a slice. Defaults come from the config's data section.
+            """)
+    @Option(help: "Config whose data section gives the defaults (default: the built-in recipe).") var config: String?
+    @Option(help: "IDX folder or image folder (default: data.source).") var source: String?
+    @Option(help: "Output HDF5 file (default: data.path).") var out: String?
+    @Option(help: "Side of the square images (default: data.resolution).") var resolution: Int?
+    @Option(help: "1 (gray) or 3 (RGB) (default: data.channels).") var channels: Int?
+    @Option(name: .customLong("test-fraction"), help: "Held out when there is no test/ folder (default: data.test_fraction).")
+    var testFraction: Double?
+    @Option(help: "Background for transparent pixels, R,G,B (default: data.background).") var background: String?
+    @Option(help: "Resize filter: box, bilinear, bicubic or lanczos (default: data.resize_filter).") var filter: String?
+    @Option(help: "Seed of the held-out split (default: the config's seed).") var seed: Int?
+    @Flag(name: .customLong("skip-invalid"), help: "Skip images that do not decode (listed in the file) instead of stopping.")
+    var skipInvalid = false
+
     func run() throws {
-        try ImageDataset.prepareFashionMNIST(source: source, out: out)
-        print("wrote \(out): train 60000 and test 10000 images of 1×28×28 with labels")
+        var sets: [String] = []
+        for (key, value) in [("resolution", resolution.map(String.init)), ("channels", channels.map(String.init)),
+                             ("test_fraction", testFraction.map { "\($0)" }), ("background", background.map { "[\($0)]" }),
+                             ("resize_filter", filter)] {
+            if let value { sets.append("data.\(key)=\(value)") }
+        }
+        if let seed { sets.append("seed=\(seed)") }
+        let loaded = try ConfigLoader.load(config, overrides: sets)
+        try Training.validate(loaded)
+        var options = Datasets.Prepare.Options(source: source ?? loaded.data.source, out: out ?? loaded.data.path,
+                                               preparation: loaded.data.preparation)
+        (options.testFraction, options.seed, options.skipInvalid) = (loaded.data.testFraction, loaded.seed, skipInvalid)
+        try distributed { comm in
+            let summary = try Datasets.Prepare.run(options, communicator: comm)
+            guard comm.isRoot else { return }
+            print("wrote \(options.out): \(summary.description)")
+            for (name, reason) in summary.skipped.prefix(20) { print("  skipped \(name): \(reason)") }
+            if summary.skipped.count > 20 { print("  … and \(summary.skipped.count - 20) more (the file's skipped/ lists them all)") }
+        }
     }
 }
 

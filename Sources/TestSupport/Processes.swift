@@ -9,10 +9,15 @@ public func temporaryDirectory(_ name: String = #function) -> URL {
 }
 
 /// Runs a Python snippet with Debian's python3 (h5py), returning stdout.
-public func python(_ code: String) throws -> String {
+public func python(_ code: String) throws -> String { try runPython(["-c", code]) }
+
+/// Runs a Python script with Debian's python3 (h5py, Pillow, NumPy), returning stdout.
+public func python(script: String, _ arguments: [String]) throws -> String { try runPython([script] + arguments) }
+
+private func runPython(_ arguments: [String]) throws -> String {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-    p.arguments = ["-c", code]
+    p.arguments = arguments
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err

@@ -1,3 +1,4 @@
+import Datasets
 import Distributed
 import Foundation
 import NN
@@ -32,8 +33,9 @@ public final class AutoencoderTrainer: TrainingStage {
         try validate(config)
         (self.config, self.options, comm) = (config, options, communicator)
         log = try RunLog(runDirectory: options.runDirectory, isRoot: communicator.isRoot)
-        let trainSplit = try ImageDataset.load(config.data.path, split: "train")
-        let testSplit = try ImageDataset.load(config.data.path, split: "test")
+        let trainSplit = try DatasetSplit.open(config.data.path, split: .train)
+        let testSplit = try DatasetSplit.open(config.data.path, split: .test)
+        guard testSplit.count > 0 else { throw DataError("\(config.data.path): the test split is empty (prepare with a test fraction above 0)") }
         let model = config.autoencoder.model
         guard trainSplit.channels == model.inChannels else {
             throw DataError("\(config.data.path): images have \(trainSplit.channels) channels, the model takes \(model.inChannels)")
@@ -62,14 +64,16 @@ public final class AutoencoderTrainer: TrainingStage {
     var datasetSize: Int { config.data.trainCount(train.split.count) }
     var summary: String { "autoencoder \(stageConfig.name): \(step.model.parameterCount()) parameters" }
 
-    func microBatch(_ indices: [Int], epoch: Int, scale: Float, step n: Int) -> [(String, Tally)] {
+    func prefetch(_ indices: [Int]) { train.prefetch(indices) }
+
+    func microBatch(_ indices: [Int], epoch: Int, scale: Float, step n: Int) throws -> [(String, Tally)] {
         let latent = [stageConfig.model.latentSize, stageConfig.model.latentSize, stageConfig.model.embedDim]
         let per = latent.reduce(1, *)
         let noise = Tensor(uninitialized: [indices.count] + latent)
         for (b, index) in indices.enumerated() {
             sampleStream(seed: config.seed, .posterior, epoch: epoch, index: index).fillNormal(noise.pointer + b * per, count: per)
         }
-        let l = step.accumulate(train.images(indices, epoch: epoch), noise: noise, scale: scale, step: n)
+        let l = step.accumulate(try train.images(indices, epoch: epoch), noise: noise, scale: scale, step: n)
         let count = Double(indices.count)
         var out = [("loss", Tally(sum: l.total * count, count: count)), ("rec", Tally(sum: l.reconstruction * count, count: count)),
                    ("kl", Tally(sum: l.kl * count, count: count))]
@@ -83,10 +87,10 @@ public final class AutoencoderTrainer: TrainingStage {
 
     /// Inputs (first 8 test images) above their reconstructions (posterior mean).
     func writeImages(step n: Int) throws {
-        let x = test.images(Array(0..<8), epoch: nil)
+        let x = try test.images(Array(0..<min(8, test.split.count)), epoch: nil)
         let y = withoutGradient { step.model.decode(step.model.encode(x).mean) }
         let grid = ImageMetrics.grid([x, y])
-        try PNG.write("\(options.runDirectory)/reconstructions-\(String(format: "%08d", n)).png", width: grid.width,
+        try PNGCodec.write("\(options.runDirectory)/reconstructions-\(String(format: "%08d", n)).png", width: grid.width,
                       height: grid.height, channels: grid.channels, pixels: grid.pixels)
     }
 
@@ -101,7 +105,9 @@ public final class AutoencoderTrainer: TrainingStage {
         var start = comm.rank * batch
         while start < n {
             let indices = Array(start..<min(n, start + batch))
-            let x = test.images(indices, epoch: nil)
+            let next = start + batch * comm.size
+            if next < n { test.prefetch(Array(next..<min(n, next + batch))) }
+            let x = try test.images(indices, epoch: nil)
             let y = withoutGradient { step.model.decode(step.model.encode(x).mean) }
             sums[0] += ImageMetrics.psnr(y, x, crop: crop).reduce(0, +)
             sums[1] += ImageMetrics.ssim(y, x, crop: crop).reduce(0, +)
@@ -119,6 +125,7 @@ public func validate(_ config: Config) throws {
     try config.autoencoder.training.validate(section: "autoencoder.training")
     try config.autoencoder.optimizer.validate(section: "autoencoder.optimizer")
     try config.distributed.validate()
+    try config.data.validate()
     let m = config.autoencoder.model
     guard !m.chMult.isEmpty, m.chMult.allSatisfy({ $0 > 0 }), m.ch > 0, m.ch % 32 == 0 else {
         throw ConfigError.invalid(path: "autoencoder.model", reason: "needs ch a multiple of 32 (GroupNorm) and positive ch_mult, got ch \(m.ch), ch_mult \(m.chMult)")

@@ -1,3 +1,4 @@
+import Datasets
 import NN
 import Storage
 import TensorEngine

@@ -1,3 +1,4 @@
+import Datasets
 import Diffusion
 import Foundation
 import NN
@@ -11,24 +12,73 @@ public struct Config: Codable, Equatable, Sendable {
     public var autoencoder = AutoencoderStageConfig()
     public var diffusion = DiffusionStageConfig()
     public var distributed = DistributedConfig()
+    public var pipeline = PipelineConfig()
 
     public init() {}
 }
 
 public struct DataConfig: Codable, Equatable, Sendable {
-    /// The prepared dataset (`ldm-train prepare`).
+    /// The prepared dataset (`ldm-train prepare`); the pipeline prepares it from
+    /// `source` when it is missing.
     public var path = "Datasets/fashion-mnist.h5"
-    /// Images are zero-padded to this side length (28 → 32 for Fashion-MNIST).
+    /// A folder of Fashion-MNIST IDX files, or of images (PNG/JPEG; class subfolders,
+    /// train/ and test/, metadata.jsonl with captions).
+    public var source = FashionMNIST.defaultSource
+    /// The model's input side: an image folder is prepared at resolution ×
+    /// resolution; smaller stored images are padded (Fashion-MNIST: 28 → 32).
     public var resolution = 32
+    /// Channels an image folder is prepared with: 1 (gray) or 3 (RGB).
+    public var channels = 1
+    /// RGB that transparent pixels are composited over.
+    public var background: [Int] = [255, 255, 255]
+    /// The resampling filter of the shorter-side resize (Pillow's kernels).
+    public var resizeFilter = ResizeFilter.bicubic
+    /// Held out as the test split when the folder has no train/ and test/.
+    public var testFraction = 0.05
     /// Random horizontal flips of training images.
     public var flip = true
     /// Use only the first N training images (0: all), for quick experiments.
     public var trainImages = 0
 
-    enum CodingKeys: String, CodingKey { case path, resolution, flip, trainImages = "train_images" }
+    enum CodingKeys: String, CodingKey {
+        case path, source, resolution, channels, background, resizeFilter = "resize_filter", testFraction = "test_fraction", flip
+        case trainImages = "train_images"
+    }
 
     /// The number of training images used out of `available`.
     public func trainCount(_ available: Int) -> Int { trainImages > 0 ? min(trainImages, available) : available }
+
+    /// How `prepare` turns a folder's images into rows.
+    public var preparation: ImagePreparation {
+        var p = ImagePreparation(resolution: resolution, channels: channels)
+        (p.background, p.filter) = (background.map { UInt8(clamping: $0) }, resizeFilter)
+        return p
+    }
+
+    /// Throws for channels other than 1 or 3, a background that is not 3 bytes, or a fraction outside [0, 1).
+    func validate() throws {
+        guard [1, 3].contains(channels) else { throw ConfigError.invalid(path: "data.channels", reason: "must be 1 or 3, got \(channels)") }
+        guard background.count == 3, background.allSatisfy({ (0...255).contains($0) }) else {
+            throw ConfigError.invalid(path: "data.background", reason: "must be three values in 0…255, got \(background)")
+        }
+        guard (0..<1).contains(testFraction) else { throw ConfigError.invalid(path: "data.test_fraction", reason: "must be in [0, 1), got \(testFraction)") }
+        guard resolution >= 1 else { throw ConfigError.invalid(path: "data.resolution", reason: "must be positive, got \(resolution)") }
+    }
+}
+
+/// The stages of `ldm-train pipeline`, in order.
+public enum PipelineStage: String, Codable, Sendable, CaseIterable, Comparable {
+    case prepare, autoencoder, encode, diffusion, sample
+    public static func < (a: Self, b: Self) -> Bool { allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)! }
+}
+
+/// What `ldm-train pipeline` runs.
+public struct PipelineConfig: Codable, Equatable, Sendable {
+    /// The pipeline stops after this stage (e.g. `autoencoder` for data without class labels).
+    public var lastStage = PipelineStage.sample
+    /// Where the stages' runs go (`<checkpoints>/autoencoder`, `<checkpoints>/diffusion`); `--checkpoints` overrides it.
+    public var checkpoints = "Checkpoints"
+    enum CodingKeys: String, CodingKey { case lastStage = "last_stage", checkpoints }
 }
 
 /// Stage 2: the latent diffusion model and how it trains and samples.

@@ -1,3 +1,4 @@
+import Datasets
 import Diffusion
 import Distributed
 import Foundation
@@ -71,6 +72,9 @@ public final class DiffusionTrainer: TrainingStage {
         "diffusion \(stageConfig.name): \(model.parameterCount()) parameters, \(cache.info.count) latents from \(cache.info.autoencoder), "
             + "scale_factor \(String(format: "%.5f", cache.info.scaleFactor)), \(stageConfig.schedule.kind.rawValue) schedule T=\(schedule.timesteps)"
     }
+
+    /// The latent cache is held in memory: nothing to read ahead.
+    func prefetch(_ indices: [Int]) {}
 
     func microBatch(_ indices: [Int], epoch: Int, scale: Float, step: Int) -> [(String, Tally)] {
         let a = stageConfig.model, (c, s) = (a.inChannels, a.imageSize), per = c * s * s

@@ -1,3 +1,4 @@
+import Datasets
 import Distributed
 import Foundation
 import NN
@@ -43,7 +44,7 @@ public enum EncodeStage {
         let say: (String) -> Void = { if comm.isRoot { print($0); fflush(stdout) } }
         let ae = try FrozenAutoencoder.load(path, communicator: comm)
         let dataPath = data ?? ae.config.data.path
-        let split = try ImageDataset.load(dataPath, split: "train")
+        let split = try DatasetSplit.open(dataPath, split: .train)
         let a = ae.config.autoencoder.model
         let batcher = try ImageBatcher(split: split, resolution: a.resolution, flip: false, seed: 0)
         if let limit, limit < 1 { throw DataError("--count must be positive, got \(limit)") }
@@ -56,7 +57,9 @@ public enum EncodeStage {
         var b = rows.lowerBound
         while b < rows.upperBound {
             let indices = Array(b..<min(rows.upperBound, b + 256))
-            let posterior = withoutGradient { ae.model.encode(batcher.images(indices, epoch: nil)) }
+            if indices.last! + 1 < rows.upperBound { batcher.prefetch(Array((indices.last! + 1)..<min(rows.upperBound, indices.last! + 257))) }
+            let x = try batcher.images(indices, epoch: nil)
+            let posterior = withoutGradient { ae.model.encode(x) }
             for (k, _) in indices.enumerated() {   // NHWC → NCHW rows
                 let row = (indices[0] - rows.lowerBound + k) * per
                 for y in 0..<h { for x in 0..<h { for ch in 0..<c {
@@ -86,7 +89,7 @@ public enum EncodeStage {
         (info.count, info.channels, info.height, info.width, info.factor) = (n, c, h, h, a.factor)
         (info.scaleFactor, info.autoencoder, info.dataset, info.split) = (1 / std, ae.identity, dataPath, "train")
         try LatentCache.write(out, rows: LatentCache.Rows(start: rows.lowerBound, mean: mean, logvar: logvar,
-                                                          labels: rows.map { Int32(split.labels[$0]) }, sourceIndex: rows.map { Int64($0) }),
+                                                          labels: rows.map { split.labels[$0] }, sourceIndex: rows.map { Int64($0) }),
                               info: info, communicator: comm)
         let slowest = try comm.allGather(values: [seconds]).max()!
         let rate = Double(n) / slowest

@@ -1,3 +1,4 @@
+import Datasets
 import Distributed
 import Foundation
 import Storage
@@ -9,7 +10,6 @@ import Storage
 public enum Pipeline {
     /// Where the pipeline keeps each stage's output.
     public struct Layout: Sendable {
-        public var fashionMNISTSource = "/usr/share/datasets/fashion-mnist"
         public var autoencoderRun: String
         public var diffusionRun: String
         /// Runs under `checkpoints/autoencoder` and `checkpoints/diffusion`.
@@ -21,16 +21,17 @@ public enum Pipeline {
 
     public static func run(config: Config, layout: Layout = Layout(), communicator comm: Communicator) throws {
         let say: (String) -> Void = { if comm.isRoot { print($0); fflush(stdout) } }
-        // 1. prepare (rank 0 writes; the others wait for a complete file)
+        // 1. prepare, unless the dataset file is there in the current format (every rank takes part)
         var problem = ""
-        if comm.isRoot && !FileManager.default.fileExists(atPath: config.data.path) {
-            say("== prepare: \(layout.fashionMNISTSource) → \(config.data.path)")
-            do { try ImageDataset.prepareFashionMNIST(source: layout.fashionMNISTSource, out: config.data.path) } catch {
-                problem = "\(error)"
-            }
+        if (try? DatasetSplit.open(config.data.path, split: .train)) == nil {
+            say("== prepare: \(config.data.source) → \(config.data.path)")
+            var options = Prepare.Options(source: config.data.source, out: config.data.path, preparation: config.data.preparation)
+            (options.testFraction, options.seed) = (config.data.testFraction, config.seed)
+            say("   " + (try Prepare.run(options, communicator: comm)).description)
+        } else {
+            say("== prepare: \(config.data.path) is there, skipped")
         }
-        problem = try comm.broadcast(problem)
-        guard problem.isEmpty else { throw DataError(problem) }
+        guard config.pipeline.lastStage > .prepare else { return }
         // 2. autoencoder
         let steps = config.autoencoder.training.steps
         if let done = completedStep(layout.autoencoderRun), done >= steps {
@@ -39,10 +40,11 @@ public enum Pipeline {
             say("== autoencoder → \(layout.autoencoderRun)")
             try AutoencoderTrainer(config: config, options: RunOptions(runDirectory: layout.autoencoderRun), communicator: comm).run()
         }
+        guard config.pipeline.lastStage > .autoencoder else { return say("== done (pipeline.last_stage: autoencoder): \(layout.autoencoderRun)") }
         // 3. encode, unless the cache holds this autoencoder's latents of the whole split
         let identity = try CheckpointStore.identity(of: try CheckpointStore.resolve(layout.autoencoderRun))
         let cache = try? LatentCache.info(config.diffusion.latents)
-        let wanted = config.data.trainCount(try ImageDataset.load(config.data.path, split: "train").count)
+        let wanted = config.data.trainCount(try DatasetSplit.open(config.data.path, split: .train).count)
         if let cache, cache.autoencoder == identity, cache.count == wanted {
             say("== encode: \(config.diffusion.latents) holds the latents of \(identity), skipped")
         } else {
@@ -50,6 +52,7 @@ public enum Pipeline {
             try EncodeStage.run(autoencoder: layout.autoencoderRun, data: config.data.path, out: config.diffusion.latents, limit: wanted,
                                 communicator: comm)
         }
+        guard config.pipeline.lastStage > .encode else { return say("== done (pipeline.last_stage: encode): \(config.diffusion.latents)") }
         // 4. diffusion
         if let done = completedStep(layout.diffusionRun), done >= config.diffusion.training.steps {
             say("== diffusion: complete at step \(done) in \(layout.diffusionRun), skipped")
@@ -58,6 +61,7 @@ public enum Pipeline {
             try DiffusionTrainer(config: config, options: RunOptions(runDirectory: layout.diffusionRun), autoencoder: layout.autoencoderRun,
                                  communicator: comm).run()
         }
+        guard config.pipeline.lastStage > .diffusion else { return say("== done (pipeline.last_stage: diffusion): \(layout.diffusionRun)") }
         // 5. sample: a grid and the images with labels, from the EMA weights (rank 0)
         let grid = "\(layout.diffusionRun)/samples.png", images = "\(layout.diffusionRun)/samples.h5"
         if comm.isRoot {

@@ -1,3 +1,4 @@
+import Datasets
 import Diffusion
 import Foundation
 import NN
@@ -80,7 +81,7 @@ public struct LatentSampler {
     public static func writeGrid(_ images: Tensor, rows: Int, to path: String) throws {
         let perRow = images.shape[0] / max(rows, 1)
         let grid = ImageMetrics.grid((0..<rows).map { images.slice(axis: 0, ($0 * perRow)..<(($0 + 1) * perRow)) })
-        try PNG.write(path, width: grid.width, height: grid.height, channels: grid.channels, pixels: grid.pixels)
+        try PNGCodec.write(path, width: grid.width, height: grid.height, channels: grid.channels, pixels: grid.pixels)
     }
 }
 

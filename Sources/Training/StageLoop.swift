@@ -1,3 +1,4 @@
+import Datasets
 import Distributed
 import Foundation
 import NN
@@ -26,7 +27,9 @@ protocol TrainingStage: AnyObject {
     /// Forward and backward of the micro-batch of global sample `indices` of
     /// `epoch`, its gradients scaled by `scale` into the arena; logged quantities
     /// ("loss" first, as the progress line shows them).
-    func microBatch(_ indices: [Int], epoch: Int, scale: Float, step: Int) -> [(String, Tally)]
+    func microBatch(_ indices: [Int], epoch: Int, scale: Float, step: Int) throws -> [(String, Tally)]
+    /// Starts reading what the micro-batch of `indices` needs, before it is asked for.
+    func prefetch(_ indices: [Int])
     /// Rank 0: image grids at `step`.
     func writeImages(step: Int) throws
     /// After the last step: final metrics (every rank takes part), printed and recorded.
@@ -129,7 +132,12 @@ final class StageLoop {
             if micro == plan.accumulate - 1 { sync.beginBackward() }   // gradients are reduced on the last micro-batch only
             let indices = plan.positions(offset: offset, rank: comm.rank, micro: micro).map { order[$0] }
             trace?.record(step: state.step + 1, epoch: epoch, indices: indices)
-            let parts = stage.microBatch(indices, epoch: epoch, scale: 1 / Float(plan.accumulate * comm.size), step: state.step)
+            if micro + 1 < plan.accumulate {   // the next micro-batch's rows, or the next step's, read while this one computes
+                stage.prefetch(plan.positions(offset: offset, rank: comm.rank, micro: micro + 1).map { order[$0] })
+            } else if plan.batchStart(epoch: epoch, offset: offset + plan.globalBatch) == (epoch, offset + plan.globalBatch) {
+                stage.prefetch(plan.positions(offset: offset + plan.globalBatch, rank: comm.rank, micro: 0).map { order[$0] })
+            }
+            let parts = try stage.microBatch(indices, epoch: epoch, scale: 1 / Float(plan.accumulate * comm.size), step: state.step)
             logged = logged.isEmpty ? parts : zip(logged, parts).map { ($0.0, $0.1 + $1.1) }
         }
         try sync.finish()

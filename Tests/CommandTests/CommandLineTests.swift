@@ -2,8 +2,8 @@ import Foundation
 import Storage
 import Testing
 
-/// Runs the release `ldm-train` (built by Launch/test before the tests) in the package root.
-func ldmTrain(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
+/// Runs the release `ldm-train` (built by Launch/test before the tests) in the package root (or `directory`).
+func ldmTrain(_ arguments: [String], in directory: URL = packageRoot) throws -> (status: Int32, out: String, err: String) {
     let binary = packageRoot.appendingPathComponent(".build/release/ldm-train").path
     guard FileManager.default.isExecutableFile(atPath: binary) else {
         throw CocoaError(.fileNoSuchFile, userInfo: [NSLocalizedDescriptionKey: "\(binary) missing: run Launch/test (it builds release first)"])
@@ -11,7 +11,7 @@ func ldmTrain(_ arguments: [String]) throws -> (status: Int32, out: String, err:
     let p = Process()
     p.executableURL = URL(fileURLWithPath: binary)
     p.arguments = arguments
-    p.currentDirectoryURL = packageRoot
+    p.currentDirectoryURL = directory
     var environment = ProcessInfo.processInfo.environment
     environment["LDM_THREADS"] = "1"
     p.environment = environment

@@ -1,3 +1,4 @@
+import Foundation
 import Storage
 import TensorEngine
 
@@ -64,29 +65,37 @@ public struct BatchPlan: Sendable, Equatable {
     }
 }
 
-/// Turns dataset images into model inputs: u8 [C, H, W] → NHWC float in [−1, 1],
-/// zero-padded (−1 after scaling) to the model resolution, optionally flipped left
-/// to right with probability ½ per sample and epoch.
-public struct ImageBatcher {
-    public let split: ImageSplit
+/// Turns dataset rows into model inputs: u8 [C, H, W] → NHWC float in [−1, 1],
+/// zero-padded (−1 after scaling) to the model resolution when smaller (28 → 32 for
+/// Fashion-MNIST), optionally flipped left to right with probability ½ per sample
+/// and epoch. Rows are read from the file when asked for; `prefetch` starts reading
+/// the rows of a coming batch on a background thread, so reading overlaps compute.
+public final class ImageBatcher: @unchecked Sendable {
+    public let split: DatasetSplit
     public let resolution: Int
     public let flip: Bool
     public let seed: Int
+    private let reader: RowPrefetcher
 
-    public init(split: ImageSplit, resolution: Int, flip: Bool, seed: Int) throws {
+    public init(split: DatasetSplit, resolution: Int, flip: Bool, seed: Int) throws {
         guard resolution >= split.height, resolution >= split.width else {
-            throw DataError("images are \(split.height)×\(split.width), larger than the model resolution \(resolution)")
+            throw DataError("\(split.path): images are \(split.height)×\(split.width), larger than the model resolution \(resolution)")
         }
         (self.split, self.resolution, self.flip, self.seed) = (split, resolution, flip, seed)
+        reader = RowPrefetcher(split)
     }
 
+    /// Starts reading the rows `indices` in the background (at most two batches ahead).
+    public func prefetch(_ indices: [Int]) { reader.prefetch(indices) }
+
     /// Images `indices` as [indices.count, R, R, C]; flips drawn for `epoch` (none when nil).
-    public func images(_ indices: [Int], epoch: Int?) -> Tensor {
+    public func images(_ indices: [Int], epoch: Int?) throws -> Tensor {
+        let rows = try reader.images(indices)
         let (c, h, w, r) = (split.channels, split.height, split.width, resolution)
-        let top = (r - h) / 2, left = (r - w) / 2
+        let top = (r - h) / 2, left = (r - w) / 2, per = split.pixelsPerImage
         let out = Tensor(shape: [indices.count, r, r, c], repeating: -1)
         let p = out.pointer
-        split.images.withUnsafeBufferPointer { images in
+        rows.withUnsafeBufferPointer { images in
             for (b, index) in indices.enumerated() {
                 var mirrored = false
                 if flip, let epoch {
@@ -94,11 +103,10 @@ public struct ImageBatcher {
                     sampleStream(seed: seed, .flip, epoch: epoch, index: index).fillUniform(&u, count: 1)
                     mirrored = u < 0.5
                 }
-                let src = index * split.pixelsPerImage
                 for ch in 0..<c {
                     for y in 0..<h {
                         for x in 0..<w {
-                            let v = Float(images[src + (ch * h + y) * w + x]) / 127.5 - 1
+                            let v = Float(images[b * per + (ch * h + y) * w + x]) / 127.5 - 1
                             let ox = left + (mirrored ? w - 1 - x : x)
                             p[((b * r + top + y) * r + ox) * c + ch] = v
                         }
@@ -109,6 +117,47 @@ public struct ImageBatcher {
         return out
     }
 
-    /// Labels of `indices`.
+    /// Labels of `indices` (−1 where a row has none).
     public func labels(_ indices: [Int]) -> [Int] { indices.map { Int(split.labels[$0]) } }
+}
+
+/// Reads rows of a split on one background thread, a bounded number of batches
+/// ahead; a batch not asked for in advance is read when it is needed.
+final class RowPrefetcher: @unchecked Sendable {
+    private final class Pending: @unchecked Sendable {
+        let rows: [Int]
+        var result: Result<[UInt8], Error>?
+        let done = DispatchSemaphore(value: 0)
+        init(_ rows: [Int]) { self.rows = rows }
+    }
+
+    private let split: DatasetSplit
+    private let queue = DispatchQueue(label: "swiftldm.rows")
+    private let lock = NSLock()
+    private var pending: [Pending] = []
+    static let depth = 2
+
+    init(_ split: DatasetSplit) { self.split = split }
+
+    func prefetch(_ rows: [Int]) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !pending.contains(where: { $0.rows == rows }) else { return }
+        if pending.count == Self.depth { pending.removeFirst() }
+        let job = Pending(rows)
+        pending.append(job)
+        queue.async { [split] in
+            job.result = Result { try split.images(rows) }
+            job.done.signal()
+        }
+    }
+
+    func images(_ rows: [Int]) throws -> [UInt8] {
+        lock.lock()
+        let job = pending.firstIndex { $0.rows == rows }.map { pending.remove(at: $0) }
+        lock.unlock()
+        guard let job else { return try split.images(rows) }
+        job.done.wait()
+        return try job.result!.get()
+    }
 }

@@ -1,0 +1,203 @@
+import Distributed
+import Foundation
+import Storage
+
+/// The splits of a dataset file.
+public enum Split: String, CaseIterable, Sendable, Codable {
+    case train, test
+}
+
+/// One row of a dataset: an image and whatever describes it, each part optional
+/// but the image.
+public struct DatasetRow: Sendable, Equatable {
+    /// [C, H, W] bytes.
+    public var image: [UInt8]
+    /// −1: no label.
+    public var label: Int32 = -1
+    /// "": no caption.
+    public var caption = ""
+    /// Where the row came from (a path relative to the source folder, or an IDX file and index).
+    public var fileName: String
+
+    public init(image: [UInt8], label: Int32 = -1, caption: String = "", fileName: String) {
+        (self.image, self.label, self.caption, self.fileName) = (image, label, caption, fileName)
+    }
+}
+
+/// Rows of one split held column by column, as they are stored.
+public struct DatasetColumns: Sendable {
+    public var images: [UInt8] = []
+    public var labels: [Int32] = []
+    public var captions: [String] = []
+    public var fileNames: [String] = []
+    public var count: Int { labels.count }
+    public init() {}
+
+    public mutating func append(_ row: DatasetRow) {
+        images += row.image
+        labels.append(row.label)
+        captions.append(row.caption)
+        fileNames.append(row.fileName)
+    }
+}
+
+/// A dataset file (`ldm-train prepare`): per split `images` [N, C, H, W] u8 chunked
+/// by rows, `labels` [N] i32 (−1: none), `captions` [N] and `file_name` [N] UTF-8
+/// strings; `skipped/file_name` and `skipped/reason` for images `--skip-invalid`
+/// left out; the class names and the preparation settings as attributes. A
+/// prepare by several ranks writes one shard per rank beside the file, in
+/// `<file>.shards/`, and the file itself maps them as virtual datasets.
+public enum DatasetFile {
+    public static let format = "swiftldm-dataset"
+    public static let version: Int64 = 2
+
+    /// What the file says about itself.
+    public struct Description: Sendable, Equatable {
+        public var classNames: [String] = []
+        public var source = ""
+        /// Preparation settings (resolution, channels, background, filter, split rule).
+        public var settings: [Setting] = []
+        public init() {}
+    }
+
+    /// One preparation setting, stored as an attribute of its own type.
+    public struct Setting: Sendable, Equatable {
+        public enum Value: Sendable, Equatable { case text(String), integer(Int64), real(Double) }
+        public var key: String, value: Value
+        public init(_ key: String, _ value: Value) { (self.key, self.value) = (key, value) }
+    }
+
+    /// Rows per chunk for images of `rowBytes`: chunks of about 64 KiB, so a random
+    /// row costs a small read.
+    static func chunkRows(rowBytes: Int) -> Int { max(1, 65536 / max(rowBytes, 1)) }
+
+    static func writeColumns(_ file: HDF5File, _ split: Split, _ columns: DatasetColumns, shape: [Int]) throws {
+        let rowBytes = shape.reduce(1, *)
+        try file.write("\(split)/images", shape: [columns.count] + shape, columns.images, chunkRows: chunkRows(rowBytes: rowBytes))
+        try file.write("\(split)/labels", shape: [columns.count], columns.labels, chunkRows: 16384)
+        try file.writeStrings("\(split)/captions", columns.captions)
+        try file.writeStrings("\(split)/file_name", columns.fileNames)
+    }
+
+    static func writeDescription(_ file: HDF5File, _ d: Description, skipped: [(String, String)]) throws {
+        try file.writeStrings("skipped/file_name", skipped.map(\.0))
+        try file.writeStrings("skipped/reason", skipped.map(\.1))
+        try file.setAttribute("format", format)
+        try file.setAttribute("format_version", version)
+        try file.setAttribute("class_names", d.classNames)
+        try file.setAttribute("source", d.source)
+        for setting in d.settings {
+            switch setting.value {
+            case .text(let v): try file.setAttribute(setting.key, v)
+            case .integer(let v): try file.setAttribute(setting.key, v)
+            case .real(let v): try file.setAttribute(setting.key, v)
+            }
+        }
+        try file.setAttribute("created", ISO8601DateFormatter().string(from: Date()))
+    }
+
+    /// Writes a whole dataset from one process: to `<out>.partial`, then renamed.
+    public static func write(_ out: String, splits: [Split: DatasetColumns], shape: [Int], description: Description,
+                             skipped: [(String, String)] = []) throws {
+        try Published(out).write { partial, _ in
+            let file = try HDF5File.create(partial)
+            for split in Split.allCases { try writeColumns(file, split, splits[split] ?? DatasetColumns(), shape: shape) }
+            try writeDescription(file, description, skipped: skipped)
+            try file.close()
+        }
+    }
+
+    /// Writes a dataset with every rank: rank r's rows of each split (in rank order,
+    /// the rows of the whole split) go to shard r, rank 0 writes the file that maps
+    /// them, and the file appears only when all of it is complete. `skipped` is this
+    /// rank's list; all ranks' lists are kept, in rank order.
+    public static func write(_ out: String, rankSplits: [Split: DatasetColumns], shape: [Int], description: Description,
+                             skipped: [(String, String)], communicator comm: Communicator) throws {
+        let published = Published(out)
+        var problem = comm.isRoot ? published.prepare() : ""
+        problem = try comm.broadcast(problem)
+        guard problem.isEmpty else { throw DataError(problem) }
+        let shard = CheckpointStore.shardName(rank: comm.rank, of: comm.size)
+        do {
+            let file = try HDF5File.create("\(published.partialShards)/\(shard)")
+            for split in Split.allCases { try writeColumns(file, split, rankSplits[split] ?? DatasetColumns(), shape: shape) }
+            try file.close()
+        } catch { problem = "rank \(comm.rank): \(error)" }
+        guard try comm.all(problem.isEmpty) else {
+            if comm.isRoot { published.discard() }
+            throw DataError("\(out): writing the shards failed: \(problem)")
+        }
+        let counts = try comm.allGather(values: Split.allCases.map { Int64(rankSplits[$0]?.count ?? 0) })
+        let allSkipped = try comm.allGather(strings: skipped.flatMap { [$0.0, $0.1] })
+        if comm.isRoot {
+            do {
+                try published.write { partial, shardsDirectory in
+                    let file = try HDF5File.create(partial)
+                    for (s, split) in Split.allCases.enumerated() {
+                        var sources: [(String) -> VirtualSource] = [], start = 0
+                        for r in 0..<comm.size {
+                            let n = Int(counts[r * Split.allCases.count + s]), rows = start..<(start + n)
+                            let name = "\(shardsDirectory)/\(CheckpointStore.shardName(rank: r, of: comm.size))"
+                            sources.append { VirtualSource(file: name, dataset: "\(split)/\($0)", rows: rows) }
+                            start += n
+                        }
+                        try file.writeVirtual("\(split)/images", shape: [start] + shape, type: UInt8.self, sources: sources.map { $0("images") })
+                        try file.writeVirtual("\(split)/labels", shape: [start], type: Int32.self, sources: sources.map { $0("labels") })
+                        for column in ["captions", "file_name"] {
+                            try file.writeVirtualStrings("\(split)/\(column)", count: start, sources: sources.map { $0(column) })
+                        }
+                    }
+                    let pairs = allSkipped.flatMap { list in stride(from: 0, to: list.count - 1, by: 2).map { (list[$0], list[$0 + 1]) } }
+                    try writeDescription(file, description, skipped: pairs)
+                    try file.close()
+                }
+            } catch { problem = "\(error)" }
+        }
+        problem = try comm.broadcast(problem)
+        guard problem.isEmpty else { throw DataError("\(out): \(problem)") }
+    }
+}
+
+/// A file and its shard directory made visible together: both are written under
+/// `.partial` names, the shards renamed first, the file last, so `path` existing
+/// means the whole dataset does.
+struct Published {
+    let path: String
+    init(_ path: String) { self.path = path }
+    var shards: String { path + ".shards" }
+    var partialShards: String { path + ".shards.partial" }
+    var partial: String { path + ".partial" }
+
+    /// Removes leftovers of an interrupted write and makes the partial shard directory;
+    /// returns a problem, or "".
+    func prepare() -> String {
+        do {
+            let directory = (path as NSString).deletingLastPathComponent
+            if !directory.isEmpty { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+            for leftover in [partial, partialShards] { try? FileManager.default.removeItem(atPath: leftover) }
+            try FileManager.default.createDirectory(atPath: partialShards, withIntermediateDirectories: true)
+            return ""
+        } catch { return "\(path): cannot prepare the output (\((error as NSError).localizedDescription))" }
+    }
+
+    func discard() { for leftover in [partial, partialShards] { try? FileManager.default.removeItem(atPath: leftover) } }
+
+    /// Runs `body(partialFile, shardsDirectoryName)` and publishes; on failure removes the partial output.
+    func write(_ body: (String, String) throws -> Void) throws {
+        if !FileManager.default.fileExists(atPath: partialShards) {
+            let problem = prepare()
+            guard problem.isEmpty else { throw DataError(problem) }
+        }
+        do {
+            try body(partial, (shards as NSString).lastPathComponent)
+            let manager = FileManager.default
+            for old in [path, shards] where manager.fileExists(atPath: old) { try manager.removeItem(atPath: old) }
+            let shardFiles = try manager.contentsOfDirectory(atPath: partialShards)
+            if shardFiles.isEmpty { try manager.removeItem(atPath: partialShards) } else { try manager.moveItem(atPath: partialShards, toPath: shards) }
+            try manager.moveItem(atPath: partial, toPath: path)
+        } catch {
+            discard()
+            throw error
+        }
+    }
+}

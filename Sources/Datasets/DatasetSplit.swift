@@ -1,0 +1,77 @@
+import Foundation
+import Storage
+
+/// One split of a dataset file, read row by row: only its labels (4 bytes a row)
+/// are held in memory; images, captions and file names are read for the rows asked.
+public final class DatasetSplit: @unchecked Sendable {
+    public let path: String
+    public let split: Split
+    public let count: Int, channels: Int, height: Int, width: Int
+    /// [count], −1 where a row has no label.
+    public let labels: [Int32]
+    public let classNames: [String]
+    private let file: HDF5File
+
+    public var pixelsPerImage: Int { channels * height * width }
+
+    private init(path: String, split: Split, file: HDF5File, shape: [Int], labels: [Int32], classNames: [String]) {
+        (self.path, self.split, self.file, self.labels, self.classNames) = (path, split, file, labels, classNames)
+        (count, channels, height, width) = (shape[0], shape[1], shape[2], shape[3])
+    }
+
+    /// Opens `split` of the dataset file at `path`, checking its format and shapes.
+    public static func open(_ path: String, split: Split) throws -> DatasetSplit {
+        let file: HDF5File
+        do { file = try HDF5File.open(path) } catch let e as HDF5Error {
+            throw DataError("\(path): cannot open the dataset (\(e.detail)); make it with 'ldm-train prepare'")
+        }
+        guard try file.stringAttribute("format") == DatasetFile.format else {
+            throw DataError("\(path): not a dataset made by 'ldm-train prepare' (no format attribute \(DatasetFile.format))")
+        }
+        let version = try file.attribute("format_version", as: Int64.self) ?? 0
+        guard version == DatasetFile.version else {
+            throw DataError("\(path): dataset format version \(version), this ldm-train reads \(DatasetFile.version); run 'ldm-train prepare' again")
+        }
+        let keys = ["images", "labels", "captions", "file_name"].map { "\(split)/\($0)" }
+        for key in keys where !file.exists(key) { throw DataError("\(path): no dataset '\(key)'") }
+        let shape = try file.shape(of: keys[0])
+        guard shape.count == 4, shape[1] >= 1, shape[2] >= 1, shape[3] >= 1, try file.elementType(of: keys[0]) == "u8" else {
+            throw DataError("\(path): '\(keys[0])' is \(try file.elementType(of: keys[0])) \(shape), expected u8 [N, C, H, W]")
+        }
+        guard try file.shape(of: keys[1]) == [shape[0]], try file.elementType(of: keys[1]) == "i32" else {
+            throw DataError("\(path): '\(keys[1])' is \(try file.elementType(of: keys[1])) \(try file.shape(of: keys[1])), expected i32 [\(shape[0])]")
+        }
+        for key in keys.suffix(2) where try file.shape(of: key) != [shape[0]] || !file.isStringDataset(key) {
+            throw DataError("\(path): '\(key)' is not [\(shape[0])] strings")
+        }
+        let labels = shape[0] > 0 ? try file.read(keys[1], as: Int32.self).values : []
+        return DatasetSplit(path: path, split: split, file: file, shape: shape, labels: labels,
+                            classNames: try file.stringArrayAttribute("class_names") ?? [])
+    }
+
+    /// Images of `rows` (any order) as [rows.count, C, H, W] bytes.
+    public func images(_ rows: [Int]) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: rows.count * pixelsPerImage)
+        guard !rows.isEmpty else { return out }
+        try out.withUnsafeMutableBufferPointer { try file.read("\(split)/images", rowList: rows, into: $0) }
+        return out
+    }
+
+    public func captions(_ rows: [Int]) throws -> [String] { try file.readStrings("\(split)/captions", rowList: rows) }
+    public func fileNames(_ rows: [Int]) throws -> [String] { try file.readStrings("\(split)/file_name", rowList: rows) }
+
+    /// The rows `rows` whole.
+    public func rows(_ rows: [Int]) throws -> [DatasetRow] {
+        let (images, captions, names) = (try images(rows), try captions(rows), try fileNames(rows))
+        return rows.indices.map { i in
+            DatasetRow(image: Array(images[(i * pixelsPerImage)..<((i + 1) * pixelsPerImage)]), label: labels[rows[i]],
+                       caption: captions[i], fileName: names[i])
+        }
+    }
+
+    /// The images skipped at preparation (`--skip-invalid`), with their reasons.
+    public func skipped() throws -> [(fileName: String, reason: String)] {
+        guard file.exists("skipped/file_name") else { return [] }
+        return Array(zip(try file.readStrings("skipped/file_name"), try file.readStrings("skipped/reason")))
+    }
+}

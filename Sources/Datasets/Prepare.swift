@@ -1,0 +1,112 @@
+import Distributed
+import Foundation
+import Storage
+
+/// `ldm-train prepare`: a folder of Fashion-MNIST IDX files or of images becomes a
+/// dataset file. An image folder is prepared by every rank: each decodes its slice
+/// of every split and writes a shard, so the result does not depend on the number
+/// of ranks.
+public enum Prepare {
+    public struct Options: Sendable {
+        public var source: String
+        public var out: String
+        public var preparation: ImagePreparation
+        /// Held out as the test split when the folder has no train/ and test/.
+        public var testFraction = 0.05
+        public var seed = 0
+        /// Skip images that do not decode (listed in the file) instead of stopping.
+        public var skipInvalid = false
+        public init(source: String, out: String, preparation: ImagePreparation) {
+            (self.source, self.out, self.preparation) = (source, out, preparation)
+        }
+    }
+
+    /// What a prepare made.
+    public struct Summary: Sendable {
+        public var rows: [Split: Int] = [:]
+        public var classNames: [String] = []
+        public var skipped: [(fileName: String, reason: String)] = []
+        /// Images decoded and written per second, per rank (slowest rank's time).
+        public var imagesPerSecondPerRank = 0.0
+
+        public var description: String {
+            let counts = Split.allCases.map { "\($0) \(rows[$0] ?? 0)" }.joined(separator: ", ")
+            return "\(counts) rows" + (classNames.isEmpty ? "" : ", \(classNames.count) classes")
+                + (skipped.isEmpty ? "" : "; skipped \(skipped.count) invalid image(s)")
+                + (imagesPerSecondPerRank > 0 ? String(format: "; %.0f img/s per rank", imagesPerSecondPerRank) : "")
+        }
+    }
+
+    @discardableResult
+    public static func run(_ options: Options, communicator comm: Communicator) throws -> Summary {
+        if FashionMNIST.isSource(options.source) {
+            var problem = ""
+            if comm.isRoot { do { try FashionMNIST.prepare(source: options.source, out: options.out) } catch { problem = "\(error)" } }
+            problem = try comm.broadcast(problem)
+            guard problem.isEmpty else { throw DataError(problem) }
+            return Summary(rows: [.train: 60000, .test: 10000], classNames: FashionMNIST.classNames)
+        }
+        return try imageFolder(options, comm)
+    }
+
+    static func imageFolder(_ options: Options, _ comm: Communicator) throws -> Summary {
+        let p = options.preparation
+        guard [1, 3].contains(p.channels), p.resolution >= 1, p.background.count == 3 else {
+            throw DataError("prepare: channels must be 1 or 3 and resolution positive, got \(p.channels) and \(p.resolution)")
+        }
+        // Rank 0 scans the folder; every rank gets the same list.
+        var listing = "", problem = ""
+        if comm.isRoot {
+            do {
+                let folder = try ImageFolder(options.source, testFraction: options.testFraction, seed: options.seed)
+                listing = String(decoding: try JSONEncoder().encode(Listing(items: folder.items, classNames: folder.classNames)), as: UTF8.self)
+            } catch { problem = "\(error)" }
+        }
+        problem = try comm.broadcast(problem)
+        guard problem.isEmpty else { throw DataError(problem) }
+        let folder = try JSONDecoder().decode(Listing.self, from: Data(try comm.broadcast(listing).utf8))
+        // Each rank decodes its contiguous slice of every split.
+        let start = Date()
+        var columns: [Split: DatasetColumns] = [:], skipped: [(String, String)] = []
+        for split in Split.allCases {
+            let items = folder.items.filter { $0.split == split }
+            var own = DatasetColumns()
+            for item in items[(comm.rank * items.count / comm.size)..<((comm.rank + 1) * items.count / comm.size)] where problem.isEmpty {
+                do {
+                    let image = try DecodedImage.read(item.path)
+                    own.append(DatasetRow(image: p.apply(image), label: item.label, caption: item.caption, fileName: item.fileName))
+                } catch {
+                    if options.skipInvalid { skipped.append((item.fileName, "\(error)")) } else { problem = "\(error)" }
+                }
+            }
+            columns[split] = own
+        }
+        let problems = try comm.allGather(strings: [problem]).flatMap { $0 }.filter { !$0.isEmpty }
+        if let first = problems.first { throw DataError(first + (options.skipInvalid ? "" : " (--skip-invalid skips such images)")) }
+        let rows = try comm.allGather(values: Split.allCases.map { Int64(columns[$0]!.count) })
+        let totals = Dictionary(uniqueKeysWithValues: Split.allCases.enumerated().map { s in
+            (s.element, stride(from: s.offset, to: rows.count, by: Split.allCases.count).map { Int(rows[$0]) }.reduce(0, +))
+        })
+        guard totals[.train]! > 0 else { throw DataError("\(options.source): no image of the train split could be read") }
+        var description = DatasetFile.Description()
+        description.classNames = folder.classNames
+        description.source = options.source
+        description.settings = [
+            .init("resolution", .integer(Int64(p.resolution))), .init("channels", .integer(Int64(p.channels))),
+            .init("background", .text(p.background.map(String.init).joined(separator: ","))),
+            .init("resize_filter", .text(p.filter.rawValue)), .init("test_fraction", .real(options.testFraction)),
+            .init("split_seed", .integer(Int64(options.seed))),
+        ]
+        try DatasetFile.write(options.out, rankSplits: columns, shape: [p.channels, p.resolution, p.resolution], description: description,
+                              skipped: skipped, communicator: comm)
+        let seconds = try comm.allGather(values: [Date().timeIntervalSince(start)]).max()!
+        let allSkipped = try DatasetSplit.open(options.out, split: .train).skipped()
+        return Summary(rows: totals, classNames: folder.classNames, skipped: allSkipped,
+                       imagesPerSecondPerRank: Double(totals.values.reduce(0, +) + allSkipped.count) / seconds / Double(comm.size))
+    }
+
+    struct Listing: Codable {
+        var items: [ImageFolder.Item]
+        var classNames: [String]
+    }
+}
