@@ -115,6 +115,9 @@ final class StageLoop {
         let metrics = try stage.finish()
         var fields: [String: Any] = ["step": state.step]
         for (k, v) in metrics { fields[k] = v }
+        let peak = try comm.allGather(values: [ModelBenchmark.peakResidentMiB()]).max()!
+        log.say(String(format: "peak resident memory %.0f MiB (largest rank)", peak))
+        fields["peak_rss_mib"] = peak
         log.record(fields)
         if comm.isRoot { try Pipeline.markComplete(options.runDirectory, step: state.step, metrics: metrics) }
         return metrics

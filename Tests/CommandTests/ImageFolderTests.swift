@@ -3,6 +3,7 @@ import Foundation
 import Storage
 import Testing
 import TestSupport
+import Training
 
 let scripts = packageRoot.appendingPathComponent("Tests/Scripts").path
 
@@ -128,5 +129,27 @@ struct ImageFolderTests {
         let skipped = try train.skipped()
         #expect(skipped.map(\.fileName).sorted() == ["cat/truncated.png", "dog/notes.png"])
         #expect(skipped.allSatisfy { $0.reason.contains($0.fileName) })
+    }
+
+    @Test("ldm-train runs outside the repository: with no config it prepares Fashion-MNIST under the current directory; an image-folder recipe runs prepare and the autoencoder there")
+    func anyDirectory() throws {
+        let here = temporaryDirectory()
+        let prepared = try ldmTrain(["prepare"], in: here)
+        #expect(prepared.status == 0, "\(prepared.err)")
+        #expect(try DatasetSplit.open(here.appendingPathComponent("Datasets/fashion-mnist.h5").path, split: .test).count == 10000)
+        let folder = try imageFolder()
+        let config = here.appendingPathComponent("pets.yaml").path
+        try """
+            data: {path: Datasets/pets.h5, source: \(folder), resolution: 16, channels: 3, flip: false}
+            autoencoder:
+              model: {in_channels: 3, out_ch: 3, resolution: 16, ch: 32, ch_mult: [1, 2], z_channels: 2, embed_dim: 2}
+              training: {steps: 2, batch_size: 4, log_every: 1, image_every: 2, checkpoint_every: 2, eval_images: 1}
+            pipeline: {last_stage: autoencoder}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let run = try ldmTrain(["pipeline", "--config", config], in: here)
+        #expect(run.status == 0, "\(run.err)")
+        #expect(run.out.contains("train 11, test 1 rows, 2 classes") && run.out.contains("last_stage: autoencoder"), "\(run.out)")
+        #expect(Pipeline.completedStep(here.appendingPathComponent("Checkpoints/autoencoder").path) == 2)
+        #expect(FileManager.default.fileExists(atPath: here.appendingPathComponent("Checkpoints/autoencoder/reconstructions-00000002.png").path))
     }
 }
