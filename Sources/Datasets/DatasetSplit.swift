@@ -44,6 +44,10 @@ public final class DatasetSplit: @unchecked Sendable {
         for key in keys.suffix(2) where try file.shape(of: key) != [shape[0]] || !file.isStringDataset(key) {
             throw DataError("\(path): '\(key)' is not [\(shape[0])] strings")
         }
+        let directory = (path as NSString).deletingLastPathComponent
+        for source in try file.virtualSources(of: keys[0]) where !FileManager.default.fileExists(atPath: "\(directory)/\(source.file)") {
+            throw DataError("\(path): its shard \(directory)/\(source.file) is missing (keep \((path as NSString).lastPathComponent).shards/ beside the file)")
+        }
         let labels = shape[0] > 0 ? try file.read(keys[1], as: Int32.self).values : []
         return DatasetSplit(path: path, split: split, file: file, shape: shape, labels: labels,
                             classNames: try file.stringArrayAttribute("class_names") ?? [])

@@ -520,6 +520,7 @@ public final class HDF5File {
         return try HDF5Lock.locked {
             guard let attr = try openAttribute(name, on: object) else { return nil }
             defer { H5Aclose(attr) }
+            try checkScalar(attr, "\(object) @\(name)")
             let type = H5Aget_type(attr)
             defer { H5Tclose(type) }
             guard H5Tget_class(type) == H5T_STRING else {
@@ -543,6 +544,7 @@ public final class HDF5File {
         return try HDF5Lock.locked {
             guard let attr = try openAttribute(name, on: object) else { return nil }
             defer { H5Aclose(attr) }
+            try checkScalar(attr, "\(object) @\(name)")
             var value = [T](unsafeUninitializedCapacity: 1) { _, n in n = 1 }
             let status = value.withUnsafeMutableBufferPointer { H5Aread(attr, T.nativeType, $0.baseAddress) }
             guard status >= 0 else { throw Self.error(path, "\(object) @\(name)", "read attribute") }
@@ -571,6 +573,16 @@ public final class HDF5File {
         var info = H5O_info_t()
         guard H5Oget_info_by_name2(id, object, &info, UInt32(H5O_INFO_NUM_ATTRS), shim_H5P_DEFAULT()) >= 0 else { return 0 }
         return Int(info.num_attrs)
+    }
+
+    /// Throws unless the attribute holds one value (a read of more would overrun the buffer).
+    private func checkScalar(_ attr: hid_t, _ object: String) throws {
+        let space = H5Aget_space(attr)
+        defer { H5Sclose(space) }
+        let count = H5Sget_simple_extent_npoints(space)
+        guard count == 1 else {
+            throw HDF5Error(file: path, object: object, operation: "read attribute", detail: "holds \(count) values, not one")
+        }
     }
 
     private func openDataset(_ name: String) throws -> hid_t {

@@ -60,15 +60,48 @@ public enum Inspect {
 
     static func file(_ path: String) throws -> String {
         let f = try HDF5File.open(path)
-        var lines = ["\(path): HDF5 file" + (f.exists("train/images") ? " (image dataset)" : "")]
+        var lines = ["\(path): HDF5 file" + (f.exists("train/images") ? " (dataset)" : "")]
         for name in try f.datasetNames() {
             lines.append("  \(name): \(try f.elementType(of: name)) \(try f.shape(of: name))")
         }
         for name in f.attributeNames() {
-            let value = (try? f.stringAttribute(name)).flatMap { $0 } ?? "(number)"
+            let list = (try? f.stringArrayAttribute(name)).flatMap { $0 }.map { "[\($0.joined(separator: ", "))]" }
+            let number = (try? f.attribute(name, as: Double.self)).flatMap { $0 }.map { String(format: "%g", $0) }
+            let value = (try? f.stringAttribute(name)).flatMap { $0 } ?? number ?? list ?? "?"
             lines.append("  @\(name): \(value.prefix(120))")
         }
+        if try f.stringAttribute("format") == "swiftldm-dataset" {
+            lines.append("  verification: " + ((try? verifyRows(f)).map { "FAILED: \($0)" } ?? "ok (every shard present, checksums of every chunk)"))
+        }
         return lines.joined(separator: "\n")
+    }
+
+    /// The first problem found reading every row of every numeric dataset (a missing shard
+    /// would read as zeros, so shards are checked first); nil when all is well.
+    static func verifyRows(_ f: HDF5File) throws -> String? {
+        let directory = (f.path as NSString).deletingLastPathComponent
+        for name in try f.datasetNames() {
+            for source in try f.virtualSources(of: name) where !FileManager.default.fileExists(atPath: "\(directory)/\(source.file)") {
+                return "\(name): its shard \(directory)/\(source.file) is missing"
+            }
+            let shape = try f.shape(of: name), type = try f.elementType(of: name)
+            guard let rows = shape.first, type == "u8" || type == "i32" else { continue }
+            let per = shape.dropFirst().reduce(1, *), block = max(1, (1 << 24) / max(per, 1))
+            var buffer = [Int32](repeating: 0, count: block * per)
+            for start in stride(from: 0, to: rows, by: block) {
+                let range = start..<min(rows, start + block)
+                do {
+                    try buffer.withUnsafeMutableBytes { raw in
+                        if type == "u8" {
+                            try f.read(name, rows: range, into: UnsafeMutableBufferPointer(start: raw.baseAddress!.assumingMemoryBound(to: UInt8.self), count: range.count * per))
+                        } else {
+                            try f.read(name, rows: range, into: UnsafeMutableBufferPointer(start: raw.baseAddress!.assumingMemoryBound(to: Int32.self), count: range.count * per))
+                        }
+                    }
+                } catch { return "\(error)" }
+            }
+        }
+        return nil
     }
 
     private static func tensorSummary(_ index: HDF5File, skip: String?) throws -> String {

@@ -84,6 +84,12 @@ struct ImageFolderTests {
                 == ["shard-00000-of-00002.h5", "shard-00001-of-00002.h5"])
         #expect(try DatasetSplit.open(two, split: .test).count == 3)
         #expect(try datasetContents(one) == datasetContents(two))
+        #expect(try ldmTrain(["inspect", two]).out.contains("verification: ok"))
+        // Without its shard the file would read zeros: opening and inspect say which shard is missing.
+        try FileManager.default.removeItem(atPath: two + ".shards/shard-00001-of-00002.h5")
+        let e = #expect(throws: DataError.self) { try DatasetSplit.open(two, split: .train) }
+        #expect(e?.description.contains("shard-00001-of-00002.h5 is missing") == true)
+        #expect(try ldmTrain(["inspect", two]).out.contains("verification: FAILED"))
     }
 
     @Test("bad input: one line naming the file (and line), a non-zero exit, no output left behind", arguments: [
