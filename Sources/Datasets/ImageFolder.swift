@@ -4,7 +4,7 @@ import Storage
 /// A folder of images laid out as torchvision's ImageFolder and the Hugging Face
 /// imagefolder loader expect:
 /// - `*.png`, `*.jpg`, `*.jpeg` (any case), found recursively, in byte order of their paths;
-/// - `train/` and `test/` subfolders give the splits; otherwise a seeded fraction is held out;
+/// - `train/` and `test/` subfolders give the splits; without `test/`, a seeded fraction is held out;
 /// - first-level subfolders (of the folder or of each split) give class labels when
 ///   every image sits in one, their names sorted;
 /// - an optional `metadata.jsonl` (in the folder or a split folder) gives per file
@@ -66,7 +66,7 @@ public struct ImageFolder: Sendable {
             }
             return Item(path: root + "/" + fileName, fileName: fileName, split: f.split ?? .train, label: label, caption: entry?.text ?? "")
         }
-        if splitFolders.isEmpty { Self.holdOut(&items, fraction: testFraction, seed: seed) }
+        if !splitFolders.contains(.test) { Self.holdOut(&items, fraction: testFraction, seed: seed) }   // no test/: hold some out
         self.items = items
     }
 
