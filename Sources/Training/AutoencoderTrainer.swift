@@ -85,9 +85,11 @@ public final class AutoencoderTrainer: TrainingStage {
         return out
     }
 
-    /// Inputs (first 8 test images) above their reconstructions (posterior mean).
+    /// Inputs (8 test images spread over the split, which is in file order) above their
+    /// reconstructions (posterior mean).
     func writeImages(step n: Int) throws {
-        let x = try test.images(Array(0..<min(8, test.split.count)), epoch: nil)
+        let count = test.split.count, shown = min(8, count)
+        let x = try test.images((0..<shown).map { $0 * count / shown }, epoch: nil)
         let y = withoutGradient { step.model.decode(step.model.encode(x).mean) }
         let grid = ImageMetrics.grid([x, y])
         try PNGCodec.write("\(options.runDirectory)/reconstructions-\(String(format: "%08d", n)).png", width: grid.width,
