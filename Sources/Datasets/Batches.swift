@@ -9,7 +9,7 @@ public enum SampleRandomness: UInt64, Sendable {
 
 /// The random stream of one training sample for one purpose: a pure function of
 /// (seed, purpose, epoch, global sample index), never of the rank or the number
-/// of ranks (DESIGN.md, invariant 2).
+/// of ranks, so any world size trains the same model (ARCHITECTURE.md, "Data").
 public func sampleStream(seed: Int, _ purpose: SampleRandomness, epoch: Int, index: Int) -> RandomStream {
     precondition(index >= 0 && index < 1 << 32 && epoch >= 0 && epoch < 1 << 24,
                  "sample stream out of range: epoch \(epoch), index \(index)")

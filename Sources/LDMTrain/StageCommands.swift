@@ -6,7 +6,7 @@ import Storage
 import TensorEngine
 import Training
 
-/// Options every training command shares (DESIGN.md, "The command line").
+/// Options every training command shares (README.md, "The command line").
 struct TrainingOptions: ParsableArguments {
     @Option(help: "Config file (YAML; default: the built-in Fashion-MNIST recipe, Launch/configs/fmnist.yaml).") var config: String?
     @Option(help: "Train until global optimizer step N.") var steps: Int?

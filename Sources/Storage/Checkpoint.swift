@@ -65,7 +65,7 @@ public enum CheckpointError: Error, CustomStringConvertible {
     }
 }
 
-/// Sharded, atomic checkpoints in `<run>/step-<N>/` (DESIGN.md, "Files on disk"):
+/// Sharded, atomic checkpoints in `<run>/step-<N>/` (ARCHITECTURE.md, "Storage formats"):
 /// every rank writes a byte-balanced share of the tensors to its own shard file;
 /// once all shards are on disk and their sizes and CRC-32s gathered, rank 0 writes
 /// index.h5 (attributes and one virtual dataset per tensor), renames

@@ -1,7 +1,7 @@
 import Distributed
 import Foundation
 
-/// The latent cache z = E(x) (DESIGN.md, "Files on disk"): every rank writes the
+/// The latent cache z = E(x) (ARCHITECTURE.md, "Storage formats"): every rank writes the
 /// rows it encoded to `shard-<r>-of-<R>.h5`; `index.h5` stitches them with virtual
 /// datasets `mean` and `logvar` [N, c, h, w] f32 (NCHW, as PyTorch holds them),
 /// `label` [N] i32 and `source_index` [N] i64, and records where they came from.

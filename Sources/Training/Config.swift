@@ -132,7 +132,7 @@ public struct SamplingConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey { case sampler, steps, eta, guidance, perClass = "per_class", seed }
 }
 
-/// How gradients are averaged over ranks (DESIGN.md, "Distribution").
+/// How gradients are averaged over ranks (README.md, "Ranks").
 public struct DistributedConfig: Codable, Equatable, Sendable {
     /// The first bucket is small so communication starts early in backward.
     public var firstBucketMiB = 1.0

@@ -75,7 +75,7 @@ public struct OpShape: Codable, Sendable {
 }
 
 /// Every conv and matmul shape of the two reference models at batch `n`, derived
-/// from their architectures (DESIGN.md, issues 3 and 6):
+/// from their architectures (the reference recipe, Launch/configs/fmnist.yaml):
 /// - autoencoder "kl-f4-fmnist": 1×32×32 input, ch 64, ch_mult [1, 2, 4], one res
 ///   block, mid-block attention, z_channels 4 (double_z), embed_dim 4;
 /// - UNet "ldm-fmnist": 4×8×8 latents, model_channels 64, channel_mult [1, 2], two res

@@ -2,7 +2,7 @@ import Testing
 import TensorEngine
 import TestSupport
 
-/// Invariant 1 of DESIGN.md: every differentiable op's backward agrees with
+/// Every differentiable op's backward agrees with
 /// central differences. The engine is float32, so the loss Σ r ⊙ f(x) is summed in
 /// Double and compared with a stated relative tolerance.
 @Suite("Gradients")
