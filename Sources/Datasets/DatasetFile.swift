@@ -44,9 +44,9 @@ public struct DatasetColumns: Sendable {
 /// A dataset file (`ldm-train prepare`): per split `images` [N, C, H, W] u8 chunked
 /// by rows, `labels` [N] i32 (−1: none), `captions` [N] and `file_name` [N] UTF-8
 /// strings; `skipped/file_name` and `skipped/reason` for images `--skip-invalid`
-/// left out; the class names and the preparation settings as attributes. A
-/// prepare by several ranks writes one shard per rank beside the file, in
-/// `<file>.shards/`, and the file itself maps them as virtual datasets.
+/// left out; the class names and the preparation settings as attributes. An
+/// image-folder prepare writes one shard per rank beside the file, in
+/// `<file>.shards/` (`DatasetShardWriter`), and the file maps them as virtual datasets.
 public enum DatasetFile {
     public static let format = "swiftldm-dataset"
     public static let version: Int64 = 2
@@ -106,37 +106,83 @@ public enum DatasetFile {
             try file.close()
         }
     }
+}
 
-    /// Writes a dataset with every rank: rank r's rows of each split (in rank order,
-    /// the rows of the whole split) go to shard r, rank 0 writes the file that maps
-    /// them, and the file appears only when all of it is complete. `skipped` is this
-    /// rank's list; all ranks' lists are kept, in rank order.
-    public static func write(_ out: String, rankSplits: [Split: DatasetColumns], shape: [Int], description: Description,
-                             skipped: [(String, String)], communicator comm: Communicator) throws {
-        let published = Published(out)
+/// A dataset written by every rank: each appends its rows of each split (in rank
+/// order, the rows of the whole split) to its own shard as they are made, so no rank
+/// holds more than a block of rows; `finish` has rank 0 write the file that maps the
+/// shards, and the file appears only when all of it is complete.
+public final class DatasetShardWriter {
+    let out: String, shape: [Int], comm: Communicator
+    let published: Published
+    private var shard: HDF5File?
+    private var counts = [Split: Int]()
+
+    /// Every rank together: rank 0 clears leftovers of an interrupted write; each rank opens its shard.
+    public init(_ out: String, shape: [Int], communicator comm: Communicator) throws {
+        (self.out, self.shape, self.comm, published) = (out, shape, comm, Published(out))
         var problem = comm.isRoot ? published.prepare() : ""
         problem = try comm.broadcast(problem)
         guard problem.isEmpty else { throw DataError(problem) }
-        let shard = CheckpointStore.shardName(rank: comm.rank, of: comm.size)
         do {
-            let file = try HDF5File.create("\(published.partialShards)/\(shard)")
-            for split in Split.allCases { try writeColumns(file, split, rankSplits[split] ?? DatasetColumns(), shape: shape) }
-            try file.close()
+            let file = try HDF5File.create("\(published.partialShards)/\(CheckpointStore.shardName(rank: comm.rank, of: comm.size))")
+            for split in Split.allCases {
+                try file.createGrowing("\(split)/images", of: UInt8.self, rowShape: shape, chunkRows: DatasetFile.chunkRows(rowBytes: shape.reduce(1, *)))
+                try file.createGrowing("\(split)/labels", of: Int32.self, rowShape: [], chunkRows: 16384)
+                try file.createGrowingStrings("\(split)/captions", chunkRows: 4096)
+                try file.createGrowingStrings("\(split)/file_name", chunkRows: 4096)
+            }
+            shard = file
         } catch { problem = "rank \(comm.rank): \(error)" }
         guard try comm.all(problem.isEmpty) else {
-            if comm.isRoot { published.discard() }
-            throw DataError("\(out): writing the shards failed: \(problem)")
+            abandon()
+            throw DataError("\(out): cannot start the shards: \(problem)")
         }
-        let counts = try comm.allGather(values: Split.allCases.map { Int64(rankSplits[$0]?.count ?? 0) })
+    }
+
+    /// Appends this rank's next rows of `split` to its shard.
+    public func append(_ split: Split, _ rows: DatasetColumns) throws {
+        guard let shard, rows.count > 0 else { return }
+        try shard.appendRows("\(split)/images", rows.images)
+        try shard.appendRows("\(split)/labels", rows.labels)
+        try shard.appendStrings("\(split)/captions", rows.captions)
+        try shard.appendStrings("\(split)/file_name", rows.fileNames)
+        counts[split, default: 0] += rows.count
+    }
+
+    /// Removes what was written (rank 0 removes the partial output of every rank).
+    public func abandon() {
+        shard = nil
+        if comm.isRoot { published.discard() }
+    }
+
+    /// Every rank together, once all ranks have appended all rows: `problem` is this
+    /// rank's failure ("" for none); any failure on any rank abandons the write on all
+    /// of them with the first one's message. Otherwise rank 0 maps the shards and
+    /// publishes. `skipped` is this rank's list; all ranks' are kept, in rank order.
+    public func finish(problem: String, description: DatasetFile.Description, skipped: [(String, String)]) throws {
+        var problem = problem
+        if problem.isEmpty { do { try shard?.close() } catch { problem = "rank \(comm.rank): \(error)" } }
+        shard = nil
+        if let first = try comm.allGather(strings: [problem]).flatMap({ $0 }).first(where: { !$0.isEmpty }) {
+            abandon()
+            throw DataError(first)
+        }
+        let splits = Split.allCases
+        let counts = try comm.allGather(values: splits.map { Int64(self.counts[$0] ?? 0) })
+        guard stride(from: 0, to: counts.count, by: splits.count).contains(where: { counts[$0] > 0 }) else {
+            abandon()
+            throw DataError("\(out): no row of the train split could be made")
+        }
         let allSkipped = try comm.allGather(strings: skipped.flatMap { [$0.0, $0.1] })
         if comm.isRoot {
             do {
                 try published.write { partial, shardsDirectory in
                     let file = try HDF5File.create(partial)
-                    for (s, split) in Split.allCases.enumerated() {
+                    for (s, split) in splits.enumerated() {
                         var sources: [(String) -> VirtualSource] = [], start = 0
                         for r in 0..<comm.size {
-                            let n = Int(counts[r * Split.allCases.count + s]), rows = start..<(start + n)
+                            let n = Int(counts[r * splits.count + s]), rows = start..<(start + n)
                             let name = "\(shardsDirectory)/\(CheckpointStore.shardName(rank: r, of: comm.size))"
                             sources.append { VirtualSource(file: name, dataset: "\(split)/\($0)", rows: rows) }
                             start += n
@@ -148,7 +194,7 @@ public enum DatasetFile {
                         }
                     }
                     let pairs = allSkipped.flatMap { list in stride(from: 0, to: list.count - 1, by: 2).map { (list[$0], list[$0 + 1]) } }
-                    try writeDescription(file, description, skipped: pairs)
+                    try DatasetFile.writeDescription(file, description, skipped: pairs)
                     try file.close()
                 }
             } catch { problem = "\(error)" }

@@ -65,29 +65,26 @@ public enum Prepare {
         problem = try comm.broadcast(problem)
         guard problem.isEmpty else { throw DataError(problem) }
         let folder = try JSONDecoder().decode(Listing.self, from: Data(try comm.broadcast(listing).utf8))
-        // Each rank decodes its contiguous slice of every split.
+        // Each rank decodes its contiguous slice of every split, a block at a time, into its shard.
         let start = Date()
-        var columns: [Split: DatasetColumns] = [:], skipped: [(String, String)] = []
-        for split in Split.allCases {
+        let writer = try DatasetShardWriter(options.out, shape: [p.channels, p.resolution, p.resolution], communicator: comm)
+        var skipped: [(String, String)] = []
+        for split in Split.allCases where problem.isEmpty {
             let items = folder.items.filter { $0.split == split }
-            var own = DatasetColumns()
-            for item in items[(comm.rank * items.count / comm.size)..<((comm.rank + 1) * items.count / comm.size)] where problem.isEmpty {
-                do {
-                    let image = try DecodedImage.read(item.path)
-                    own.append(DatasetRow(image: p.apply(image), label: item.label, caption: item.caption, fileName: item.fileName))
-                } catch {
-                    if options.skipInvalid { skipped.append((item.fileName, "\(error)")) } else { problem = "\(error)" }
+            let own = items[(comm.rank * items.count / comm.size)..<((comm.rank + 1) * items.count / comm.size)]
+            for blockStart in stride(from: own.startIndex, to: own.endIndex, by: Self.blockRows) where problem.isEmpty {
+                var block = DatasetColumns()
+                for item in own[blockStart..<min(own.endIndex, blockStart + Self.blockRows)] where problem.isEmpty {
+                    do {
+                        let image = try DecodedImage.read(item.path)
+                        block.append(DatasetRow(image: p.apply(image), label: item.label, caption: item.caption, fileName: item.fileName))
+                    } catch {
+                        if options.skipInvalid { skipped.append((item.fileName, "\(error)")) } else { problem = "\(error) (--skip-invalid skips such images)" }
+                    }
                 }
+                do { try writer.append(split, block) } catch { problem = "rank \(comm.rank): \(error)" }
             }
-            columns[split] = own
         }
-        let problems = try comm.allGather(strings: [problem]).flatMap { $0 }.filter { !$0.isEmpty }
-        if let first = problems.first { throw DataError(first + (options.skipInvalid ? "" : " (--skip-invalid skips such images)")) }
-        let rows = try comm.allGather(values: Split.allCases.map { Int64(columns[$0]!.count) })
-        let totals = Dictionary(uniqueKeysWithValues: Split.allCases.enumerated().map { s in
-            (s.element, stride(from: s.offset, to: rows.count, by: Split.allCases.count).map { Int(rows[$0]) }.reduce(0, +))
-        })
-        guard totals[.train]! > 0 else { throw DataError("\(options.source): no image of the train split could be read") }
         var description = DatasetFile.Description()
         description.classNames = folder.classNames
         description.source = options.source
@@ -97,13 +94,16 @@ public enum Prepare {
             .init("resize_filter", .text(p.filter.rawValue)), .init("test_fraction", .real(options.testFraction)),
             .init("split_seed", .integer(Int64(options.seed))),
         ]
-        try DatasetFile.write(options.out, rankSplits: columns, shape: [p.channels, p.resolution, p.resolution], description: description,
-                              skipped: skipped, communicator: comm)
+        try writer.finish(problem: problem, description: description, skipped: skipped)
         let seconds = try comm.allGather(values: [Date().timeIntervalSince(start)]).max()!
-        let allSkipped = try DatasetSplit.open(options.out, split: .train).skipped()
-        return Summary(rows: totals, classNames: folder.classNames, skipped: allSkipped,
-                       imagesPerSecondPerRank: Double(totals.values.reduce(0, +) + allSkipped.count) / seconds / Double(comm.size))
+        let train = try DatasetSplit.open(options.out, split: .train), test = try DatasetSplit.open(options.out, split: .test)
+        let allSkipped = try train.skipped()
+        return Summary(rows: [.train: train.count, .test: test.count], classNames: folder.classNames, skipped: allSkipped,
+                       imagesPerSecondPerRank: Double(train.count + test.count + allSkipped.count) / seconds / Double(comm.size))
     }
+
+    /// Rows decoded before they are appended to the shard: what a rank holds at once.
+    static let blockRows = 256
 
     struct Listing: Codable {
         var items: [ImageFolder.Item]

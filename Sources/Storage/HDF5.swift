@@ -371,6 +371,67 @@ public final class HDF5File {
         }
     }
 
+    /// Creates a dataset of no rows yet that `appendRows` grows along axis 0: rows of
+    /// `rowShape` of `T` (or strings when `T` is nil), chunked by `chunkRows`.
+    public func createGrowing<T: HDF5Element>(_ name: String, of type: T.Type, rowShape: [Int], chunkRows: Int, checksum: Bool = true) throws {
+        try createGrowing(name, typeID: T.nativeType, rowShape: rowShape, chunkRows: chunkRows, checksum: checksum)
+    }
+
+    /// The same for a 1-D dataset of variable-length UTF-8 strings.
+    public func createGrowingStrings(_ name: String, chunkRows: Int) throws {
+        let type = Self.stringType()
+        defer { H5Tclose(type) }
+        try createGrowing(name, typeID: type, rowShape: [], chunkRows: chunkRows, checksum: false)
+    }
+
+    private func createGrowing(_ name: String, typeID: hid_t, rowShape: [Int], chunkRows: Int, checksum: Bool) throws {
+        try HDF5Lock.locked {
+            let dims = [hsize_t(0)] + rowShape.map { hsize_t($0) }, maximum = [hsize_t.max] + rowShape.map { hsize_t($0) }
+            let space = H5Screate_simple(Int32(dims.count), dims, maximum), dcpl = H5Pcreate(shim_H5P_DATASET_CREATE())
+            let lcpl = linkCreationProperties()
+            defer { H5Sclose(space); H5Pclose(dcpl); H5Pclose(lcpl) }
+            let chunk = [hsize_t(max(1, chunkRows))] + rowShape.map { hsize_t(max($0, 1)) }
+            guard H5Pset_chunk(dcpl, Int32(chunk.count), chunk) >= 0 else { throw Self.error(path, name, "set chunk") }
+            if checksum { guard H5Pset_fletcher32(dcpl) >= 0 else { throw Self.error(path, name, "set fletcher32") } }
+            let dset = H5Dcreate2(id, name, typeID, space, lcpl, dcpl, shim_H5P_DEFAULT())
+            guard dset >= 0 else { throw Self.error(path, name, "create dataset") }
+            H5Dclose(dset)
+        }
+    }
+
+    /// Appends whole rows to a dataset made by `createGrowing`.
+    public func appendRows<T: HDF5Element>(_ name: String, _ values: [T]) throws {
+        try values.withUnsafeBytes { try append(name, typeID: T.nativeType, elements: values.count, $0.baseAddress) }
+    }
+
+    /// Appends strings to a dataset made by `createGrowingStrings`.
+    public func appendStrings(_ name: String, _ values: [String]) throws {
+        guard !values.isEmpty else { return }
+        let type = Self.stringType()
+        defer { H5Tclose(type) }
+        try Self.withCStrings(values) { try append(name, typeID: type, elements: values.count, $0) }
+    }
+
+    private func append(_ name: String, typeID: hid_t, elements: Int, _ data: UnsafeRawPointer?) throws {
+        try HDF5Lock.locked {
+            var shape = try self.shape(of: name).map { hsize_t($0) }
+            let rowLength = Int(shape.dropFirst().reduce(1, *))
+            precondition(elements % max(rowLength, 1) == 0, "\(name): \(elements) elements are not whole rows of \(rowLength)")
+            let rows = hsize_t(elements / max(rowLength, 1))
+            guard rows > 0, let data else { return }
+            let dset = try openDataset(name)
+            defer { H5Dclose(dset) }
+            var start = [hsize_t](repeating: 0, count: shape.count), count = shape
+            (start[0], count[0]) = (shape[0], rows)
+            shape[0] += rows
+            guard H5Dset_extent(dset, shape) >= 0 else { throw Self.error(path, name, "grow") }
+            let fileSpace = H5Dget_space(dset), memorySpace = H5Screate_simple(Int32(count.count), count, nil)
+            defer { H5Sclose(fileSpace); H5Sclose(memorySpace) }
+            H5Sselect_hyperslab(fileSpace, H5S_SELECT_SET, start, nil, count, nil)
+            guard H5Dwrite(dset, typeID, memorySpace, fileSpace, shim_H5P_DEFAULT(), data) >= 0 else { throw Self.error(path, name, "append") }
+        }
+    }
+
     /// Writes `values` as a 1-D dataset of variable-length UTF-8 strings (h5py reads `str`).
     public func writeStrings(_ name: String, _ values: [String]) throws {
         try HDF5Lock.locked {
@@ -451,10 +512,10 @@ public final class HDF5File {
     }
 
     /// `body` with a C array of `values` as NUL-terminated UTF-8.
-    private static func withCStrings<R>(_ values: [String], _ body: (UnsafeRawPointer) -> R) -> R {
+    private static func withCStrings<R>(_ values: [String], _ body: (UnsafeRawPointer) throws -> R) rethrows -> R {
         let copies = values.map { strdup($0) }
         defer { copies.forEach { free($0) } }
-        return copies.withUnsafeBytes { body($0.baseAddress!) }
+        return try copies.withUnsafeBytes { try body($0.baseAddress!) }
     }
 
     // MARK: Attributes

@@ -92,6 +92,26 @@ struct ImageFolderTests {
         #expect(try ldmTrain(["inspect", two]).out.contains("verification: FAILED"))
     }
 
+    @Test("a folder larger than a rank's block of rows: shards grow block by block and keep the folder's order")
+    func manyImages() throws {
+        let folder = temporaryDirectory().appendingPathComponent("many").path
+        _ = try python("""
+            import os; from PIL import Image
+            os.makedirs('\(folder)')
+            for i in range(1200): Image.new('L', (5, 7), i % 251).save('\(folder)/%04d.png' % i)
+            """)
+        let out = folder + ".h5"
+        let r = try mpirunLocal(2, ["ldm-train", "prepare", "--source", folder, "--out", out, "--resolution", "4", "--channels", "1",
+                                    "--test-fraction", "0"])
+        #expect(r.status == 0, "\(r.err)")
+        let train = try DatasetSplit.open(out, split: .train)
+        #expect(train.count == 1200 && train.labels.allSatisfy { $0 == -1 })
+        let rows = Array(0..<1200)
+        #expect(try train.fileNames(rows) == rows.map { String(format: "%04d.png", $0) })
+        let images = try train.images(rows)
+        #expect(rows.allSatisfy { i in images[(i * 16)..<((i + 1) * 16)].allSatisfy { Int($0) == i % 251 } })
+    }
+
     @Test("bad input: one line naming the file (and line), a non-zero exit, no output left behind", arguments: [
         ("json", "metadata.jsonl:4: not a JSON object"),
         ("missing", "metadata.jsonl:4: \"file_name\" cat/nowhere.png names no file"),
