@@ -223,7 +223,7 @@ struct Published {
             for leftover in [partial, partialShards] { try? FileManager.default.removeItem(atPath: leftover) }
             try FileManager.default.createDirectory(atPath: partialShards, withIntermediateDirectories: true)
             return ""
-        } catch { return "\(path): cannot prepare the output (\((error as NSError).localizedDescription))" }
+        } catch { return FileSystem.describe(error, path: path, doing: "prepare the output") }
     }
 
     func discard() { for leftover in [partial, partialShards] { try? FileManager.default.removeItem(atPath: leftover) } }

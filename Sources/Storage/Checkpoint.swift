@@ -106,10 +106,16 @@ public final class CheckpointStore {
             do {
                 try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
                 try? FileManager.default.removeItem(atPath: partial)
+                // The tensors' bytes plus room for each file's metadata; refused before a byte is written.
+                let bytes = tensors.reduce(Int64(0)) { $0 + Int64($1.count) * 4 } + Int64(comm.size + 1) << 20
+                try FileSystem.checkSpace(for: bytes, at: runDirectory) { CheckpointError.saveFailed(path: partial, reason: $0) }
                 try FileManager.default.createDirectory(atPath: partial, withIntermediateDirectories: false)
-            } catch { problem = "\(error)" }
+            } catch let e as CheckpointError { problem = e.description } catch {
+                problem = FileSystem.describe(error, path: partial, doing: "create the checkpoint directory")
+            }
         }
-        guard try comm.all(problem == nil) else { throw CheckpointError.saveFailed(path: partial, reason: problem ?? "rank 0 could not create it") }
+        problem = try comm.broadcast(problem ?? "").nonEmpty
+        if let problem { throw DataError(problem) }
         // Every rank writes its share and reports (ok, bytes, crc).
         let owner = Self.assignment(tensors, ranks: comm.size)
         let shard = Self.shardName(rank: comm.rank, of: comm.size)
@@ -131,8 +137,9 @@ public final class CheckpointStore {
             problem = "rank \(comm.rank): \(error)"
         }
         let reports = try comm.allGather(values: report)
-        guard try comm.all(problem == nil), stride(from: 0, to: reports.count, by: 3).allSatisfy({ reports[$0] == 1 }) else {
-            throw CheckpointError.saveFailed(path: partial, reason: problem ?? "another rank could not write its shard")
+        if let first = try comm.allGather(strings: [problem ?? ""]).flatMap({ $0 }).first(where: { !$0.isEmpty }) {
+            if comm.isRoot { try? FileManager.default.removeItem(atPath: partial) }   // every rank is done with it
+            throw CheckpointError.saveFailed(path: partial, reason: first)
         }
         if comm.isRoot {
             do {
@@ -144,9 +151,13 @@ public final class CheckpointStore {
                 try fsync(path: runDirectory)
                 try replaceLatest(with: Self.directoryName(step: step))
                 try prune(keep: keep)
-            } catch { problem = "\(error)" }
+            } catch {
+                problem = error is CheckpointError || error is HDF5Error ? "\(error)" : FileSystem.describe(error, path: final, doing: "publish the checkpoint")
+                try? FileManager.default.removeItem(atPath: partial)
+            }
         }
-        guard try comm.all(problem == nil) else { throw CheckpointError.saveFailed(path: final, reason: problem ?? "rank 0 failed") }
+        problem = try comm.broadcast(problem ?? "").nonEmpty
+        if let problem { throw CheckpointError.saveFailed(path: final, reason: problem) }
         let bytes = stride(from: 1, to: reports.count, by: 3).reduce(Int64(0)) { $0 + reports[$1] }
         say(String(format: "saved %@ (%.1f MB in %d shard(s)) in %.2f s", final, Double(bytes) / 1e6, comm.size,
                    Date().timeIntervalSince(started)))
@@ -184,7 +195,10 @@ public final class CheckpointStore {
     /// Points `latest` at `name` atomically (write a temporary file, rename over).
     private func replaceLatest(with name: String) throws {
         let tmp = "\(runDirectory)/latest.tmp"
-        try (name + "\n").write(toFile: tmp, atomically: false, encoding: .utf8)
+        do { try (name + "\n").write(toFile: tmp, atomically: false, encoding: .utf8) } catch {
+            try? FileManager.default.removeItem(atPath: tmp)
+            throw CheckpointError.saveFailed(path: tmp, reason: FileSystem.cause(error))
+        }
         try fsync(path: tmp)
         FaultInjection.point("save-latest", step: Int(name.dropFirst(5)) ?? -1, rank: 0)
         guard rename(tmp, "\(runDirectory)/latest") == 0 else { throw CheckpointError.saveFailed(path: tmp, reason: "rename to latest failed") }
@@ -222,9 +236,14 @@ public final class CheckpointStore {
 /// Flushes a file or directory to disk.
 func fsync(path: String) throws {
     let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { throw CheckpointError.saveFailed(path: path, reason: "cannot open to sync") }
+    guard fd >= 0 else { throw CheckpointError.saveFailed(path: path, reason: "cannot open it to sync: " + FileSystem.cause(errno: errno)) }
     defer { close(fd) }
-    guard Glibc.fsync(fd) == 0 else { throw CheckpointError.saveFailed(path: path, reason: "fsync failed") }
+    guard Glibc.fsync(fd) == 0 else { throw CheckpointError.saveFailed(path: path, reason: "cannot sync it to disk: " + FileSystem.cause(errno: errno)) }
+}
+
+extension String {
+    /// nil for "", else the string.
+    var nonEmpty: String? { isEmpty ? nil : self }
 }
 
 /// Crash tests: with LDM_FAULT=<point> and LDM_FAULT_STEP=<step> (and optionally

@@ -688,7 +688,15 @@ public final class HDF5File {
     }
 
     /// HDF5 prints its error stack to stderr by default; we report errors ourselves.
-    private static func silenceErrorPrinting() { H5Eset_auto2(shim_H5E_DEFAULT(), nil, nil) }
+    /// The first call also turns off HDF5's exit handler, before the library starts:
+    /// it flushes files still open at exit, and a file whose close failed (a full disk)
+    /// made it crash the process on its way out. Every file is closed explicitly.
+    private static func silenceErrorPrinting() {
+        _ = libraryStart
+        H5Eset_auto2(shim_H5E_DEFAULT(), nil, nil)
+    }
+
+    private static let libraryStart: Void = { H5dont_atexit() }()
 
     /// An error for `operation` on `object`, with the innermost message of HDF5's error stack.
     private static func error(_ file: String, _ object: String, _ operation: String) -> HDF5Error {
@@ -704,6 +712,12 @@ public final class HDF5File {
             }, Unmanaged.passUnretained(message).toOpaque())
         }
         H5Eclear2(shim_H5E_DEFAULT())
-        return HDF5Error(file: file, object: object, operation: operation, detail: message.text)
+        // A failed system call reads "file write failed: time = ..., errno = 28, error message = 'No space left
+        // on device', ..." over several lines: keep its first phrase and say the errno in our words.
+        var detail = message.text.replacingOccurrences(of: "\n", with: " ")
+        if let at = detail.range(of: "errno = "), let code = Int32(detail[at.upperBound...].prefix(while: \.isNumber)) {
+            detail = String(detail.prefix { $0 != "," && $0 != ":" }) + ": " + FileSystem.cause(errno: code)
+        }
+        return HDF5Error(file: file, object: object, operation: operation, detail: detail)
     }
 }

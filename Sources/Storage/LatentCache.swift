@@ -39,11 +39,16 @@ public enum LatentCache {
         if comm.isRoot {
             do {
                 try? FileManager.default.removeItem(atPath: partial)
+                // mean and logvar (f32) and the 12 bytes of label and index per row, plus metadata.
+                let bytes = Int64(info.count) * Int64(8 * info.channels * info.height * info.width + 12) + Int64(comm.size + 1) << 20
+                try FileSystem.checkSpace(for: bytes, at: partial) { DataError("\(directory): cannot write the latent cache: \($0)") }
                 try FileManager.default.createDirectory(atPath: partial, withIntermediateDirectories: true)
-            } catch { problem = "\(error)" }
+            } catch let e as DataError { problem = e.description } catch {
+                problem = FileSystem.describe(error, path: partial, doing: "create the latent cache directory")
+            }
         }
         problem = try comm.broadcast(problem)
-        guard problem.isEmpty else { throw DataError("\(partial): \(problem)") }
+        guard problem.isEmpty else { throw DataError(problem) }
         let n = rows.labels.count, per = info.channels * info.height * info.width
         let shape = [n, info.channels, info.height, info.width]
         do {
@@ -54,7 +59,10 @@ public enum LatentCache {
             try f.write("source_index", shape: [n], rows.sourceIndex, chunkRows: 4096)
             try f.close()
         } catch { problem = "rank \(comm.rank): \(error)" }
-        guard try comm.all(problem.isEmpty) else { throw DataError("\(partial): writing the shards failed: \(problem)") }
+        if let first = try comm.allGather(strings: [problem]).flatMap({ $0 }).first(where: { !$0.isEmpty }) {
+            if comm.isRoot { try? FileManager.default.removeItem(atPath: partial) }   // every rank is done with it
+            throw DataError("\(partial): writing the shards failed: \(first)")
+        }
         precondition(rows.mean.count == n * per, "latent rows: \(rows.mean.count) values for \(n) × \(per)")
         // Row ranges of every rank, gathered so rank 0 can map them.
         let ranges = try comm.allGather(values: [Int64(rows.start), Int64(n)])
@@ -83,7 +91,10 @@ public enum LatentCache {
                 try index.close()
                 if FileManager.default.fileExists(atPath: directory) { try FileManager.default.removeItem(atPath: directory) }
                 try FileManager.default.moveItem(atPath: partial, toPath: directory)
-            } catch { problem = "\(error)" }
+            } catch {
+                problem = error is HDF5Error ? "\(error)" : FileSystem.describe(error, path: directory, doing: "publish the latent cache")
+                try? FileManager.default.removeItem(atPath: partial)
+            }
         }
         problem = try comm.broadcast(problem)
         guard problem.isEmpty else { throw DataError("\(directory): writing the index failed: \(problem)") }

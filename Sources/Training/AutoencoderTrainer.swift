@@ -32,7 +32,7 @@ public final class AutoencoderTrainer: TrainingStage {
     public init(config: Config, options: RunOptions, communicator: Communicator) throws {
         try validate(config)
         (self.config, self.options, comm) = (config, options, communicator)
-        log = try RunLog(runDirectory: options.runDirectory, isRoot: communicator.isRoot)
+        log = RunLog(runDirectory: options.runDirectory, isRoot: communicator.isRoot)
         let trainSplit = try DatasetSplit.open(config.data.path, split: .train)
         let testSplit = try DatasetSplit.open(config.data.path, split: .test)
         guard testSplit.count > 0 else { throw DataError("\(config.data.path): the test split is empty (prepare with a test fraction above 0)") }

@@ -28,7 +28,7 @@ public final class DiffusionTrainer: TrainingStage {
     public init(config: Config, options: RunOptions, autoencoder path: String?, communicator: Communicator) throws {
         try validateDiffusion(config)
         (self.config, self.options, comm) = (config, options, communicator)
-        log = try RunLog(runDirectory: options.runDirectory, isRoot: communicator.isRoot)
+        log = RunLog(runDirectory: options.runDirectory, isRoot: communicator.isRoot)
         let s = config.diffusion
         cache = try LatentCache.read(s.latents)
         let a = s.model

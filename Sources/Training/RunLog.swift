@@ -1,23 +1,34 @@
 import Foundation
+import Storage
 
 /// Progress lines on rank 0's stdout and `metrics.jsonl` lines in the run
 /// directory; silent on other ranks.
 public final class RunLog {
     public let isRoot: Bool
-    private let metrics: FileHandle?
+    private var metrics: FileHandle?
+    private var path: String?
     private let started = Date()
 
-    public init(runDirectory: String?, isRoot: Bool) throws {
+    /// Opens (rank 0) `<runDirectory>/metrics.jsonl` for appending. A failure is kept in
+    /// `problem`, which the stage loop turns into an error that every rank agrees on.
+    public init(runDirectory: String?, isRoot: Bool) {
         self.isRoot = isRoot
-        if isRoot, let runDirectory {
+        (metrics, path) = (nil, nil)
+        guard isRoot, let runDirectory else { return }
+        let path = runDirectory + "/metrics.jsonl"
+        do {
             try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-            let path = runDirectory + "/metrics.jsonl"
-            if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
-            metrics = FileHandle(forWritingAtPath: path)
-            metrics?.seekToEndOfFile()
-        } else {
-            metrics = nil
+        } catch {
+            problem = FileSystem.describe(error, path: runDirectory, doing: "create the run directory")
+            return
         }
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+        guard let handle = FileHandle(forWritingAtPath: path) else {
+            problem = "\(path): cannot open the metrics log for writing: " + FileSystem.cause(errno: errno)
+            return
+        }
+        handle.seekToEndOfFile()
+        (metrics, self.path) = (handle, path)
     }
 
     /// A progress line (rank 0 only).
@@ -33,8 +44,13 @@ public final class RunLog {
         var object = fields
         object["time"] = (Date().timeIntervalSince(started) * 1000).rounded() / 1000
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
-        metrics.write(data + Data("\n".utf8))
+        do { try metrics.write(contentsOf: data + Data("\n".utf8)) } catch {
+            if problem.isEmpty { problem = FileSystem.describe(error, path: path ?? "metrics.jsonl", doing: "append to the metrics log") }
+        }
     }
+
+    /// Why writing the metrics log failed ("" when it has not): the stage loop stops the run on it.
+    public private(set) var problem = ""
 
     /// "1h02m", "3m05s" or "12s".
     public static func duration(_ seconds: Double) -> String {

@@ -73,6 +73,7 @@ final class StageLoop {
 
     @discardableResult
     func run() throws -> [String: Double] {
+        guard try comm.all(log.problem.isEmpty) else { throw DataError(try comm.broadcast(log.problem)) }
         var state = TrainingCursor()
         if let restored = try checkpoints.restore(options.resume, tensors: checkpointTensors, expectedKind: stage.kind) {
             state = restored
@@ -107,6 +108,7 @@ final class StageLoop {
                 var fields: [String: Any] = ["step": state.step, "epoch": state.epoch, "lr": stepLR, "img_per_s": rate]
                 for (name, tally) in window where tally.count > 0 { fields[name] = tally.mean }
                 log.record(fields)
+                guard try comm.all(log.problem.isEmpty) else { throw DataError(try comm.broadcast(log.problem)) }
                 (window, windowSteps, windowStart) = ([], 0, Date())
             }
             if state.step % t.imageEvery == 0 || done, comm.isRoot { try stage.writeImages(step: state.step) }

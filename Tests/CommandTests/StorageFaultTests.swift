@@ -1,0 +1,80 @@
+import Foundation
+import Storage
+import Testing
+import TestSupport
+
+/// Runs a command, returning its exit status.
+@discardableResult
+func shell(_ arguments: [String]) -> Int32 {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = arguments
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    guard (try? p.run()) != nil else { return -1 }
+    p.waitUntilExit()
+    return p.terminationStatus
+}
+
+/// A tmpfs of `megabytes` mounted on a fresh directory (nil where this machine does not allow mounting).
+func smallDisk(megabytes: Double) -> String? {
+    let point = temporaryDirectory().appendingPathComponent("disk").path
+    try? FileManager.default.createDirectory(atPath: point, withIntermediateDirectories: true)
+    return shell(["mount", "-t", "tmpfs", "-o", "size=\(Int(megabytes * 1024))k", "tmpfs", point]) == 0 ? point : nil
+}
+
+let mountingAllowed: Bool = {
+    guard let point = smallDisk(megabytes: 1) else { return false }
+    shell(["umount", point])
+    return true
+}()
+
+/// The lines of a job's stderr that are ours (mpirun adds its own report).
+func errorLines(_ err: String) -> [Substring] { err.split(separator: "\n").filter { $0.hasPrefix("Error:") } }
+
+@Suite("Storage faults", .serialized, .enabled(if: mountingAllowed, "needs to mount tmpfs (root, mount allowed)"))
+struct StorageFaultTests {
+    @Test("a checkpoint that does not fit is refused before writing, with the numbers; the previous one survives and a later run resumes from it")
+    func fullDiskCheckpoint() throws {
+        let disk = try #require(smallDisk(megabytes: 12))
+        defer { shell(["umount", "-l", disk]) }
+        let run = disk + "/run"
+        let full = try smokeJob(2, run: run, [])   // the 8 MB checkpoint of step 2 fits, the one of step 4 does not
+        #expect(full.status != 0)
+        #expect(errorLines(full.err).count == 1 && full.err.contains("not enough space: need"), "\(full.err)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.hasSuffix(".partial") }.isEmpty)
+        #expect(CheckpointStore.problem(with: run + "/step-00000002") == nil)
+        #expect(shell(["mount", "-o", "remount,size=40m", disk]) == 0)
+        let resumed = try smokeJob(2, run: run, [])
+        #expect(resumed.status == 0 && resumed.out.contains("(step 2)"), "\(resumed.err)")
+    }
+
+    @Test("no space left while a dataset's shards are written: one line naming the shard and the cause, nothing left on the disk")
+    func fullDiskWrite() throws {
+        let folder = try imageFolder()
+        let disk = try #require(smallDisk(megabytes: 0.06))
+        defer { shell(["umount", "-l", disk]) }
+        let r = try mpirunLocal(2, ["ldm-train", "prepare", "--source", folder, "--out", disk + "/pets.h5", "--resolution", "64", "--channels", "3"])
+        #expect(r.status != 0)
+        #expect(errorLines(r.err).count == 1 && r.err.contains("no space left on the device") && r.err.contains("shard-0000"), "\(r.err)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: disk).isEmpty)
+    }
+
+    @Test("a read-only file system or a file where a directory should be is named in a sentence", arguments: [
+        ("read-only", ["autoencoder"], "cannot create the run directory: the file system is read-only"),
+        ("read-only", ["prepare"], "cannot prepare the output: the file system is read-only"),
+        ("not-a-directory", ["autoencoder"], "is a file, not a directory"),
+    ])
+    func unwritable(kind: String, command: [String], message: String) throws {
+        let disk = try #require(smallDisk(megabytes: 1))
+        defer { shell(["umount", "-l", disk]) }
+        FileManager.default.createFile(atPath: disk + "/file", contents: Data("x".utf8))
+        if kind == "read-only" { #expect(shell(["mount", "-o", "remount,ro", disk]) == 0) }
+        let target = kind == "read-only" ? disk + "/out" : disk + "/file/out"
+        let arguments = command == ["prepare"] ? ["prepare", "--out", target + ".h5"]
+            : ["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", target]
+        let r = try ldmTrain(arguments)
+        #expect(r.status != 0)
+        #expect(errorLines(r.err).count == 1 && r.err.contains(message) && !r.err.contains("NSCocoaErrorDomain"), "\(r.err)")
+    }
+}
