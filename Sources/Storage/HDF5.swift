@@ -284,14 +284,16 @@ public final class HDF5File {
     /// Creates a virtual dataset `name` of `shape` whose rows come from `sources`
     /// (each a whole dataset of shape [rows.count] + shape[1...]).
     public func writeVirtual<T: HDF5Element>(_ name: String, shape: [Int], type: T.Type, sources: [VirtualSource]) throws {
-        try writeVirtual(name, shape: shape, typeID: T.nativeType, sources: sources)
+        try HDF5Lock.locked { try writeVirtual(name, shape: shape, typeID: T.nativeType, sources: sources) }
     }
 
     /// The same for variable-length UTF-8 strings ([N] datasets written by `writeStrings`).
     public func writeVirtualStrings(_ name: String, count: Int, sources: [VirtualSource]) throws {
-        let type = Self.stringType()
-        defer { H5Tclose(type) }
-        try writeVirtual(name, shape: [count], typeID: type, sources: sources)
+        try HDF5Lock.locked {
+            let type = Self.stringType()
+            defer { H5Tclose(type) }
+            try writeVirtual(name, shape: [count], typeID: type, sources: sources)
+        }
     }
 
     private func writeVirtual(_ name: String, shape: [Int], typeID: hid_t, sources: [VirtualSource]) throws {
@@ -374,14 +376,16 @@ public final class HDF5File {
     /// Creates a dataset of no rows yet that `appendRows` grows along axis 0: rows of
     /// `rowShape` of `T` (or strings when `T` is nil), chunked by `chunkRows`.
     public func createGrowing<T: HDF5Element>(_ name: String, of type: T.Type, rowShape: [Int], chunkRows: Int, checksum: Bool = true) throws {
-        try createGrowing(name, typeID: T.nativeType, rowShape: rowShape, chunkRows: chunkRows, checksum: checksum)
+        try HDF5Lock.locked { try createGrowing(name, typeID: T.nativeType, rowShape: rowShape, chunkRows: chunkRows, checksum: checksum) }
     }
 
     /// The same for a 1-D dataset of variable-length UTF-8 strings.
     public func createGrowingStrings(_ name: String, chunkRows: Int) throws {
-        let type = Self.stringType()
-        defer { H5Tclose(type) }
-        try createGrowing(name, typeID: type, rowShape: [], chunkRows: chunkRows, checksum: false)
+        try HDF5Lock.locked {
+            let type = Self.stringType()
+            defer { H5Tclose(type) }
+            try createGrowing(name, typeID: type, rowShape: [], chunkRows: chunkRows, checksum: false)
+        }
     }
 
     private func createGrowing(_ name: String, typeID: hid_t, rowShape: [Int], chunkRows: Int, checksum: Bool) throws {
@@ -401,15 +405,17 @@ public final class HDF5File {
 
     /// Appends whole rows to a dataset made by `createGrowing`.
     public func appendRows<T: HDF5Element>(_ name: String, _ values: [T]) throws {
-        try values.withUnsafeBytes { try append(name, typeID: T.nativeType, elements: values.count, $0.baseAddress) }
+        try HDF5Lock.locked { try values.withUnsafeBytes { try append(name, typeID: T.nativeType, elements: values.count, $0.baseAddress) } }
     }
 
     /// Appends strings to a dataset made by `createGrowingStrings`.
     public func appendStrings(_ name: String, _ values: [String]) throws {
         guard !values.isEmpty else { return }
-        let type = Self.stringType()
-        defer { H5Tclose(type) }
-        try Self.withCStrings(values) { try append(name, typeID: type, elements: values.count, $0) }
+        try HDF5Lock.locked {
+            let type = Self.stringType()
+            defer { H5Tclose(type) }
+            try Self.withCStrings(values) { try append(name, typeID: type, elements: values.count, $0) }
+        }
     }
 
     private func append(_ name: String, typeID: hid_t, elements: Int, _ data: UnsafeRawPointer?) throws {
