@@ -74,6 +74,8 @@ final class StageLoop {
     @discardableResult
     func run() throws -> [String: Double] {
         guard try comm.all(log.problem.isEmpty) else { throw DataError(try comm.broadcast(log.problem)) }
+        let lock = try RunLock.acquire(options.runDirectory, communicator: comm, say: { self.log.say($0) })
+        defer { lock?.release() }
         var state = TrainingCursor()
         if let restored = try checkpoints.restore(options.resume, tensors: checkpointTensors, expectedKind: stage.kind) {
             state = restored

@@ -78,3 +78,54 @@ struct StorageFaultTests {
         #expect(errorLines(r.err).count == 1 && r.err.contains(message) && !r.err.contains("NSCocoaErrorDomain"), "\(r.err)")
     }
 }
+
+@Suite("A run directory belongs to one job", .serialized)
+struct RunLockTests {
+    @Test("a second job on a running job's directory stops at once naming the owner; after a kill -9 the next job takes the lock over and resumes")
+    func twoJobs() throws {
+        let run = temporaryRun()
+        let first = Process()
+        first.executableURL = packageRoot.appendingPathComponent(".build/release/ldm-train")
+        first.arguments = ["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run, "--steps", "2000", "--threads", "1"]
+        first.currentDirectoryURL = packageRoot
+        (first.standardOutput, first.standardError) = (FileHandle.nullDevice, FileHandle.nullDevice)
+        try first.run()
+        defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
+        let deadline = Date().addingTimeInterval(60)   // the lock, then a first checkpoint (every 2 steps)
+        while Date() < deadline && !FileManager.default.fileExists(atPath: run + "/latest") { Thread.sleep(forTimeInterval: 0.1) }
+        let owner = try #require(RunLock.read(run + "/owner.lock"))
+        #expect(owner.pid == first.processIdentifier)
+        let second = try ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run, "--steps", "2000"])
+        #expect(second.status != 0)
+        #expect(errorLines(second.err).count == 1 && second.err.contains("is in use by pid \(first.processIdentifier) on "), "\(second.err)")
+        #expect(first.isRunning)
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+        let third = try ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run, "--steps", "2",
+                                                            "--set", "autoencoder.training.eval_images=20"])
+        #expect(third.status == 0, "\(third.err)")
+        #expect(third.out.contains("a process that no longer runs; taking it over") && third.out.contains("resumed from"), "\(third.out)")
+        #expect(!FileManager.default.fileExists(atPath: run + "/owner.lock"))   // released at the end
+    }
+
+    @Test("a lock from another host is honoured while it is refreshed and taken over once it is stale")
+    func otherHost() throws {
+        let run = temporaryDirectory().path
+        func plant(refreshed: Date) throws {
+            let owner = RunLock.Owner(host: "node-that-is-not-here", pid: 4242, job: "77", started: refreshed, refreshed: refreshed)
+            let encoder = JSONEncoder()
+            encoder.dateEncodingStrategy = .iso8601
+            try encoder.encode(owner).write(to: URL(fileURLWithPath: run + "/owner.lock"))
+        }
+        try plant(refreshed: Date())
+        var said: [String] = []
+        let e = #expect(throws: DataError.self) { try RunLock.acquire(run, say: { said.append($0) }) }
+        #expect(e?.description.contains("in use by job 77, pid 4242 on node-that-is-not-here") == true)
+        try plant(refreshed: Date().addingTimeInterval(-RunLock.staleAfter - 60))
+        let lock = try RunLock.acquire(run, say: { said.append($0) })
+        #expect(said.count == 1 && said[0].contains("not refreshed for") && said[0].contains("taking it over"))
+        #expect(RunLock.read(run + "/owner.lock")?.pid == getpid())
+        lock.release()
+        #expect(!FileManager.default.fileExists(atPath: run + "/owner.lock"))
+    }
+}
