@@ -10,13 +10,31 @@ public final class DatasetSplit: @unchecked Sendable {
     /// [count], −1 where a row has no label.
     public let labels: [Int32]
     public let classNames: [String]
+    /// What a checkpoint records of its data: when it was prepared and its rows (not its
+    /// path, so a copy on another disk is the same dataset).
+    public let identity: String
     private let file: HDF5File
+    /// The file and its shards as they were when opened (see `checkUnchanged`).
+    private let files: [String], stamps: [String]
 
     public var pixelsPerImage: Int { channels * height * width }
 
-    private init(path: String, split: Split, file: HDF5File, shape: [Int], labels: [Int32], classNames: [String]) {
+    private init(path: String, split: Split, file: HDF5File, shape: [Int], labels: [Int32], classNames: [String], created: String,
+                 shards: [String]) {
         (self.path, self.split, self.file, self.labels, self.classNames) = (path, split, file, labels, classNames)
         (count, channels, height, width) = (shape[0], shape[1], shape[2], shape[3])
+        identity = "a dataset prepared \(created) (\(split) \(shape[0]) rows)"
+        files = [path] + shards
+        stamps = files.map(FileSystem.stamp)
+    }
+
+    /// Throws when the file or one of its shards has been replaced or rewritten since
+    /// it was opened (prepared again under a running job): rows would mix old and new.
+    public func checkUnchanged() throws {
+        for (f, stamp) in zip(files, stamps) where FileSystem.stamp(f) != stamp {
+            throw DataError("\(f) changed while this run was reading \(path) (prepared again?); its rows would mix old and new: "
+                            + "start the run again")
+        }
     }
 
     /// Opens `split` of the dataset file at `path`, checking its format and shapes.
@@ -45,24 +63,34 @@ public final class DatasetSplit: @unchecked Sendable {
             throw DataError("\(path): '\(key)' is not [\(shape[0])] strings")
         }
         let directory = (path as NSString).deletingLastPathComponent
-        for source in try file.virtualSources(of: keys[0]) where !FileManager.default.fileExists(atPath: "\(directory)/\(source.file)") {
-            throw DataError("\(path): its shard \(directory)/\(source.file) is missing (keep \((path as NSString).lastPathComponent).shards/ beside the file)")
+        let shards = Array(Set(try file.virtualSources(of: keys[0]).map { "\(directory)/\($0.file)" })).sorted()
+        for shard in shards where !FileManager.default.fileExists(atPath: shard) {
+            throw DataError("\(path): its shard \(shard) is missing (keep \((path as NSString).lastPathComponent).shards/ beside the file)")
         }
         let labels = shape[0] > 0 ? try file.read(keys[1], as: Int32.self).values : []
         return DatasetSplit(path: path, split: split, file: file, shape: shape, labels: labels,
-                            classNames: try file.stringArrayAttribute("class_names") ?? [])
+                            classNames: try file.stringArrayAttribute("class_names") ?? [], created: try file.stringAttribute("created") ?? "?",
+                            shards: shards)
     }
 
     /// Images of `rows` (any order) as [rows.count, C, H, W] bytes.
     public func images(_ rows: [Int]) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: rows.count * pixelsPerImage)
         guard !rows.isEmpty else { return out }
-        try out.withUnsafeMutableBufferPointer { try file.read("\(split)/images", rowList: rows, into: $0) }
+        try unchanged { try out.withUnsafeMutableBufferPointer { try file.read("\(split)/images", rowList: rows, into: $0) } }
         return out
     }
 
-    public func captions(_ rows: [Int]) throws -> [String] { try file.readStrings("\(split)/captions", rowList: rows) }
-    public func fileNames(_ rows: [Int]) throws -> [String] { try file.readStrings("\(split)/file_name", rowList: rows) }
+    public func captions(_ rows: [Int]) throws -> [String] { try unchanged { try file.readStrings("\(split)/captions", rowList: rows) } }
+    public func fileNames(_ rows: [Int]) throws -> [String] { try unchanged { try file.readStrings("\(split)/file_name", rowList: rows) } }
+
+    /// `read`, with the files checked before and after it.
+    private func unchanged<R>(_ read: () throws -> R) throws -> R {
+        try checkUnchanged()
+        let result = try read()
+        try checkUnchanged()
+        return result
+    }
 
     /// The rows `rows` whole.
     public func rows(_ rows: [Int]) throws -> [DatasetRow] {

@@ -48,14 +48,20 @@ public enum PNGCodec {
         precondition(channels == 1 || channels == 3, "PNG: \(channels) channels (1 or 3 supported)")
         precondition(pixels.count == width * height * channels, "PNG: \(pixels.count) bytes for \(width)×\(height)×\(channels)")
         let directory = (path as NSString).deletingLastPathComponent
-        if !directory.isEmpty { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+        do {
+            if !directory.isEmpty { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+        } catch { throw DataError(FileSystem.describe(error, path: directory, doing: "create the directory for \(path)")) }
         var image = png_image()
         image.version = png_uint_32(PNG_IMAGE_VERSION)
         (image.width, image.height) = (png_uint_32(width), png_uint_32(height))
         image.format = channels == 3 ? png_uint_32(PNG_FORMAT_RGB) : 0   // PNG_FORMAT_GRAY is 0
         defer { png_image_free(&image) }
+        errno = 0
         let ok = pixels.withUnsafeBytes { png_image_write_to_file(&image, path, 0, $0.baseAddress, png_int_32(width * channels), nil) }
-        guard ok != 0 else { throw DataError("\(path): cannot write the PNG (\(message(&image)))") }
+        guard ok != 0 else {   // libpng removes the file it could not finish
+            let reason = errno != 0 ? FileSystem.cause(errno: errno) : message(&image)
+            throw DataError("\(path): cannot write the PNG: \(reason)")
+        }
     }
 
     /// 16-bit samples to 8 (v·255/65535, rounded). libpng gives 16-bit colour with

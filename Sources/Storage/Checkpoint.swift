@@ -72,6 +72,8 @@ public enum CheckpointError: Error, CustomStringConvertible {
 /// `step-<N>.partial` to `step-<N>` and replaces `latest`. A crash at any point
 /// leaves the previous checkpoint as it was.
 public final class CheckpointStore {
+    /// The step directory the last `restore` loaded, if any.
+    public internal(set) var restoredFrom: String?
     public static let format = "swiftldm-checkpoint"
     public static let formatVersion: Int64 = 1
     let runDirectory: String

@@ -55,6 +55,7 @@ extension CheckpointStore {
             throw problem ?? CheckpointError.invalid(path: chosen, reason: "another rank could not load it")
         }
         say(String(format: "resumed from %@ (step %d) in %.2f s", chosen, cursor.step, Date().timeIntervalSince(started)))
+        restoredFrom = chosen
         return cursor
     }
 

@@ -81,4 +81,12 @@ public enum FileSystem {
         guard free < bytes else { return }
         throw make(String(format: "not enough space: need %.1f MB, %.1f MB free", Double(bytes) / 1e6, Double(free) / 1e6))
     }
+
+    /// Which file is at `path` now: device, inode, size and modification time ("" when
+    /// there is none). A file replaced or rewritten gets another stamp.
+    public static func stamp(_ path: String) -> String {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return "" }
+        return "\(info.st_dev):\(info.st_ino):\(info.st_size):\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)"
+    }
 }

@@ -17,6 +17,8 @@ public enum LatentCache {
         public var autoencoder = ""
         public var dataset = ""
         public var split = ""
+        /// When the cache was written.
+        public var created = ""
         public init() {}
     }
 
@@ -39,9 +41,7 @@ public enum LatentCache {
         if comm.isRoot {
             do {
                 try? FileManager.default.removeItem(atPath: partial)
-                // mean and logvar (f32) and the 12 bytes of label and index per row, plus metadata.
-                let bytes = Int64(info.count) * Int64(8 * info.channels * info.height * info.width + 12) + Int64(comm.size + 1) << 20
-                try FileSystem.checkSpace(for: bytes, at: partial) { DataError("\(directory): cannot write the latent cache: \($0)") }
+                try checkSpace(directory, info: info, ranks: comm.size)
                 try FileManager.default.createDirectory(atPath: partial, withIntermediateDirectories: true)
             } catch let e as DataError { problem = e.description } catch {
                 problem = FileSystem.describe(error, path: partial, doing: "create the latent cache directory")
@@ -100,6 +100,14 @@ public enum LatentCache {
         guard problem.isEmpty else { throw DataError("\(directory): writing the index failed: \(problem)") }
     }
 
+    /// Throws, naming the numbers, when the file system of `directory` cannot take a
+    /// cache of `info`'s size: mean and logvar (f32), 12 bytes of label and index a row,
+    /// and a MiB of metadata per file.
+    public static func checkSpace(_ directory: String, info: Info, ranks: Int) throws {
+        let bytes = Int64(info.count) * Int64(8 * info.channels * info.height * info.width + 12) + Int64(ranks + 1) << 20
+        try FileSystem.checkSpace(for: bytes, at: directory) { DataError("\(directory): cannot write the latent cache: \($0)") }
+    }
+
     /// Reads a cache's attributes and checks its shapes.
     public static func info(_ directory: String) throws -> Info {
         let index: HDF5File
@@ -118,6 +126,7 @@ public enum LatentCache {
         info.autoencoder = try index.stringAttribute("autoencoder") ?? ""
         info.dataset = try index.stringAttribute("dataset") ?? ""
         info.split = try index.stringAttribute("split") ?? ""
+        info.created = try index.stringAttribute("created") ?? ""
         return info
     }
 

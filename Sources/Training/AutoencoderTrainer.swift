@@ -51,7 +51,7 @@ public final class AutoencoderTrainer: TrainingStage {
     /// Trains to `training.steps`, checkpointing on the way and at the end; returns the test metrics.
     @discardableResult
     public func run() throws -> [String: Double] {
-        try StageLoop(stage: self, config: config, options: options, communicator: comm, log: log).run()
+        try StageLoop(stage: self, config: config, options: options, communicator: comm, log: log, inputs: ["dataset": train.split.identity]).run()
     }
 
     // MARK: TrainingStage

@@ -59,7 +59,8 @@ public final class DiffusionTrainer: TrainingStage {
     @discardableResult
     public func run() throws -> [String: Double] {
         try StageLoop(stage: self, config: config, options: options, communicator: comm, log: log,
-                      extraAttributes: ["autoencoder": cache.info.autoencoder, "scale_factor": String(cache.info.scaleFactor)]).run()
+                      extraAttributes: ["autoencoder": cache.info.autoencoder, "scale_factor": String(cache.info.scaleFactor)],
+                      inputs: ["latents": "a latent cache written \(cache.info.created) (\(cache.info.count) rows)"]).run()
     }
 
     // MARK: TrainingStage

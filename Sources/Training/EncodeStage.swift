@@ -50,6 +50,12 @@ public enum EncodeStage {
         if let limit, limit < 1 { throw DataError("--count must be positive, got \(limit)") }
         let n = min(split.count, limit ?? split.count), rows = (comm.rank * n / comm.size)..<((comm.rank + 1) * n / comm.size)
         let (h, c) = (a.latentSize, a.embedDim), per = h * h * c
+        var planned = LatentCache.Info()   // refused before any encoding when it cannot be written
+        (planned.count, planned.channels, planned.height, planned.width) = (n, c, h, h)
+        var problem = ""
+        if comm.isRoot { do { try LatentCache.checkSpace(out, info: planned, ranks: comm.size) } catch { problem = "\(error)" } }
+        problem = try comm.broadcast(problem)
+        guard problem.isEmpty else { throw DataError(problem) }
         say("encode: \(n) images of \(dataPath) with \(ae.checkpoint) on \(comm.size) rank(s) → \(out)")
         var mean = [Float](repeating: 0, count: rows.count * per), logvar = mean
         var stats = (n: 0.0, mean: 0.0, m2: 0.0), expSum = 0.0

@@ -84,13 +84,18 @@ public enum SampleStage {
             nchw[((b * c + ch) * r + y) * r + x] = images.pointer[((b * r + y) * r + x) * c + ch]
         } } } }
         let partial = path + ".partial"
-        let f = try HDF5File.create(partial)
-        try f.write("images", shape: [n, c, r, r], nchw, chunkRows: 256)
-        try f.write("labels", shape: [n], labels.map(Int64.init))
-        try f.setAttribute("range", "[-1, 1]")
-        try f.close()
-        if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
-        try FileManager.default.moveItem(atPath: partial, toPath: path)
+        do {
+            let f = try HDF5File.create(partial)
+            try f.write("images", shape: [n, c, r, r], nchw, chunkRows: 256)
+            try f.write("labels", shape: [n], labels.map(Int64.init))
+            try f.setAttribute("range", "[-1, 1]")
+            try f.close()
+            if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+            try FileManager.default.moveItem(atPath: partial, toPath: path)
+        } catch {
+            try? FileManager.default.removeItem(atPath: partial)
+            throw error is HDF5Error ? error : DataError(FileSystem.describe(error, path: path, doing: "write the samples"))
+        }
     }
 
     /// The sampled latents, divided by the scale factor (the autoencoder's latent

@@ -52,11 +52,14 @@ final class StageLoop {
     let checkpoints: CheckpointStore
     /// Attributes recorded in every checkpoint besides the standard ones.
     let extraAttributes: [String: String]
+    /// What the run reads (the dataset, the latent cache), by attribute name: recorded in
+    /// every checkpoint, and a resume refuses inputs that have changed since.
+    let inputs: [String: String]
 
     init(stage: TrainingStage, config: Config, options: RunOptions, communicator: Communicator, log: RunLog,
-         extraAttributes: [String: String] = [:]) throws {
+         extraAttributes: [String: String] = [:], inputs: [String: String] = [:]) throws {
         (self.stage, self.config, self.options, comm, self.log) = (stage, config, options, communicator, log)
-        self.extraAttributes = extraAttributes
+        (self.extraAttributes, self.inputs) = (extraAttributes, inputs)
         let t = stage.settings.training
         plan = BatchPlan(datasetSize: stage.datasetSize, perRankBatch: t.batchSize, ranks: comm.size, accumulate: t.accumulate)
         guard plan.stepsPerEpoch >= 1 else {
@@ -81,6 +84,7 @@ final class StageLoop {
             state = restored
             stage.optimizer.step = state.step
             stage.ema?.updates = state.emaUpdates
+            try checkInputs()
         }
         try startUp(state)
         let (t, o) = stage.settings
@@ -182,11 +186,28 @@ final class StageLoop {
         ], comm)
     }
 
+    /// Throws when the checkpoint just restored was trained on other inputs than the
+    /// run's now (a dataset prepared again, a cache encoded again).
+    func checkInputs() throws {
+        var problem = ""
+        if comm.isRoot, let from = checkpoints.restoredFrom {
+            let index = try HDF5File.open("\(from)/index.h5")
+            for (key, now) in inputs.sorted(by: { $0.key < $1.key }) {
+                guard let then = try index.stringAttribute(key), then != now else { continue }
+                problem = "\(from) was trained on \(then), but the \(key) is now \(now): it has been made again since, so resuming "
+                    + "would not continue the same run; use --resume none to start over"
+                break
+            }
+        }
+        problem = try comm.broadcast(problem)
+        guard problem.isEmpty else { throw DataError(problem) }
+    }
+
     func save(_ state: TrainingCursor) throws {
         var attributes = CheckpointAttributes(
             kind: stage.kind, cursor: state, worldSize: comm.size, seed: config.seed,
             effectiveLR: stage.settings.optimizer.effectiveLR(globalBatch: plan.globalBatch), config: try ConfigLoader.yaml(config))
-        attributes.extra = extraAttributes
+        attributes.extra = extraAttributes.merging(inputs) { $1 }
         try checkpoints.save(step: state.step, tensors: checkpointTensors, attributes: attributes, keep: stage.settings.training.keep)
     }
 }

@@ -1,3 +1,4 @@
+import Datasets
 import Foundation
 import Storage
 import Testing
@@ -47,6 +48,11 @@ struct StorageFaultTests {
         #expect(shell(["mount", "-o", "remount,size=40m", disk]) == 0)
         let resumed = try smokeJob(2, run: run, [])
         #expect(resumed.status == 0 && resumed.out.contains("(step 2)"), "\(resumed.err)")
+        // A latent cache of the whole split does not fit either: refused up front, nothing left.
+        let encode = try mpirunLocal(2, ["ldm-train", "encode", "--autoencoder", run, "--data", preparedDataset, "--out", disk + "/latents"])
+        #expect(encode.status != 0)
+        #expect(errorLines(encode.err).count == 1 && encode.err.contains("cannot write the latent cache: not enough space: need"), "\(encode.err)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: disk).filter { $0.hasPrefix("latents") }.isEmpty)
     }
 
     @Test("no space left while a dataset's shards are written: one line naming the shard and the cause, nothing left on the disk")
@@ -127,5 +133,36 @@ struct RunLockTests {
         #expect(RunLock.read(run + "/owner.lock")?.pid == getpid())
         lock.release()
         #expect(!FileManager.default.fileExists(atPath: run + "/owner.lock"))
+    }
+}
+
+@Suite("Inputs that change under a run", .serialized)
+struct ChangedInputTests {
+    @Test("a dataset prepared again under an open reader is refused at the next read, never mixed")
+    func replacedWhileReading() throws {
+        let folder = try imageFolder(), out = folder + ".h5"
+        let args = ["ldm-train", "prepare", "--source", folder, "--out", out, "--resolution", "8"]
+        #expect(try mpirunLocal(2, args).status == 0)
+        let split = try DatasetSplit.open(out, split: .train)
+        let before = try split.images([0, 5])
+        #expect(try mpirunLocal(2, args).status == 0)   // the same folder again: new shard files under the same names
+        let e = #expect(throws: DataError.self) { try split.images([0, 5]) }
+        #expect(e?.description.contains("changed while this run was reading") == true)
+        #expect(try DatasetSplit.open(out, split: .train).images([0, 5]) == before)   // opened anew, it reads the new file
+    }
+
+    @Test("resuming on a dataset prepared again since the checkpoint is refused; --resume none starts over")
+    func resumeOnNewData() throws {
+        let data = temporaryDirectory().appendingPathComponent("fmnist.h5").path
+        try FileManager.default.copyItem(atPath: preparedDataset, toPath: data)
+        let run = temporaryRun()
+        let common = ["autoencoder"] + smoke + ["--data", data, "--run-dir", run, "--set", "autoencoder.training.eval_images=20"]
+        #expect(try ldmTrain(common + ["--steps", "2"]).status == 0)
+        Thread.sleep(forTimeInterval: 1.1)   // the "created" stamp has one-second resolution
+        #expect(try ldmTrain(["prepare", "--out", data]).status == 0)
+        let resumed = try ldmTrain(common + ["--steps", "4"])
+        #expect(resumed.status != 0)
+        #expect(errorLines(resumed.err).count == 1 && resumed.err.contains("has been made again since"), "\(resumed.err)")
+        #expect(try ldmTrain(common + ["--steps", "4", "--resume", "none"]).status == 0)
     }
 }
