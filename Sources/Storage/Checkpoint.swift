@@ -108,8 +108,10 @@ public final class CheckpointStore {
             do {
                 try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
                 try? FileManager.default.removeItem(atPath: partial)
-                // The tensors' bytes plus room for each file's metadata; refused before a byte is written.
-                let bytes = tensors.reduce(Int64(0)) { $0 + Int64($1.count) * 4 } + Int64(comm.size + 1) << 20
+                // The size of the newest checkpoint (the same tensors, the same chunks), else the tensors'
+                // bytes plus a quarter for chunk padding and each file's metadata; refused before a byte is written.
+                let previous = Self.stepDirectories(runDirectory).first.map { FileSystem.bytes(below: "\(runDirectory)/\($0.name)") } ?? 0
+                let bytes = max(previous, tensors.reduce(Int64(0)) { $0 + Int64($1.count) * 5 } + Int64(comm.size + 1) << 20)
                 try FileSystem.checkSpace(for: bytes, at: runDirectory) { CheckpointError.saveFailed(path: partial, reason: $0) }
                 try FileManager.default.createDirectory(atPath: partial, withIntermediateDirectories: false)
             } catch let e as CheckpointError { problem = e.description } catch {

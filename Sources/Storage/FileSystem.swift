@@ -89,4 +89,13 @@ public enum FileSystem {
         guard stat(path, &info) == 0 else { return "" }
         return "\(info.st_dev):\(info.st_ino):\(info.st_size):\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)"
     }
+
+    /// The bytes of the files in `directory` (not below its subdirectories).
+    public static func bytes(below directory: String) -> Int64 {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.reduce(Int64(0)) { total, name in
+            var info = stat()
+            return total + (stat("\(directory)/\(name)", &info) == 0 ? Int64(info.st_size) : 0)
+        }
+    }
 }
