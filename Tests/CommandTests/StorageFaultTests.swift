@@ -37,7 +37,7 @@ func errorLines(_ err: String) -> [Substring] { err.split(separator: "\n").filte
 struct StorageFaultTests {
     @Test("a checkpoint that does not fit is refused before writing, with the numbers; the previous one survives and a later run resumes from it")
     func fullDiskCheckpoint() throws {
-        let disk = try #require(smallDisk(megabytes: 12))
+        let disk = try #require(smallDisk(megabytes: 14))
         defer { shell(["umount", "-l", disk]) }
         let run = disk + "/run"
         let full = try smokeJob(2, run: run, [])   // the 8 MB checkpoint of step 2 fits, the one of step 4 does not
