@@ -164,7 +164,7 @@ public final class DatasetShardWriter {
         var problem = problem
         if problem.isEmpty { do { try shard?.close() } catch { problem = "rank \(comm.rank): \(error)" } }
         shard = nil
-        if let first = try comm.allGather(strings: [problem]).flatMap({ $0 }).first(where: { !$0.isEmpty }) {
+        if let first = try comm.firstProblem(problem) {
             abandon()
             throw DataError(first)
         }

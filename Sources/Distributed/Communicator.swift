@@ -80,6 +80,12 @@ extension Communicator {
         }
     }
 
+    /// The first non-empty `problem` in rank order, on every rank (nil when no rank has
+    /// one): how ranks that each did their own part agree on one message.
+    public func firstProblem(_ problem: String) throws -> String? {
+        try allGather(strings: [problem]).flatMap { $0 }.first { !$0.isEmpty }
+    }
+
     /// Root's string on every rank.
     public func broadcast(_ string: String, root: Int = 0) throws -> String {
         var length = [Int64(string.utf8.count)]

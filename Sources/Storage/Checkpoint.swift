@@ -141,7 +141,7 @@ public final class CheckpointStore {
             problem = "rank \(comm.rank): \(error)"
         }
         let reports = try comm.allGather(values: report)
-        if let first = try comm.allGather(strings: [problem ?? ""]).flatMap({ $0 }).first(where: { !$0.isEmpty }) {
+        if let first = try comm.firstProblem(problem ?? "") {
             if comm.isRoot { try? FileManager.default.removeItem(atPath: partial) }   // every rank is done with it
             throw CheckpointError.saveFailed(path: partial, reason: first)
         }

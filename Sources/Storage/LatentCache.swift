@@ -59,7 +59,7 @@ public enum LatentCache {
             try f.write("source_index", shape: [n], rows.sourceIndex, chunkRows: 4096)
             try f.close()
         } catch { problem = "rank \(comm.rank): \(error)" }
-        if let first = try comm.allGather(strings: [problem]).flatMap({ $0 }).first(where: { !$0.isEmpty }) {
+        if let first = try comm.firstProblem(problem) {
             if comm.isRoot { try? FileManager.default.removeItem(atPath: partial) }   // every rank is done with it
             throw DataError("\(partial): writing the shards failed: \(first)")
         }
