@@ -23,7 +23,7 @@ public final class DatasetSplit: @unchecked Sendable {
                  shards: [String]) {
         (self.path, self.split, self.file, self.labels, self.classNames) = (path, split, file, labels, classNames)
         (count, channels, height, width) = (shape[0], shape[1], shape[2], shape[3])
-        identity = "a dataset prepared \(created) (\(split) \(shape[0]) rows)"
+        identity = "prepared \(created), \(split) \(shape[0]) rows"
         files = [path] + shards
         stamps = files.map(FileSystem.stamp)
     }

@@ -60,7 +60,7 @@ public final class DiffusionTrainer: TrainingStage {
     public func run() throws -> [String: Double] {
         try StageLoop(stage: self, config: config, options: options, communicator: comm, log: log,
                       extraAttributes: ["autoencoder": cache.info.autoencoder, "scale_factor": String(cache.info.scaleFactor)],
-                      inputs: ["latents": "a latent cache written \(cache.info.created) (\(cache.info.count) rows)"]).run()
+                      inputs: ["latent_cache": "written \(cache.info.created), \(cache.info.count) rows"]).run()
     }
 
     // MARK: TrainingStage

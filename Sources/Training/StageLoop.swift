@@ -194,7 +194,8 @@ final class StageLoop {
             let index = try HDF5File.open("\(from)/index.h5")
             for (key, now) in inputs.sorted(by: { $0.key < $1.key }) {
                 guard let then = try index.stringAttribute(key), then != now else { continue }
-                problem = "\(from) was trained on \(then), but the \(key) is now \(now): it has been made again since, so resuming "
+                let name = key.replacingOccurrences(of: "_", with: " ")
+                problem = "\(from) was trained on the \(name) \(then); it is now \(now): it has been made again since, so resuming "
                     + "would not continue the same run; use --resume none to start over"
                 break
             }
