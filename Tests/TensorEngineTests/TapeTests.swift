@@ -6,15 +6,19 @@ import TestSupport
 struct TapeTests {
     @Test("backward empties the tape and frees intermediate gradients")
     func resetPerStep() {
-        let w = randn([3, 3], 1)
-        w.requiresGrad = true
-        let h = silu(matmul(w, w))
-        let loss = h.sum()
-        #expect(Tape.current.count == 3)
-        loss.backward()
-        #expect(Tape.current.count == 0)
-        #expect(h.grad == nil)
-        #expect(w.grad != nil)
+        // On a tape of its own: tests share worker threads, and a test that records ops
+        // without a backward leaves them on its thread's tape.
+        withSeparateTape {
+            let w = randn([3, 3], 1)
+            w.requiresGrad = true
+            let h = silu(matmul(w, w))
+            let loss = h.sum()
+            #expect(Tape.current.count == 3)
+            loss.backward()
+            #expect(Tape.current.count == 0)
+            #expect(h.grad == nil)
+            #expect(w.grad != nil)
+        }
     }
 
     @Test("leaf gradients accumulate across backward calls until zeroGrad")
