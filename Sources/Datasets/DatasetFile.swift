@@ -44,9 +44,9 @@ public struct DatasetColumns: Sendable {
 /// A dataset file (`ldm-train prepare`): per split `images` [N, C, H, W] u8 chunked
 /// by rows, `labels` [N] i32 (−1: none), `captions` [N] and `file_name` [N] UTF-8
 /// strings; `skipped/file_name` and `skipped/reason` for images `--skip-invalid`
-/// left out; the class names and the preparation settings as attributes. An
-/// image-folder prepare writes one shard per rank beside the file, in
-/// `<file>.shards/` (`DatasetShardWriter`), and the file maps them as virtual datasets.
+/// left out; the class names and the preparation settings as attributes. A prepare
+/// writes one shard per rank beside the file, in `<file>.shards/`
+/// (`DatasetShardWriter`), and the file maps them as virtual datasets.
 public enum DatasetFile {
     public static let format = "swiftldm-dataset"
     public static let version: Int64 = 2
@@ -71,14 +71,6 @@ public enum DatasetFile {
     /// row costs a small read.
     static func chunkRows(rowBytes: Int) -> Int { max(1, 65536 / max(rowBytes, 1)) }
 
-    static func writeColumns(_ file: HDF5File, _ split: Split, _ columns: DatasetColumns, shape: [Int]) throws {
-        let rowBytes = shape.reduce(1, *)
-        try file.write("\(split)/images", shape: [columns.count] + shape, columns.images, chunkRows: chunkRows(rowBytes: rowBytes))
-        try file.write("\(split)/labels", shape: [columns.count], columns.labels, chunkRows: 16384)
-        try file.writeStrings("\(split)/captions", columns.captions)
-        try file.writeStrings("\(split)/file_name", columns.fileNames)
-    }
-
     static func writeDescription(_ file: HDF5File, _ d: Description, skipped: [(String, String)]) throws {
         try file.writeStrings("skipped/file_name", skipped.map(\.0))
         try file.writeStrings("skipped/reason", skipped.map(\.1))
@@ -95,23 +87,13 @@ public enum DatasetFile {
         }
         try file.setAttribute("created", ISO8601DateFormatter().string(from: Date()))
     }
-
-    /// Writes a whole dataset from one process: to `<out>.partial`, then renamed.
-    public static func write(_ out: String, splits: [Split: DatasetColumns], shape: [Int], description: Description,
-                             skipped: [(String, String)] = []) throws {
-        try Published(out).write { partial, _ in
-            let file = try HDF5File.create(partial)
-            for split in Split.allCases { try writeColumns(file, split, splits[split] ?? DatasetColumns(), shape: shape) }
-            try writeDescription(file, description, skipped: skipped)
-            try file.close()
-        }
-    }
 }
 
 /// A dataset written by every rank: each appends its rows of each split (in rank
 /// order, the rows of the whole split) to its own shard as they are made, so no rank
 /// holds more than a block of rows; `finish` has rank 0 write the file that maps the
-/// shards, and the file appears only when all of it is complete.
+/// shards, and the file appears only when all of it is complete. A world of one writes
+/// its rows into the file itself: one self-contained file, free to move or rename.
 public final class DatasetShardWriter {
     let out: String, shape: [Int], comm: Communicator
     let published: Published
@@ -121,11 +103,12 @@ public final class DatasetShardWriter {
     /// Every rank together: rank 0 clears leftovers of an interrupted write; each rank opens its shard.
     public init(_ out: String, shape: [Int], communicator comm: Communicator) throws {
         (self.out, self.shape, self.comm, published) = (out, shape, comm, Published(out))
-        var problem = comm.isRoot ? published.prepare() : ""
+        var problem = comm.isRoot ? published.prepare(shards: comm.size > 1) : ""
         problem = try comm.broadcast(problem)
         guard problem.isEmpty else { throw DataError(problem) }
         do {
-            let file = try HDF5File.create("\(published.partialShards)/\(CheckpointStore.shardName(rank: comm.rank, of: comm.size))")
+            let file = try HDF5File.create(comm.size == 1 ? published.partial
+                                           : "\(published.partialShards)/\(CheckpointStore.shardName(rank: comm.rank, of: comm.size))")
             for split in Split.allCases {
                 try file.createGrowing("\(split)/images", of: UInt8.self, rowShape: shape, chunkRows: DatasetFile.chunkRows(rowBytes: shape.reduce(1, *)))
                 try file.createGrowing("\(split)/labels", of: Int32.self, rowShape: [], chunkRows: 16384)
@@ -162,6 +145,9 @@ public final class DatasetShardWriter {
     /// publishes. `skipped` is this rank's list; all ranks' are kept, in rank order.
     public func finish(problem: String, description: DatasetFile.Description, skipped: [(String, String)]) throws {
         var problem = problem
+        if problem.isEmpty && comm.size == 1, let shard {   // the rows are in the file: describe it
+            do { try DatasetFile.writeDescription(shard, description, skipped: skipped) } catch { problem = "\(error)" }
+        }
         if problem.isEmpty { do { try shard?.close() } catch { problem = "rank \(comm.rank): \(error)" } }
         shard = nil
         if let first = try comm.firstProblem(problem) {
@@ -177,7 +163,7 @@ public final class DatasetShardWriter {
         let allSkipped = try comm.allGather(strings: skipped.flatMap { [$0.0, $0.1] })
         if comm.isRoot {
             do {
-                try published.write { partial, shardsDirectory in
+                try published.publish(writingIndex: comm.size == 1 ? nil : { [comm, shape] partial, shardsDirectory in
                     let file = try HDF5File.create(partial)
                     for (s, split) in splits.enumerated() {
                         var sources: [(String) -> VirtualSource] = [], start = 0
@@ -196,7 +182,7 @@ public final class DatasetShardWriter {
                     let pairs = allSkipped.flatMap { list in stride(from: 0, to: list.count - 1, by: 2).map { (list[$0], list[$0 + 1]) } }
                     try DatasetFile.writeDescription(file, description, skipped: pairs)
                     try file.close()
-                }
+                })
             } catch { problem = "\(error)" }
         }
         problem = try comm.broadcast(problem)
@@ -214,32 +200,32 @@ struct Published {
     var partialShards: String { path + ".shards.partial" }
     var partial: String { path + ".partial" }
 
-    /// Removes leftovers of an interrupted write and makes the partial shard directory;
-    /// returns a problem, or "".
-    func prepare() -> String {
+    /// Removes leftovers of an interrupted write and makes the partial shard directory
+    /// when there are `shards`; returns a problem, or "".
+    func prepare(shards: Bool) -> String {
         do {
             let directory = (path as NSString).deletingLastPathComponent
             if !directory.isEmpty { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
             for leftover in [partial, partialShards] { try? FileManager.default.removeItem(atPath: leftover) }
-            try FileManager.default.createDirectory(atPath: partialShards, withIntermediateDirectories: true)
+            if shards { try FileManager.default.createDirectory(atPath: partialShards, withIntermediateDirectories: true) }
+            let fd = open(partial, O_CREAT | O_WRONLY | O_TRUNC, 0o644)   // the file can be made here (a clear reason if not)
+            guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+            close(fd)
             return ""
         } catch { return FileSystem.describe(error, path: path, doing: "prepare the output") }
     }
 
     func discard() { for leftover in [partial, partialShards] { try? FileManager.default.removeItem(atPath: leftover) } }
 
-    /// Runs `body(partialFile, shardsDirectoryName)` and publishes; on failure removes the partial output.
-    func write(_ body: (String, String) throws -> Void) throws {
-        if !FileManager.default.fileExists(atPath: partialShards) {
-            let problem = prepare()
-            guard problem.isEmpty else { throw DataError(problem) }
-        }
+    /// Runs `writingIndex(partialFile, shardsDirectoryName)` when given (the partial file
+    /// is complete otherwise), then makes the output visible: the old one removed, the
+    /// shards renamed, the file last. On failure removes the partial output.
+    func publish(writingIndex: ((String, String) throws -> Void)?) throws {
         do {
-            try body(partial, (shards as NSString).lastPathComponent)
+            try writingIndex?(partial, (shards as NSString).lastPathComponent)
             let manager = FileManager.default
             for old in [path, shards] where manager.fileExists(atPath: old) { try manager.removeItem(atPath: old) }
-            let shardFiles = try manager.contentsOfDirectory(atPath: partialShards)
-            if shardFiles.isEmpty { try manager.removeItem(atPath: partialShards) } else { try manager.moveItem(atPath: partialShards, toPath: shards) }
+            if manager.fileExists(atPath: partialShards) { try manager.moveItem(atPath: partialShards, toPath: shards) }
             try manager.moveItem(atPath: partial, toPath: path)
         } catch {
             discard()

@@ -1,9 +1,11 @@
 import CZlib
+import Distributed
 import Foundation
 import Storage
 
 /// Fashion-MNIST from the IDX files of Debian's dataset-fashion-mnist, written as a
-/// dataset file: 60,000 train and 10,000 test rows of 1×28×28, labels 0…9, no captions.
+/// dataset file (one shard, by one process): 60,000 train and 10,000 test rows of
+/// 1×28×28, labels 0…9, no captions.
 public enum FashionMNIST {
     public static let defaultSource = "/usr/share/datasets/fashion-mnist"
     public static let classNames = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -25,8 +27,9 @@ public enum FashionMNIST {
                                 + "dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
             }
         }
-        var splits: [Split: DatasetColumns] = [:]
-        for (split, imagesName, labelsName) in files {
+        let writer = try DatasetShardWriter(out, shape: [1, 28, 28], communicator: SingleProcess())
+        var problem = ""
+        for (split, imagesName, labelsName) in files where problem.isEmpty {
             let images = try readIDX("\(source)/\(imagesName)")
             let labels = try readIDX("\(source)/\(labelsName)")
             guard images.dims.count == 3, labels.dims == [images.dims[0]], images.dims[1] == 28, images.dims[2] == 28 else {
@@ -38,13 +41,13 @@ public enum FashionMNIST {
             columns.labels = labels.data.map { Int32($0) }
             columns.captions = [String](repeating: "", count: labels.data.count)
             columns.fileNames = (0..<labels.data.count).map { "\(imagesName)#\($0)" }
-            splits[split] = columns
+            do { try writer.append(split, columns) } catch { problem = "\(error)" }
         }
         var description = DatasetFile.Description()
         description.classNames = classNames
         description.source = "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017), Debian dataset-fashion-mnist, \(source)"
         description.settings = [.init("resolution", .integer(28)), .init("channels", .integer(1))]
-        try DatasetFile.write(out, splits: splits, shape: [1, 28, 28], description: description)
+        try writer.finish(problem: problem, description: description, skipped: [])
     }
 
     /// An IDX file (LeCun's MNIST format), gzip-compressed: magic 0x0000 08 <rank>

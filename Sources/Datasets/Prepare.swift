@@ -44,7 +44,7 @@ public enum Prepare {
             if comm.isRoot { do { try FashionMNIST.prepare(source: options.source, out: options.out) } catch { problem = "\(error)" } }
             problem = try comm.broadcast(problem)
             guard problem.isEmpty else { throw DataError(problem) }
-            return Summary(rows: [.train: 60000, .test: 10000], classNames: FashionMNIST.classNames)
+            return try summary(options.out)
         }
         return try imageFolder(options, comm)
     }
@@ -96,10 +96,16 @@ public enum Prepare {
         ]
         try writer.finish(problem: problem, description: description, skipped: skipped)
         let seconds = try comm.allGather(values: [Date().timeIntervalSince(start)]).max()!
-        let train = try DatasetSplit.open(options.out, split: .train), test = try DatasetSplit.open(options.out, split: .test)
-        let allSkipped = try train.skipped()
-        return Summary(rows: [.train: train.count, .test: test.count], classNames: folder.classNames, skipped: allSkipped,
-                       imagesPerSecondPerRank: Double(train.count + test.count + allSkipped.count) / seconds / Double(comm.size))
+        var summary = try summary(options.out)
+        let images = summary.rows.values.reduce(0, +) + summary.skipped.count
+        summary.imagesPerSecondPerRank = Double(images) / seconds / Double(comm.size)
+        return summary
+    }
+
+    /// What the dataset file at `out` holds, read back from it.
+    static func summary(_ out: String) throws -> Summary {
+        let train = try DatasetSplit.open(out, split: .train), test = try DatasetSplit.open(out, split: .test)
+        return Summary(rows: [.train: train.count, .test: test.count], classNames: train.classNames, skipped: try train.skipped())
     }
 
     /// Rows decoded before they are appended to the shard: what a rank holds at once.

@@ -154,7 +154,7 @@ struct ChangedInputTests {
     @Test("resuming on a dataset prepared again since the checkpoint is refused; --resume none starts over")
     func resumeOnNewData() throws {
         let data = temporaryDirectory().appendingPathComponent("fmnist.h5").path
-        try FileManager.default.copyItem(atPath: preparedDataset, toPath: data)
+        try FileManager.default.copyItem(atPath: preparedDataset, toPath: data)   // prepared by one process: one file
         let run = temporaryRun()
         let common = ["autoencoder"] + smoke + ["--data", data, "--run-dir", run, "--set", "autoencoder.training.eval_images=20"]
         #expect(try ldmTrain(common + ["--steps", "2"]).status == 0)
