@@ -1,18 +1,64 @@
 /// Softmax along the last axis and scaled dot-product attention built on it.
 
+/// Which keys each sample of a batch may attend to (a key-padding mask): `valid`
+/// holds `samples × keys` flags, row-major. Every sample keeps at least one key.
+public struct KeyMask: Sendable, Equatable {
+    public let samples: Int, keys: Int
+    public let valid: [Bool]
+
+    public init(samples: Int, keys: Int, valid: [Bool]) {
+        precondition(valid.count == samples * keys, "KeyMask: \(valid.count) flags for \(samples) × \(keys)")
+        precondition((0..<samples).allSatisfy { n in valid[(n * keys)..<((n + 1) * keys)].contains(true) },
+                     "KeyMask: a sample with no valid key")
+        (self.samples, self.keys, self.valid) = (samples, keys, valid)
+    }
+
+    /// The first `lengths[n]` keys of sample n are valid (tokens, then padding).
+    public init(lengths: [Int], keys: Int) {
+        self.init(samples: lengths.count, keys: keys, valid: lengths.flatMap { l in (0..<keys).map { $0 < l } })
+    }
+
+    /// The masks of two batches, one after the other.
+    public static func + (a: KeyMask, b: KeyMask) -> KeyMask {
+        precondition(a.keys == b.keys, "KeyMask: \(a.keys) and \(b.keys) keys")
+        return KeyMask(samples: a.samples + b.samples, keys: a.keys, valid: a.valid + b.valid)
+    }
+}
+
 /// y = exp(x − max) / Σ exp(x − max) along the last axis; dx = y ⊙ (dy − Σ dy ⊙ y).
-public func softmax(_ x: Tensor) -> Tensor {
+/// With a key mask, x is [B, T, S] with B = samples × groups (heads of a sample
+/// adjacent) and S = keys: masked keys get y = 0 exactly (and so no gradient).
+public func softmax(_ x: Tensor, keyMask: KeyMask? = nil) -> Tensor {
     precondition(x.rank >= 1, "softmax: needs at least one axis, got \(x.shape)")
     let d = x.shape.last!, rows = x.count / max(d, 1)
     let y = Tensor(uninitialized: x.shape)
     let px = x.pointer, py = y.pointer
-    parallelFor(rows, grain: 64) { range in
-        for r in range {
-            let xi = px + r * d, yi = py + r * d
-            let m = rowMax(xi, d)
-            for j in 0..<d { yi[j] = fastExp(xi[j] - m) }
-            let inv = 1 / rowSum(yi, d)
-            for j in 0..<d { yi[j] *= inv }
+    if let mask = keyMask {
+        precondition(x.rank == 3 && d == mask.keys && x.shape[0] % mask.samples == 0,
+                     "softmax: scores \(x.shape) do not fit a mask of \(mask.samples) × \(mask.keys)")
+        let rowsPerSample = rows / mask.samples
+        mask.valid.withUnsafeBufferPointer { valid in
+            parallelFor(rows, grain: 64) { range in
+                for r in range {
+                    let xi = px + r * d, yi = py + r * d, vi = valid.baseAddress! + (r / rowsPerSample) * d
+                    var m = -Float.infinity
+                    for j in 0..<d where vi[j] { m = max(m, xi[j]) }
+                    var sum: Float = 0
+                    for j in 0..<d { yi[j] = vi[j] ? fastExp(xi[j] - m) : 0; sum += yi[j] }
+                    let inv = 1 / sum
+                    for j in 0..<d { yi[j] *= inv }
+                }
+            }
+        }
+    } else {
+        parallelFor(rows, grain: 64) { range in
+            for r in range {
+                let xi = px + r * d, yi = py + r * d
+                let m = rowMax(xi, d)
+                for j in 0..<d { yi[j] = fastExp(xi[j] - m) }
+                let inv = 1 / rowSum(yi, d)
+                for j in 0..<d { yi[j] *= inv }
+            }
         }
     }
     if Tape.needsGrad(x) {
@@ -33,12 +79,13 @@ public func softmax(_ x: Tensor) -> Tensor {
 }
 
 /// softmax(q·kᵀ · scale)·v for q: [B, Tq, D], k: [B, Tk, D], v: [B, Tk, Dv] → [B, Tq, Dv].
-/// `scale` defaults to 1/√D. Composite of matmul, scale and softmax.
-public func attention(query q: Tensor, key k: Tensor, value v: Tensor, scale: Float? = nil) -> Tensor {
+/// `scale` defaults to 1/√D. Composite of matmul, scale and softmax; with a key mask
+/// (B a multiple of its samples), no query attends to a masked key.
+public func attention(query q: Tensor, key k: Tensor, value v: Tensor, scale: Float? = nil, keyMask: KeyMask? = nil) -> Tensor {
     precondition(q.rank == 3 && k.rank == 3 && v.rank == 3 && q.shape[0] == k.shape[0] && k.shape[0] == v.shape[0]
                  && q.shape[2] == k.shape[2] && k.shape[1] == v.shape[1],
                  "attention: query \(q.shape), key \(k.shape), value \(v.shape) do not match")
     let s = scale ?? 1 / Float(q.shape[2]).squareRoot()
-    let weights = softmax(matmul(q, k, transposeB: true).scaled(by: s))
+    let weights = softmax(matmul(q, k, transposeB: true).scaled(by: s), keyMask: keyMask)
     return matmul(weights, v)
 }
