@@ -153,26 +153,30 @@ struct Sample: ParsableCommand {
     @Option(help: "Diffusion run directory (its newest checkpoint) or step directory.") var diffusion = "Checkpoints/diffusion"
     @Option(help: "Autoencoder run directory or step directory (must be the one the latents came from).")
     var autoencoder = "Checkpoints/autoencoder"
-    @Option(name: .customLong("class"), help: "A class index, or all.") var classes = "all"
-    @Option(help: "Samples per class.") var count = 8
-    @Option(help: "ddim or ddpm (default: the config's).") var sampler: String?
+    @Option(name: .customLong("class"), help: "A class-conditional model: a class index, or all.") var classes: String?
+    @Option(help: "A text model: a prompt, one grid row (repeatable; \"\" samples unconditionally).") var prompt: [String] = []
+    @Option(name: .customLong("prompts-file"), help: "A text model: a UTF-8 file of prompts, one per line.") var promptsFile: String?
+    @Option(help: "Samples per class or prompt.") var count = 8
+    @Option(help: "ddim or ddpm (default: the config's).") var sampler: SamplerKind?
     @Option(help: "Sampling steps (DDIM; DDPM uses all T).") var steps: Int?
     @Option(help: "DDIM η (0: deterministic).") var eta: Double?
     @Option(help: "Classifier-free guidance scale w (1: conditional only).") var guidance: Double?
     @Option(help: "Seed of the sampling noise.") var seed: Int?
-    @Option(help: "Grid PNG, one row per class.") var out = "samples.png"
+    @Option(help: "Grid PNG, one row per class or prompt.") var out = "samples.png"
     @Option(name: .customLong("latents-out"), help: "Write the sampled latents (latent-cache format) here.") var latentsOut: String?
-    @Option(name: .customLong("images-out"), help: "Write images [N,1,32,32] f32 and labels [N] i64 to this HDF5 file.") var imagesOut: String?
+    @Option(name: .customLong("images-out"), help: "Write images [N,C,R,R] f32 with labels [N] i64 or prompts [N] to this HDF5 file.")
+    var imagesOut: String?
     @Flag(name: .customLong("no-ema"), help: "Use the trained weights instead of their EMA.") var noEMA = false
     @Option(help: "Threads (default: all cores).") var threads: Int?
 
     func run() throws {
         if let threads { Threads.configure(max(1, threads)) }
         var r = SampleStage.Request(diffusion: diffusion, autoencoder: autoencoder)
-        if classes != "all" {
-            guard let k = Int(classes) else { throw ValidationError("--class must be a class index or all, got '\(classes)'") }
-            r.classIndex = k
+        if let classes {
+            guard classes == "all" || Int(classes) != nil else { throw ValidationError("--class must be a class index or all, got '\(classes)'") }
+            r.classes = Int(classes).map { .one($0) } ?? .all
         }
+        (r.prompts, r.promptsFile) = (prompt, promptsFile)
         (r.count, r.sampler, r.steps, r.eta, r.guidance, r.seed) = (count, sampler, steps, eta, guidance, seed)
         (r.useEMA, r.out, r.latentsOut, r.imagesOut) = (!noEMA, out, latentsOut, imagesOut)
         try SampleStage.run(r)
@@ -184,3 +188,5 @@ struct Inspect: ParsableCommand {
     @Argument(help: "A checkpoint (step or run directory), latent cache directory, or HDF5 file.") var path: String
     func run() throws { print(try Storage.Inspect.describe(path)) }
 }
+
+extension SamplerKind: ExpressibleByArgument {}

@@ -105,8 +105,9 @@ public final class LayerNorm: Module {
 public final class Embedding: Module {
     public let weight: Tensor
 
-    public init(_ count: Int, _ features: Int, _ initializer: ParameterInitializer) {
-        weight = initializer.normal([count, features])
+    /// Rows drawn from N(0, std²) (PyTorch's default: std 1).
+    public init(_ count: Int, _ features: Int, _ initializer: ParameterInitializer, std: Float = 1) {
+        weight = initializer.normal([count, features], std: std)
     }
 
     /// Rows for `indices` → [indices.count, features].

@@ -5,7 +5,8 @@ import TensorEngine
 
 /// Multi-head attention of x [N, T, C] over a context [N, S, C_ctx] (x itself when
 /// nil): to_q, to_k, to_v without bias, heads of `headChannels`, to_out.0 with bias.
-public final class CrossAttention: Module {
+/// A key mask keeps every query off the context's padding.
+public class CrossAttention: Module {
     let toQ: Linear, toK: Linear, toV: Linear, toOut: Linear
     let heads: Int, headChannels: Int
     override public class var keys: [String: String] { ["toOut": "to_out.0"] }
@@ -19,10 +20,10 @@ public final class CrossAttention: Module {
         (self.heads, self.headChannels) = (heads, headChannels)
     }
 
-    public func callAsFunction(_ x: Tensor, context: Tensor? = nil) -> Tensor {
+    public func callAsFunction(_ x: Tensor, context: Tensor? = nil, keyMask: KeyMask? = nil) -> Tensor {
         let c = context ?? x
         let (n, t, s) = (x.shape[0], x.shape[1], c.shape[1])
-        if s == 1 {
+        if s == 1 && keyMask == nil {
             // One key: softmax over a single logit is exactly 1 whatever the query, so every
             // position receives that token's value (and to_q's gradient is exactly zero). The
             // class-conditioned UNet's cross-attention is this case: skip q, q·kᵀ and softmax.
@@ -33,7 +34,7 @@ public final class CrossAttention: Module {
         func split(_ y: Tensor, _ length: Int) -> Tensor {
             y.reshaped([n, length, heads, headChannels]).permuted([0, 2, 1, 3]).reshaped([n * heads, length, headChannels])
         }
-        let out = attention(query: split(toQ(x), t), key: split(toK(c), s), value: split(toV(c), s))
+        let out = attention(query: split(toQ(x), t), key: split(toK(c), s), value: split(toV(c), s), keyMask: keyMask)
         return toOut(out.reshaped([n, heads, t, headChannels]).permuted([0, 2, 1, 3]).reshaped([n, t, heads * headChannels]))
     }
 }
@@ -60,16 +61,17 @@ public final class BasicTransformerBlock: Module {
         [("ff", ff), ("norm3", norm3), ("attn2", attn2), ("norm2", norm2), ("attn1", attn1), ("norm1", norm1)]
     }
 
-    public init(_ dim: Int, heads: Int, headChannels: Int, contextDim: Int, _ initializer: ParameterInitializer) {
+    /// `contextDim` nil: attn2 attends to the block's own tokens (a model without a context).
+    public init(_ dim: Int, heads: Int, headChannels: Int, contextDim: Int?, _ initializer: ParameterInitializer) {
         attn1 = CrossAttention(queryDim: dim, heads: heads, headChannels: headChannels, initializer)
         ff = FeedForward(dim, initializer)
         attn2 = CrossAttention(queryDim: dim, contextDim: contextDim, heads: heads, headChannels: headChannels, initializer)
         (norm1, norm2, norm3) = (LayerNorm(dim), LayerNorm(dim), LayerNorm(dim))
     }
 
-    public func callAsFunction(_ x: Tensor, context: Tensor?) -> Tensor {
+    public func callAsFunction(_ x: Tensor, context: Context?) -> Tensor {
         var h = attn1(norm1(x)) + x
-        h = attn2(norm2(h), context: context) + h
+        h = attn2(norm2(h), context: context?.tokens, keyMask: context?.keyMask) + h
         return ff(norm3(h)) + h
     }
 }
@@ -83,7 +85,7 @@ public final class SpatialTransformer: TimestepLayer {
     let transformerBlocks: [BasicTransformerBlock]
     let projOut: Conv2D
 
-    public init(_ channels: Int, heads: Int, headChannels: Int, depth: Int, contextDim: Int, _ initializer: ParameterInitializer) {
+    public init(_ channels: Int, heads: Int, headChannels: Int, depth: Int, contextDim: Int?, _ initializer: ParameterInitializer) {
         let inner = heads * headChannels
         norm = GroupNorm(channels, eps: 1e-6)
         projIn = Conv2D(channels, inner, kernel: 1, initializer)
@@ -92,7 +94,7 @@ public final class SpatialTransformer: TimestepLayer {
         projOut = Conv2D(inner, channels, kernel: 1, zeroInit: true, initializer)
     }
 
-    override public func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor {
+    override public func forward(_ x: Tensor, emb: Tensor, context: Context?) -> Tensor {
         let (n, h, w) = (x.shape[0], x.shape[1], x.shape[2])
         let p = projIn(norm(x))
         var tokens = p.reshaped([n, h * w, p.shape[3]])

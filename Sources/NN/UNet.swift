@@ -28,7 +28,7 @@ public struct UNetArchitecture: Codable, Equatable, Sendable {
 
 /// A layer of a UNet block: takes the time embedding and the context along.
 open class TimestepLayer: Module {
-    open func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor { x }
+    open func forward(_ x: Tensor, emb: Tensor, context: Context?) -> Tensor { x }
 }
 
 /// in_layers (GroupNorm, SiLU, conv), plus the projected time embedding, then
@@ -53,7 +53,7 @@ public final class ResBlock: TimestepLayer {
         skipConnection = channels == out ? nil : Conv2D(channels, out, kernel: 1, initializer)
     }
 
-    override public func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor {
+    override public func forward(_ x: Tensor, emb: Tensor, context: Context?) -> Tensor {
         let e = embLinear(silu(emb))
         let h = inConv(inNorm(x, thenSiLU: true)) + e.reshaped([e.shape[0], 1, 1, e.shape[1]])
         return (skipConnection?(x) ?? x) + outConv(outNorm(h, thenSiLU: true))
@@ -65,21 +65,21 @@ public final class InputConv: TimestepLayer {
     let conv: Conv2D
     override public class var keys: [String: String] { ["conv": ""] }
     init(_ conv: Conv2D) { self.conv = conv }
-    override public func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor { conv(x) }
+    override public func forward(_ x: Tensor, emb: Tensor, context: Context?) -> Tensor { conv(x) }
 }
 
 /// 3×3 conv with stride 2 and padding 1 (`op`).
 public final class UNetDownsample: TimestepLayer {
     let op: Conv2D
     init(_ channels: Int, _ initializer: ParameterInitializer) { op = Conv2D(channels, channels, kernel: 3, stride: 2, padding: 1, initializer) }
-    override public func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor { op(x) }
+    override public func forward(_ x: Tensor, emb: Tensor, context: Context?) -> Tensor { op(x) }
 }
 
 /// Nearest 2× upsampling, then a 3×3 conv.
 public final class UNetUpsample: TimestepLayer {
     let conv: Conv2D
     init(_ channels: Int, _ initializer: ParameterInitializer) { conv = Conv2D(channels, channels, kernel: 3, initializer) }
-    override public func forward(_ x: Tensor, emb: Tensor, context: Tensor?) -> Tensor { conv(upsampleNearest2x(x)) }
+    override public func forward(_ x: Tensor, emb: Tensor, context: Context?) -> Tensor { conv(upsampleNearest2x(x)) }
 }
 
 /// The denoiser ε_θ(z_t, t, context) (CompVis openaimodel.UNetModel with
@@ -92,20 +92,29 @@ public final class UNetModel: Module {
     let middleBlock: [TimestepLayer]
     let outputBlocks: [[TimestepLayer]]
     let outNorm: GroupNorm, outConv: Conv2D
+    /// The `adm` vector's MLP into the time embedding (label_emb.0.0, label_emb.0.2).
+    let labelEmb0: Linear?, labelEmb2: Linear?
     override public class var keys: [String: String] {
-        ["timeEmbed0": "time_embed.0", "timeEmbed2": "time_embed.2", "outNorm": "out.0", "outConv": "out.2"]
+        ["timeEmbed0": "time_embed.0", "timeEmbed2": "time_embed.2", "outNorm": "out.0", "outConv": "out.2",
+         "labelEmb0": "label_emb.0.0", "labelEmb2": "label_emb.0.2"]
     }
 
-    public init(_ a: UNetArchitecture, _ initializer: ParameterInitializer) {
+    /// `contextDim` nil: no context, the SpatialTransformers attend to themselves only;
+    /// `admChannels`: the width of a vector added to the time embedding (`adm`);
+    /// `concatChannels`: input channels beyond the latent's.
+    public init(_ a: UNetArchitecture, contextDim: Int?, admChannels: Int? = nil, concatChannels: Int = 0,
+                _ initializer: ParameterInitializer) {
         architecture = a
         let mc = a.modelChannels, embedding = 4 * mc
         timeEmbed0 = Linear(mc, embedding, initializer)
         timeEmbed2 = Linear(embedding, embedding, initializer)
+        labelEmb0 = admChannels.map { Linear($0, embedding, initializer) }
+        labelEmb2 = admChannels.map { _ in Linear(embedding, embedding, initializer) }
         func transformer(_ ch: Int) -> SpatialTransformer {
             SpatialTransformer(ch, heads: ch / a.numHeadChannels, headChannels: a.numHeadChannels, depth: a.transformerDepth,
-                               contextDim: a.contextDim, initializer)
+                               contextDim: contextDim, initializer)
         }
-        var input: [[TimestepLayer]] = [[InputConv(Conv2D(a.inChannels, mc, kernel: 3, initializer))]]
+        var input: [[TimestepLayer]] = [[InputConv(Conv2D(a.inChannels + concatChannels, mc, kernel: 3, initializer))]]
         var skipChannels = [mc], ch = mc, ds = 1
         for (level, mult) in a.channelMult.enumerated() {
             for _ in 0..<a.numResBlocks {
@@ -142,8 +151,10 @@ public final class UNetModel: Module {
         outConv = Conv2D(mc, a.outChannels, kernel: 3, zeroInit: true, initializer)
     }
 
-    public func callAsFunction(_ x: Tensor, timesteps: [Int], context: Tensor?) -> Tensor {
-        let emb = timeEmbed2(silu(timeEmbed0(timestepEmbedding(timesteps, channels: architecture.modelChannels))))
+    /// `adm`: [N, adm channels], added to the time embedding through label_emb.
+    public func callAsFunction(_ x: Tensor, timesteps: [Int], context: Context?, adm: Tensor? = nil) -> Tensor {
+        var emb = timeEmbed2(silu(timeEmbed0(timestepEmbedding(timesteps, channels: architecture.modelChannels))))
+        if let adm, let labelEmb0, let labelEmb2 { emb = emb + labelEmb2(silu(labelEmb0(adm))) }
         var h = x, skips: [Tensor] = []
         for block in inputBlocks {
             for layer in block { h = layer.forward(h, emb: emb, context: context) }
@@ -174,45 +185,57 @@ public func timestepEmbedding(_ t: [Int], channels: Int) -> Tensor {
 }
 
 /// The trainable part of stage 2 under CompVis's LatentDiffusion keys:
-/// `model.diffusion_model.*` (the UNet) and `cond_stage_model.embedding.weight`
-/// (one context token per class, plus a learned null token at index num_classes
-/// for classifier-free guidance).
+/// `model.diffusion_model.*` (the UNet) and `cond_stage_model.*` (τθ: the class
+/// embedder, one context token per class plus a learned null token at index
+/// num_classes; or the text encoder), absent for an unconditional model.
 public final class LatentDiffusionModel: Module {
     public let model: DiffusionWrapper
-    public let condStageModel: ClassEmbedder
-    /// The class embedding is used first, so its gradient is the last to finish.
-    override public var childrenInGradientOrder: [(String, Any)]? { [("model", model), ("cond_stage_model", condStageModel)] }
+    public let condStageModel: ConditionEncoder?
+    public let conditioning: ConditioningConfig
+    /// τθ is used first, so its gradient is the last to finish.
+    override public var childrenInGradientOrder: [(String, Any)]? { [("model", model), ("cond_stage_model", condStageModel as Any)] }
 
-    public init(_ a: UNetArchitecture, seed: UInt64) {
+    /// `tokenizer`: the text encoder's (kind text only).
+    public init(_ a: UNetArchitecture, conditioning c: ConditioningConfig = ConditioningConfig(), tokenizer: BPETokenizer? = nil,
+                concatChannels: Int = 0, seed: UInt64) {
+        precondition(c.kind != .text || tokenizer != nil, "a text-conditioned model needs a tokenizer")
+        precondition(c.key.usesConcat == (concatChannels > 0), "conditioning_key \(c.key.rawValue) with \(concatChannels) concat channels")
         let initializer = ParameterInitializer(seed: seed)
-        model = DiffusionWrapper(UNetModel(a, initializer))
-        condStageModel = ClassEmbedder(classes: a.numClasses, dim: a.contextDim, initializer)
+        let conditioned = c.kind != .none
+        let unet = UNetModel(a, contextDim: conditioned && c.key.usesContext ? a.contextDim : nil,
+                             admChannels: conditioned && c.key == .adm ? a.contextDim : nil, concatChannels: concatChannels, initializer)
+        model = DiffusionWrapper(unet, key: c.key)
+        switch c.kind {
+        case .none: condStageModel = nil
+        case .class: condStageModel = ClassEmbedder(classes: a.numClasses, dim: a.contextDim, initializer)
+        case .text: condStageModel = TextEncoder(c.text, width: a.contextDim, tokenizer: tokenizer!, initializer)
+        }
+        conditioning = c
     }
 
     public var unet: UNetModel { model.diffusionModel }
+    public var tokenizer: BPETokenizer? { (condStageModel as? TextEncoder)?.tokenizer }
 
-    /// ε̂ (or v̂) for z_t [N, s, s, c] at `timesteps` with class labels (num_classes = unconditional).
-    public func callAsFunction(_ zt: Tensor, timesteps: [Int], labels: [Int]) -> Tensor {
-        unet(zt, timesteps: timesteps, context: condStageModel(labels))
+    /// ε̂ (or v̂) for z_t [N, s, s, c] at `timesteps` under `conditions` (`.none`: the
+    /// null condition); `concat` [N, s, s, k] for the concat and hybrid keys.
+    public func callAsFunction(_ zt: Tensor, timesteps: [Int], conditions: [Condition], concat: Tensor? = nil) -> Tensor {
+        model(zt, timesteps: timesteps, context: condStageModel?.context(conditions), concat: concat)
     }
 }
 
+/// CompVis's DiffusionWrapper: combines the condition with the input as its
+/// `conditioning_key` says.
 public final class DiffusionWrapper: Module {
     public let diffusionModel: UNetModel
-    init(_ unet: UNetModel) { diffusionModel = unet }
-}
+    public let key: ConditioningKey
+    init(_ unet: UNetModel, key: ConditioningKey) { (diffusionModel, self.key) = (unet, key) }
 
-/// Class label → one context token [N, 1, dim]; index `classes` is the null token.
-public final class ClassEmbedder: Module {
-    let embedding: Embedding
-    public let classes: Int
-
-    init(classes: Int, dim: Int, _ initializer: ParameterInitializer) {
-        embedding = Embedding(classes + 1, dim, initializer)
-        self.classes = classes
-    }
-
-    public func callAsFunction(_ labels: [Int]) -> Tensor {
-        embedding(labels).reshaped([labels.count, 1, embedding.weight.shape[1]])
+    public func callAsFunction(_ x: Tensor, timesteps: [Int], context: Context?, concat: Tensor?) -> Tensor {
+        let input = key.usesConcat ? TensorEngine.concat([x, concat!], axis: -1) : x
+        switch key {
+        case .crossattn, .hybrid: return diffusionModel(input, timesteps: timesteps, context: context)
+        case .concat: return diffusionModel(input, timesteps: timesteps, context: nil)
+        case .adm: return diffusionModel(input, timesteps: timesteps, context: nil, adm: context?.pooled)
+        }
     }
 }

@@ -4,7 +4,8 @@ import Foundation
 /// The latent cache z = E(x) (ARCHITECTURE.md, "Storage formats"): every rank writes the
 /// rows it encoded to `shard-<r>-of-<R>.h5`; `index.h5` stitches them with virtual
 /// datasets `mean` and `logvar` [N, c, h, w] f32 (NCHW, as PyTorch holds them),
-/// `label` [N] i32 and `source_index` [N] i64, and records where they came from.
+/// `label` [N] i32 (−1: none), `caption` [N] UTF-8 strings and `source_index` [N] i64,
+/// and records where they came from.
 public enum LatentCache {
     public static let format = "swiftldm-latents"
 
@@ -23,14 +24,23 @@ public enum LatentCache {
     }
 
     /// One rank's rows: `start` is its first row in the whole cache; mean and
-    /// logvar are NCHW [n, c, h, w].
+    /// logvar are NCHW [n, c, h, w]; what conditions each row: its label and caption.
     public struct Rows {
         public var start: Int
         public var mean: [Float], logvar: [Float]
-        public var labels: [Int32], sourceIndex: [Int64]
-        public init(start: Int, mean: [Float], logvar: [Float], labels: [Int32], sourceIndex: [Int64]) {
-            (self.start, self.mean, self.logvar, self.labels, self.sourceIndex) = (start, mean, logvar, labels, sourceIndex)
+        public var labels: [Int32], captions: [String], sourceIndex: [Int64]
+        public init(start: Int, mean: [Float], logvar: [Float], labels: [Int32], captions: [String], sourceIndex: [Int64]) {
+            precondition(captions.count == labels.count, "latent rows: \(captions.count) captions for \(labels.count) labels")
+            (self.start, self.mean, self.logvar, self.labels, self.captions, self.sourceIndex) = (start, mean, logvar, labels, captions, sourceIndex)
         }
+    }
+
+    /// A whole cache in memory. `captions` is nil for a cache written before captions were kept.
+    public struct Contents {
+        public var info: Info
+        public var mean: [Float], logvar: [Float]
+        public var labels: [Int32]
+        public var captions: [String]?
     }
 
     /// Writes a cache with every rank: shards in `<directory>.partial`, then rank 0's
@@ -56,6 +66,7 @@ public enum LatentCache {
             try f.write("mean", shape: shape, rows.mean, chunkRows: 1024)
             try f.write("logvar", shape: shape, rows.logvar, chunkRows: 1024)
             try f.write("label", shape: [n], rows.labels, chunkRows: 4096)
+            try f.writeStrings("caption", rows.captions)
             try f.write("source_index", shape: [n], rows.sourceIndex, chunkRows: 4096)
             try f.close()
         } catch { problem = "rank \(comm.rank): \(error)" }
@@ -78,6 +89,7 @@ public enum LatentCache {
                 try index.writeVirtual("mean", shape: full, type: Float.self, sources: sources("mean"))
                 try index.writeVirtual("logvar", shape: full, type: Float.self, sources: sources("logvar"))
                 try index.writeVirtual("label", shape: [total], type: Int32.self, sources: sources("label"))
+                try index.writeVirtualStrings("caption", count: total, sources: sources("caption"))
                 try index.writeVirtual("source_index", shape: [total], type: Int64.self, sources: sources("source_index"))
                 try index.setAttribute("format", format)
                 try index.setAttribute("autoencoder", info.autoencoder)
@@ -130,8 +142,8 @@ public enum LatentCache {
         return info
     }
 
-    /// Reads the whole cache (mean, logvar NCHW; labels) through the index.
-    public static func read(_ directory: String) throws -> (info: Info, mean: [Float], logvar: [Float], labels: [Int32]) {
+    /// Reads the whole cache (mean, logvar NCHW; labels, captions) through the index.
+    public static func read(_ directory: String) throws -> Contents {
         let info = try self.info(directory)
         let index = try HDF5File.open("\(directory)/index.h5")
         let ranks = Int(try index.attribute("world_size", as: Int64.self) ?? 1)
@@ -139,8 +151,9 @@ public enum LatentCache {
             let shard = "\(directory)/\(CheckpointStore.shardName(rank: r, of: ranks))"
             guard FileManager.default.fileExists(atPath: shard) else { throw DataError("\(shard) is missing (the cache is incomplete)") }
         }
-        return (info, try index.read("mean", as: Float.self).values, try index.read("logvar", as: Float.self).values,
-                try index.read("label", as: Int32.self).values)
+        return Contents(info: info, mean: try index.read("mean", as: Float.self).values, logvar: try index.read("logvar", as: Float.self).values,
+                        labels: try index.read("label", as: Int32.self).values,
+                        captions: index.exists("caption") ? try index.readStrings("caption") : nil)
     }
 
     /// Parallel variance merge (Chan, Golub & LeVeque): (count, mean, M2) of two parts.

@@ -87,10 +87,13 @@ public struct DiffusionStageConfig: Codable, Equatable, Sendable {
     /// The latent cache (`ldm-train encode`).
     public var latents = "Datasets/fashion-mnist-latents"
     public var model = UNetArchitecture()
+    /// What the model is conditioned on (class, text, none) and how (conditioning_key).
+    public var conditioning = ConditioningConfig()
     public var schedule = ScheduleConfig()
     /// "eps" (ε-prediction) or "v".
     public var prediction = Prediction.epsilon
-    /// Probability of replacing the class with the null token (classifier-free guidance).
+    /// Probability of replacing the condition with the null one (the null class token,
+    /// the empty caption) in training, for classifier-free guidance.
     public var pUncond = 0.1
     public var emaDecay = 0.9999
     public var optimizer: OptimizerConfig = {
@@ -106,7 +109,7 @@ public struct DiffusionStageConfig: Codable, Equatable, Sendable {
     public var sampling = SamplingConfig()
 
     enum CodingKeys: String, CodingKey {
-        case name, latents, model, schedule, prediction, pUncond = "p_uncond", emaDecay = "ema_decay", optimizer, training, sampling
+        case name, latents, model, conditioning, schedule, prediction, pUncond = "p_uncond", emaDecay = "ema_decay", optimizer, training, sampling
     }
 }
 
@@ -119,17 +122,27 @@ public struct ScheduleConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey { case kind, timesteps, betaStart = "beta_start", betaEnd = "beta_end" }
 }
 
+/// The sampler of `ldm-train sample` and the training grids.
+public enum SamplerKind: String, Codable, Sendable, CaseIterable {
+    /// DDIM over `steps` steps (η = 0: deterministic).
+    case ddim
+    /// Ancestral DDPM over all T steps.
+    case ddpm
+}
+
 /// How samples are drawn (training grids and `ldm-train sample` defaults).
 public struct SamplingConfig: Codable, Equatable, Sendable {
-    /// "ddim" or "ddpm".
-    public var sampler = "ddim"
+    public var sampler = SamplerKind.ddim
     public var steps = 50
     public var eta = 0.0
     public var guidance = 3.0
-    /// Samples per class in grids.
+    /// Samples per grid row (a class or a prompt).
     public var perClass = 8
     public var seed = 0
-    enum CodingKeys: String, CodingKey { case sampler, steps, eta, guidance, perClass = "per_class", seed }
+    /// A text model's grid rows (training grids, and `sample` without --prompt);
+    /// empty: the first distinct training captions.
+    public var prompts: [String] = []
+    enum CodingKeys: String, CodingKey { case sampler, steps, eta, guidance, perClass = "per_class", seed, prompts }
 }
 
 /// How gradients are averaged over ranks (README.md, "Ranks").

@@ -6,7 +6,8 @@ import NN
 import Storage
 import TensorEngine
 
-/// Stage 2: trains the class-conditional UNet ε_θ(z_t, t, y) on the latent cache.
+/// Stage 2: trains the UNet ε_θ(z_t, t, y) and τθ on the latent cache, y being
+/// what `diffusion.conditioning` says: the row's class, its caption, or nothing.
 /// Each sample's latent draw z = (mean + exp(logvar/2)·ε)·scale_factor, its time t,
 /// its noise and its condition drop come from its own (seed, epoch, index) streams.
 public final class DiffusionTrainer: TrainingStage {
@@ -14,15 +15,15 @@ public final class DiffusionTrainer: TrainingStage {
     let options: RunOptions
     let comm: Communicator
     let log: RunLog
-    let model: LatentDiffusionModel
-    let arena: ParameterArena
-    let optimizer: Adam
-    let emaAverage: EMA
+    let step: DiffusionStep
     let schedule: NoiseSchedule
-    let cache: (info: LatentCache.Info, mean: [Float], logvar: [Float], labels: [Int32])
+    let cache: LatentCache.Contents
+    /// What conditions each cached row.
+    let conditions: [Condition]
     /// The decoder for sample grids (nil: no grids).
     let autoencoder: FrozenAutoencoder?
     var stageConfig: DiffusionStageConfig { config.diffusion }
+    var model: LatentDiffusionModel { step.model }
 
     /// `autoencoder`: the stage-1 run whose cache this is; its identity must match the cache's.
     public init(config: Config, options: RunOptions, autoencoder path: String?, communicator: Communicator) throws {
@@ -36,9 +37,7 @@ public final class DiffusionTrainer: TrainingStage {
             throw DataError("\(s.latents): latents are \(cache.info.channels)×\(cache.info.height)×\(cache.info.width), the UNet takes "
                             + "\(a.inChannels)×\(a.imageSize)×\(a.imageSize) (diffusion.model.in_channels / image_size)")
         }
-        if let bad = cache.labels.first(where: { $0 < 0 || Int($0) >= a.numClasses }) {
-            throw DataError("\(s.latents): label \(bad) outside 0..<\(a.numClasses) (diffusion.model.num_classes)")
-        }
+        conditions = try Self.conditions(of: cache, s.conditioning.kind, model: a, path: s.latents)
         if let path {
             let ae = try FrozenAutoencoder.load(path, communicator: comm)
             guard ae.identity == cache.info.autoencoder else {
@@ -50,38 +49,74 @@ public final class DiffusionTrainer: TrainingStage {
             autoencoder = nil
         }
         schedule = s.schedule.schedule
-        model = LatentDiffusionModel(a, seed: UInt64(bitPattern: Int64(config.seed)))
-        arena = ParameterArena(model)
-        optimizer = Adam(arena, s.optimizer.adam)
-        emaAverage = EMA(arena, decay: s.emaDecay)
+        var tokenizer: BPETokenizer?
+        if s.conditioning.kind == .text {   // learned from the captions the same way on every rank
+            let captions = cache.captions ?? []
+            let t = BPETokenizer.learn(from: captions, vocabularySize: s.conditioning.text.vocabSize, maxLength: s.conditioning.text.maxSeqLen)
+            let cut = captions.filter { t.encode($0).truncated }.count
+            if cut > 0 {
+                log.say("tokenizer: \(cut) of \(captions.count) captions are longer than max_seq_len \(t.maxLength) tokens and are cut "
+                        + "(diffusion.conditioning.text.max_seq_len)")
+            }
+            tokenizer = t
+        }
+        step = DiffusionStep(config: s, tokenizer: tokenizer, seed: config.seed)
+    }
+
+    /// The condition of every cached row for `kind`; throws when the cache lacks it.
+    static func conditions(of cache: LatentCache.Contents, _ kind: ConditionKind, model a: UNetArchitecture, path: String) throws -> [Condition] {
+        switch kind {
+        case .none:
+            return [Condition](repeating: .none, count: cache.info.count)
+        case .class:
+            if let bad = cache.labels.first(where: { $0 < 0 || Int($0) >= a.numClasses }) {
+                throw DataError("\(path): label \(bad) outside 0..<\(a.numClasses) (diffusion.model.num_classes)"
+                                + (bad < 0 ? "; rows without labels train with diffusion.conditioning.kind text or none" : ""))
+            }
+            return cache.labels.map { .label(Int($0)) }
+        case .text:
+            guard let captions = cache.captions else {
+                throw DataError("\(path) has no captions (written by an older version): re-run 'ldm-train encode'")
+            }
+            guard captions.contains(where: { !$0.isEmpty }) else {
+                throw DataError("\(path): every caption is empty; give the images captions ('text' in metadata.jsonl) "
+                                + "or train with diffusion.conditioning.kind class or none")
+            }
+            return captions.map { $0.isEmpty ? .none : .caption($0) }
+        }
     }
 
     @discardableResult
     public func run() throws -> [String: Double] {
-        try StageLoop(stage: self, config: config, options: options, communicator: comm, log: log,
-                      extraAttributes: ["autoencoder": cache.info.autoencoder, "scale_factor": String(cache.info.scaleFactor)],
-                      inputs: ["latent_cache": "written \(cache.info.created), \(cache.info.count) rows"]).run()
+        var extra = ["autoencoder": cache.info.autoencoder, "scale_factor": String(cache.info.scaleFactor)]
+        if let tokenizer = model.tokenizer { extra["tokenizer"] = tokenizer.json }
+        return try StageLoop(stage: self, config: config, options: options, communicator: comm, log: log, extraAttributes: extra,
+                             inputs: ["latent_cache": "written \(cache.info.created), \(cache.info.count) rows"]).run()
     }
 
     // MARK: TrainingStage
 
     var kind: String { "latent-diffusion" }
-    var ema: EMA? { emaAverage }
+    var arena: ParameterArena { step.arena }
+    var optimizer: Adam { step.optimizer }
+    var ema: EMA? { step.ema }
     var settings: (training: TrainingConfig, optimizer: OptimizerConfig) { (stageConfig.training, stageConfig.optimizer) }
     var datasetSize: Int { cache.info.count }
     var summary: String {
-        "diffusion \(stageConfig.name): \(model.parameterCount()) parameters, \(cache.info.count) latents from \(cache.info.autoencoder), "
-            + "scale_factor \(String(format: "%.5f", cache.info.scaleFactor)), \(stageConfig.schedule.kind.rawValue) schedule T=\(schedule.timesteps)"
+        var conditioning = stageConfig.conditioning.kind == .none ? "unconditional" : "\(stageConfig.conditioning.kind.rawValue)-conditional"
+        if let t = model.tokenizer { conditioning += " (\(t.merges.count) BPE merges, \(t.maxLength) tokens)" }
+        return "diffusion \(stageConfig.name): \(model.parameterCount()) parameters, \(conditioning), \(cache.info.count) latents from "
+            + "\(cache.info.autoencoder), scale_factor \(String(format: "%.5f", cache.info.scaleFactor)), \(stageConfig.schedule.kind.rawValue) schedule T=\(schedule.timesteps)"
     }
 
     /// The latent cache is held in memory: nothing to read ahead.
     func prefetch(_ indices: [Int]) {}
 
-    func microBatch(_ indices: [Int], epoch: Int, scale: Float, step: Int) -> [(String, Tally)] {
+    func microBatch(_ indices: [Int], epoch: Int, scale: Float, step number: Int) -> [(String, Tally)] {
         let a = stageConfig.model, (c, s) = (a.inChannels, a.imageSize), per = c * s * s
         let n = indices.count, sf = Float(cache.info.scaleFactor), T = schedule.timesteps
         let z0 = Tensor(uninitialized: [n, s, s, c]), noise = Tensor(uninitialized: [n, s, s, c])
-        var times: [Int] = [], labels: [Int] = []
+        var times: [Int] = [], batchConditions: [Condition] = []
         var draw = [Float](repeating: 0, count: per)
         for (b, index) in indices.enumerated() {
             sampleStream(seed: config.seed, .posterior, epoch: epoch, index: index).fillNormal(&draw, count: per)
@@ -93,14 +128,9 @@ public final class DiffusionTrainer: TrainingStage {
             var u: [Float] = [0, 0]
             sampleStream(seed: config.seed, .diffusionTime, epoch: epoch, index: index).fillUniform(&u, count: 2)
             times.append(min(T - 1, Int(u[0] * Float(T))))
-            labels.append(u[1] < Float(stageConfig.pUncond) ? a.numClasses : Int(cache.labels[index]))
+            batchConditions.append(u[1] < Float(stageConfig.pUncond) ? .none : conditions[index])
         }
-        let xt = schedule.qSample(z0, t: times, noise: noise)
-        let target = stageConfig.prediction == .epsilon ? noise : schedule.velocity(z0, t: times, noise: noise)
-        let diff = model(xt, timesteps: times, labels: labels) - target
-        let perSample = (diff * diff).mean(axes: [1, 2, 3])
-        perSample.mean().scaled(by: scale).backward()
-        let losses = perSample.scalars.map(Double.init)
+        let losses = step.accumulate(z0: z0, noise: noise, times: times, conditions: batchConditions, scale: scale)
         var out: [(String, Tally)] = [("loss", Tally(sum: losses.reduce(0, +), count: Double(n)))]
         for q in 0..<4 {   // the loss by quarter of the time range
             let mine = zip(times, losses).filter { $0.0 * 4 / T == q }.map(\.1)
@@ -109,18 +139,33 @@ public final class DiffusionTrainer: TrainingStage {
         return out
     }
 
-    /// A grid of EMA samples, one row per class, decoded with the autoencoder.
-    func writeImages(step: Int) throws {
+    /// A grid of EMA samples, one row per class or prompt (one row for an
+    /// unconditional model), decoded with the autoencoder.
+    func writeImages(step number: Int) throws {
         guard let autoencoder else { return }
-        let a = stageConfig.model, k = min(stageConfig.sampling.perClass, 8)
+        let k = min(stageConfig.sampling.perClass, 8)
         let sampler = try LatentSampler(model: model, stage: stageConfig, sampling: stageConfig.sampling)
-        let labels = (0..<a.numClasses).flatMap { [Int](repeating: $0, count: k) }
-        let latents = withValues(emaAverage.shadow, in: arena) { sampler.sample(labels: labels) }
+        let rows = gridRows(stageConfig, captions: cache.captions ?? [])
+        let latents = withValues(step.ema.shadow, in: arena) { sampler.sample(conditions: rows.flatMap { [Condition](repeating: $0, count: k) }) }
         let images = LatentSampler.decode(latents, scaleFactor: cache.info.scaleFactor, autoencoder: autoencoder.model)
-        try LatentSampler.writeGrid(images, rows: a.numClasses, to: "\(options.runDirectory)/samples-\(String(format: "%08d", step)).png")
+        try LatentSampler.writeGrid(images, rows: rows.count, to: "\(options.runDirectory)/samples-\(String(format: "%08d", number)).png")
     }
 
     func finish() throws -> [String: Double] { [:] }
+}
+
+/// The rows of a grid: every class; the configured prompts or the first eight
+/// distinct training captions; or one unconditional row.
+func gridRows(_ stage: DiffusionStageConfig, captions: [String]) -> [Condition] {
+    switch stage.conditioning.kind {
+    case .none: return [.none]
+    case .class: return (0..<stage.model.numClasses).map { .label($0) }
+    case .text:
+        if !stage.sampling.prompts.isEmpty { return stage.sampling.prompts.map { $0.isEmpty ? .none : .caption($0) } }
+        var seen = Set<String>(), out: [Condition] = []
+        for c in captions where !c.isEmpty && out.count < 8 && seen.insert(c).inserted { out.append(.caption(c)) }
+        return out
+    }
 }
 
 /// Checks the diffusion section's values before anything runs.
@@ -136,6 +181,21 @@ public func validateDiffusion(_ config: Config) throws {
                                   + "and image_size divisible by 2^(levels−1)")
     }
     guard d.pUncond >= 0 && d.pUncond < 1 else { throw ConfigError.invalid(path: "diffusion.p_uncond", reason: "must be in [0, 1)") }
+    let c = d.conditioning
+    if c.key.usesConcat {
+        throw ConfigError.invalid(path: "diffusion.conditioning.key", reason: "\(c.key.rawValue) needs an image the latents are concatenated with, "
+                                  + "and no task provides one yet; use crossattn or adm")
+    }
+    if c.key == .adm && c.kind == .none {
+        throw ConfigError.invalid(path: "diffusion.conditioning.key", reason: "adm adds the condition to the time embedding; an unconditional model has none")
+    }
+    if c.kind == .text {
+        let t = c.text
+        guard t.vocabSize >= BPETokenizer.firstMerge, t.maxSeqLen >= 2, t.nLayer >= 1, t.heads >= 1, m.contextDim % t.heads == 0 else {
+            throw ConfigError.invalid(path: "diffusion.conditioning.text", reason: "needs vocab_size ≥ \(BPETokenizer.firstMerge) (bytes and specials), "
+                                      + "max_seq_len ≥ 2, n_layer ≥ 1 and heads dividing model.context_dim \(m.contextDim)")
+        }
+    }
     guard d.schedule.timesteps >= 1, d.schedule.betaStart > 0, d.schedule.betaEnd < 1, d.schedule.betaStart <= d.schedule.betaEnd else {
         throw ConfigError.invalid(path: "diffusion.schedule", reason: "needs timesteps ≥ 1 and 0 < beta_start ≤ beta_end < 1")
     }

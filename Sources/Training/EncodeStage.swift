@@ -34,7 +34,7 @@ public struct FrozenAutoencoder {
 
 /// `ldm-train encode`: every rank encodes a contiguous slice of the train split
 /// with the frozen encoder (posterior mean and log-variance), and the ranks write
-/// the latent cache together. The scale factor is 1/std of the latents stage 2
+/// the latent cache together, with each row's label and caption. The scale factor is 1/std of the latents stage 2
 /// samples, z = mean + exp(logvar/2)·ε, computed exactly instead of from samples:
 /// Var(z) = Var(mean) + E[exp(logvar)], the first by a parallel Welford/Chan merge.
 public enum EncodeStage {
@@ -95,7 +95,8 @@ public enum EncodeStage {
         (info.count, info.channels, info.height, info.width, info.factor) = (n, c, h, h, a.factor)
         (info.scaleFactor, info.autoencoder, info.dataset, info.split) = (1 / std, ae.identity, dataPath, "train")
         try LatentCache.write(out, rows: LatentCache.Rows(start: rows.lowerBound, mean: mean, logvar: logvar,
-                                                          labels: rows.map { split.labels[$0] }, sourceIndex: rows.map { Int64($0) }),
+                                                          labels: rows.map { split.labels[$0] }, captions: try split.captions(Array(rows)),
+                                                          sourceIndex: rows.map { Int64($0) }),
                               info: info, communicator: comm)
         let slowest = try comm.allGather(values: [seconds]).max()!
         let rate = Double(n) / slowest

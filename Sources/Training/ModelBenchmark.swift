@@ -92,26 +92,33 @@ public enum ModelBenchmark {
         }
     }
 
-    /// The UNet of `config` with its class embedder: ε-prediction loss, forward,
-    /// backward, gradient all-reduce, AdamW and the EMA at `batch` latents per rank.
+    /// The UNet of `config` with its τθ (class embedder, text encoder or none): the
+    /// diffusion objective's forward and backward, gradient all-reduce, AdamW and the
+    /// EMA at `batch` latents per rank. A text model reads captions that fill its whole
+    /// context (max_seq_len tokens, bytes only), as a padded context costs the same.
     static func unet(config: Config, batch: Int, communicator comm: Communicator) -> Workload {
-        let stage = config.diffusion, a = stage.model
-        let model = LatentDiffusionModel(a, seed: 0)
-        let arena = ParameterArena(model)
-        let optimizer = Adam(arena, stage.optimizer.adam)
-        let ema = EMA(arena, decay: stage.emaDecay)
-        let schedule = stage.schedule.schedule
+        let stage = config.diffusion, a = stage.model, text = stage.conditioning.text
+        let tokenizer = BPETokenizer(merges: [], vocabularySize: text.vocabSize, maxLength: text.maxSeqLen)
+        let step = DiffusionStep(config: stage, tokenizer: stage.conditioning.kind == .text ? tokenizer : nil, seed: 0)
         let z0 = Tensor.randomNormal([batch, a.imageSize, a.imageSize, a.inChannels], stream: RandomStream(seed: 1, stream: UInt64(comm.rank)))
         let noise = Tensor.randomNormal(z0.shape, stream: RandomStream(seed: 2, stream: UInt64(comm.rank)))
-        let times = (0..<batch).map { ($0 * 7919) % schedule.timesteps }, labels = (0..<batch).map { $0 % (a.numClasses + 1) }
-        return Workload(name: "unet", arena: arena) { sync in
-            arena.zeroGradients()
+        let times = (0..<batch).map { ($0 * 7919) % stage.schedule.timesteps }
+        let conditions: [Condition] = (0..<batch).map { i in
+            switch stage.conditioning.kind {
+            case .none: return .none
+            case .class: return i % (a.numClasses + 1) == a.numClasses ? .none : .label(i % (a.numClasses + 1))
+            case .text:
+                let letters = (0..<(text.maxSeqLen - 2)).map { j in Character(UnicodeScalar(UInt8(97 + (i * 7 + j * 3) % 26))) }
+                return .caption(String(letters))
+            }
+        }
+        return Workload(name: "unet", arena: step.arena) { sync in
+            step.arena.zeroGradients()
             sync.beginBackward()
-            let diff = model(schedule.qSample(z0, t: times, noise: noise), timesteps: times, labels: labels) - noise
-            (diff * diff).mean().scaled(by: 1 / Float(comm.size)).backward()
+            _ = step.accumulate(z0: z0, noise: noise, times: times, conditions: conditions, scale: 1 / Float(comm.size))
             try sync.finish()
-            optimizer.update(lr: 1e-4)
-            ema.update()
+            step.optimizer.update(lr: 1e-4)
+            step.ema.update()
         }
     }
 

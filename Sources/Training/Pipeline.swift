@@ -62,13 +62,19 @@ public enum Pipeline {
                                  communicator: comm).run()
         }
         guard config.pipeline.lastStage > .diffusion else { return say("== done (pipeline.last_stage: diffusion): \(layout.diffusionRun)") }
-        // 5. sample: a grid and the images with labels, from the EMA weights (rank 0)
+        // 5. sample: a grid and the images with their conditions, from the EMA weights (rank 0)
         let grid = "\(layout.diffusionRun)/samples.png", images = "\(layout.diffusionRun)/samples.h5"
         if comm.isRoot {
             var request = SampleStage.Request(diffusion: layout.diffusionRun, autoencoder: layout.autoencoderRun)
             (request.count, request.out, request.imagesOut) = (config.diffusion.sampling.perClass, grid, images)
+            if config.diffusion.conditioning.kind == .text && config.diffusion.sampling.prompts.isEmpty {   // the training grid's captions
+                do {
+                    let captions = try LatentCache.read(config.diffusion.latents).captions ?? []
+                    request.prompts = gridRows(config.diffusion, captions: captions).map(\.caption)
+                } catch { problem = "\(error)" }
+            }
             say("== sample → \(grid), \(images)")
-            do { try SampleStage.run(request) } catch { problem = "\(error)" }
+            if problem.isEmpty { do { try SampleStage.run(request) } catch { problem = "\(error)" } }
         }
         problem = try comm.broadcast(problem)
         guard problem.isEmpty else { throw SamplingError(description: problem) }

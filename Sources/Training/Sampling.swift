@@ -22,7 +22,6 @@ public struct LatentSampler {
     public init(model: LatentDiffusionModel, stage: DiffusionStageConfig, sampling: SamplingConfig) throws {
         (self.model, self.stage, self.sampling) = (model, stage, sampling)
         let T = stage.schedule.timesteps
-        guard ["ddim", "ddpm"].contains(sampling.sampler) else { throw SamplingError(description: "--sampler must be ddim or ddpm, got '\(sampling.sampler)'") }
         guard sampling.guidance >= 0 else { throw SamplingError(description: "--guidance must be ≥ 0, got \(sampling.guidance)") }
         guard sampling.steps >= 1 && sampling.steps <= T else {
             throw SamplingError(description: "--steps must be in 1...\(T) (the schedule's T), got \(sampling.steps)")
@@ -30,11 +29,11 @@ public struct LatentSampler {
         guard sampling.eta >= 0 else { throw SamplingError(description: "--eta must be ≥ 0, got \(sampling.eta)") }
     }
 
-    /// Scaled latents [N, s, s, c] for `labels` (each in 0..<num_classes).
-    public func sample(labels: [Int], firstIndex: Int = 0) -> Tensor {
+    /// Scaled latents [N, s, s, c], one for each condition (`.none`: unconditional).
+    public func sample(conditions: [Condition], firstIndex: Int = 0) -> Tensor {
         let a = stage.model
         let shape = [a.imageSize, a.imageSize, a.inChannels], per = shape.reduce(1, *)
-        let n = labels.count
+        let n = conditions.count
         func noise(_ step: Int) -> Tensor {
             let t = Tensor(uninitialized: [n] + shape)
             for i in 0..<n {
@@ -42,18 +41,18 @@ public struct LatentSampler {
             }
             return t
         }
-        let null = [Int](repeating: a.numClasses, count: n)
+        let null = [Condition](repeating: .none, count: n)
         let w = Float(sampling.guidance)
         let denoise: Denoiser = { x, t in
-            if w == 1 { return model(x, timesteps: t, labels: labels) }
-            if w == 0 { return model(x, timesteps: t, labels: null) }
-            let both = model(concat([x, x], axis: 0), timesteps: t + t, labels: labels + null)
+            if w == 1 || model.condStageModel == nil { return model(x, timesteps: t, conditions: conditions) }
+            if w == 0 { return model(x, timesteps: t, conditions: null) }
+            let both = model(concat([x, x], axis: 0), timesteps: t + t, conditions: conditions + null)
             let halves = both.split(sizes: [n, n], axis: 0)
             return guided(conditional: halves[0], unconditional: halves[1], scale: w)
         }
         let schedule = stage.schedule.schedule
         return withoutGradient {
-            if sampling.sampler == "ddpm" {
+            if sampling.sampler == .ddpm {
                 return DDPMSampler(schedule: schedule, prediction: stage.prediction)
                     .sample(start: noise(0), noise: { noise($0 + 1) }, denoise: denoise)
             }
@@ -77,7 +76,7 @@ public struct LatentSampler {
         }
     }
 
-    /// Writes a grid PNG with one row per class.
+    /// Writes a grid PNG with `rows` rows (a class or a prompt each).
     public static func writeGrid(_ images: Tensor, rows: Int, to path: String) throws {
         let perRow = images.shape[0] / max(rows, 1)
         let grid = ImageMetrics.grid((0..<rows).map { images.slice(axis: 0, ($0 * perRow)..<(($0 + 1) * perRow)) })

@@ -23,8 +23,26 @@ struct BucketOrderTests {
         #expect(sync.buckets.count >= 8)
         let z = Tensor.randomNormal([2, a.imageSize, a.imageSize, a.inChannels], stream: RandomStream(seed: 1))
         sync.beginBackward()
-        let y = model(z, timesteps: [3, 700], labels: [1, a.numClasses])
+        let y = model(z, timesteps: [3, 700], conditions: [.label(1), .none])
         (y * y).mean().backward()
+        try sync.finish()
+        #expect(sync.lastCompletionOrder == Array(sync.buckets.indices))
+    }
+
+    @Test("the reference UNet with τθ for text: τθ's parameters close the arena, and every bucket, τθ's included, completes during backward in order")
+    func textUNet() throws {
+        var config = Config().diffusion
+        config.conditioning.kind = .text
+        let tokenizer = BPETokenizer.learn(from: ["a red apple", "a blue car", "an apple"], vocabularySize: 1024, maxLength: 77)
+        let step = DiffusionStep(config: config, tokenizer: tokenizer, seed: 0)
+        let first = step.arena.entries.firstIndex { $0.key.hasPrefix("cond_stage_model.") }!
+        #expect(step.arena.entries[first...].allSatisfy { $0.key.hasPrefix("cond_stage_model.transformer.") })
+        let sync = synchronizer(step.arena, bucketMiB: 1)
+        #expect(sync.buckets.count >= 8)
+        let a = config.model
+        let z = Tensor.randomNormal([2, a.imageSize, a.imageSize, a.inChannels], stream: RandomStream(seed: 1))
+        sync.beginBackward()
+        _ = step.accumulate(z0: z, noise: z.scaled(by: 0.5), times: [3, 700], conditions: [.caption("a red car"), .none], scale: 1)
         try sync.finish()
         #expect(sync.lastCompletionOrder == Array(sync.buckets.indices))
     }

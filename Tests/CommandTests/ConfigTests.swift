@@ -1,4 +1,5 @@
 import Foundation
+import NN
 import Testing
 import Training
 
@@ -81,10 +82,16 @@ struct ConfigTests {
         }
         for (set, key) in [("diffusion.optimizer.min_lr_ratio=1.5", "diffusion.optimizer.min_lr_ratio"),
                            ("diffusion.optimizer.warmup_steps=-1", "diffusion.optimizer.warmup_steps"),
-                           ("diffusion.training.keep=0", "diffusion.training.keep")] {
-            let c = try ConfigLoader.load(nil, overrides: [set])
+                           ("diffusion.training.keep=0", "diffusion.training.keep"),
+                           ("diffusion.conditioning.key=concat", "diffusion.conditioning.key"),
+                           ("diffusion.conditioning.kind=text\", \"diffusion.conditioning.text.heads=3", "diffusion.conditioning.text")] {
+            let c = try ConfigLoader.load(nil, overrides: set.components(separatedBy: "\", \""))
             let e = #expect(throws: ConfigError.self) { try validateDiffusion(c) }
             #expect(e?.description.contains(key) == true, "\(set)")
+        }
+        for set in ["diffusion.conditioning.kind=image", "diffusion.conditioning.key=cross", "diffusion.sampling.sampler=plms"] {
+            let e = #expect(throws: ConfigError.self) { try ConfigLoader.load(nil, overrides: [set]) }
+            #expect(e?.description.contains(String(set.prefix { $0 != "=" })) == true, "\(set): \(String(describing: e))")
         }
         let missing = #expect(throws: ConfigError.self) { try ConfigLoader.load("/nonexistent/config.yaml") }
         #expect(missing?.description.contains("/nonexistent/config.yaml") == true)
@@ -102,9 +109,21 @@ struct ConfigTests {
         #expect(emoji.data.channels == 3 && emoji.autoencoder.model.resolution == 64 && emoji.autoencoder.model.latentSize == 16)
     }
 
+    @Test("every recipe in Launch/configs loads and passes validation; the text recipes are text-conditional")
+    func recipes() throws {
+        for name in ["fmnist", "fmnist-smoke", "emoji", "fmnist-text", "fmnist-text-smoke"] {
+            let c = try ConfigLoader.load(packageRoot.appendingPathComponent("Launch/configs/\(name).yaml").path)
+            try validate(c)
+            try validateDiffusion(c)
+            #expect((c.diffusion.conditioning.kind == .text) == (name.contains("text") || name == "emoji"), "\(name)")
+        }
+    }
+
     @Test("the config round-trips through its YAML text (what checkpoints record)")
     func roundTrip() throws {
-        let c = try ConfigLoader.load(nil, overrides: ["seed=5", "autoencoder.model.ch_mult=[1, 1, 2, 2]"])
+        let c = try ConfigLoader.load(nil, overrides: ["seed=5", "autoencoder.model.ch_mult=[1, 1, 2, 2]",
+                                                      "diffusion.conditioning.kind=text", "diffusion.sampling.prompts=[\"red car\", \"\"]"])
+        #expect(c.diffusion.sampling.prompts == ["red car", ""])
         let path = writeTemporary(try ConfigLoader.yaml(c))
         #expect(try ConfigLoader.load(path) == c)
     }

@@ -20,20 +20,24 @@ func diffusionJob(_ ranks: Int, run: String, _ extra: [String]) throws -> (statu
     return (r.status, r.out, r.err)
 }
 
+/// Trains `job` 6 steps straight and 3 + resume + 3 on 2 ranks, and expects the two
+/// step-6 checkpoints (holding `key`) to be bitwise equal.
+func checkExactResume(_ job: (Int, String, [String]) throws -> (status: Int32, out: String, err: String), holding key: String) throws {
+    let straight = temporaryRun(), resumed = temporaryRun()
+    let args = ["--batch-size", "4", "--checkpoint-every", "3", "--set", "diffusion.training.image_every=100"]
+    #expect(try job(2, straight, args + ["--steps", "6"]).status == 0)
+    #expect(try job(2, resumed, args + ["--steps", "3"]).status == 0)
+    let rest = try job(2, resumed, args + ["--steps", "6"])
+    #expect(rest.status == 0 && rest.out.contains("(step 3)"), "\(rest.err)")
+    let a = try checkpointTensors(straight + "/step-00000006"), b = try checkpointTensors(resumed + "/step-00000006")
+    #expect(a.keys.contains(key))
+    #expect(!a.isEmpty && a.keys.filter { a[$0] != b[$0] }.isEmpty)
+}
+
 @Suite("ldm-train diffusion and sample", .serialized)
 struct DiffusionCommandTests {
     @Test("2 ranks: 6 steps straight equal 3 + resume + 3, bitwise (params, moments, EMA)")
-    func exactResume() throws {
-        let straight = temporaryRun(), resumed = temporaryRun()
-        let args = ["--batch-size", "4", "--checkpoint-every", "3", "--set", "diffusion.training.image_every=100"]
-        #expect(try diffusionJob(2, run: straight, args + ["--steps", "6"]).status == 0)
-        #expect(try diffusionJob(2, run: resumed, args + ["--steps", "3"]).status == 0)
-        let rest = try diffusionJob(2, run: resumed, args + ["--steps", "6"])
-        #expect(rest.status == 0 && rest.out.contains("(step 3)"), "\(rest.err)")
-        let a = try checkpointTensors(straight + "/step-00000006"), b = try checkpointTensors(resumed + "/step-00000006")
-        #expect(a.keys.contains("ema/model/diffusion_model/out/2/weight"))
-        #expect(!a.isEmpty && a.keys.filter { a[$0] != b[$0] }.isEmpty)
-    }
+    func exactResume() throws { try checkExactResume(diffusionJob, holding: "ema/model/diffusion_model/out/2/weight") }
 
     /// As for the autoencoder (see DistributedTests): Adam's eps = 1e-3 keeps float
     /// summation noise on zero-gradient parameters from being amplified; a 10× learning

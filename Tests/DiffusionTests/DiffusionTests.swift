@@ -35,6 +35,25 @@ struct DiffusionTests {
         for i in 0..<72 { #expect(abs(back[i] - z[i]) < 2e-3) }
     }
 
+    @Test("the objective: a model predicting the true ε (or v) has zero loss; otherwise each sample's loss is its mean squared error",
+          arguments: [Prediction.epsilon, .velocity])
+    func objective(_ prediction: Prediction) {
+        let schedule = NoiseSchedule(.scaledLinear, timesteps: 1000, betaStart: 0.0015, betaEnd: 0.0195)
+        let objective = DiffusionObjective(schedule: schedule, prediction: prediction)
+        let z0 = randn([3, 2, 2, 4], 1), noise = randn([3, 2, 2, 4], 2), times = [0, 400, 999]
+        let target = prediction == .epsilon ? noise : schedule.velocity(z0, t: times, noise: noise)
+        let exact = objective.perSampleLoss(z0: z0, noise: noise, times: times) { xt, t in
+            #expect(t == times && isClose(xt, schedule.qSample(z0, t: times, noise: noise).scalars.map(Double.init)))
+            return target
+        }
+        #expect(exact.shape == [3] && exact.scalars.allSatisfy { $0 == 0 })
+        let zero = objective.perSampleLoss(z0: z0, noise: noise, times: times) { xt, _ in xt.scaled(by: 0) }
+        for n in 0..<3 {
+            let t = target.slice(axis: 0, n..<(n + 1)).scalars.map(Double.init)
+            #expect(abs(Double(zero.scalars[n]) - t.map { $0 * $0 }.reduce(0, +) / 16) < 1e-5)
+        }
+    }
+
     @Test("v-prediction: x0 and ε recovered from the true v")
     func velocity() {
         let s = NoiseSchedule(.scaledLinear)

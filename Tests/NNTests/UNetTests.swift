@@ -86,7 +86,7 @@ struct UNetTests {
         let a = UNetArchitecture()
         let model = LatentDiffusionModel(a, seed: 2)
         let z = randn([3, 8, 8, 4], 1)
-        let y = withoutGradient { model(z, timesteps: [0, 500, 999], labels: [0, 9, 10]) }
+        let y = withoutGradient { model(z, timesteps: [0, 500, 999], conditions: [.label(0), .label(9), .none]) }
         #expect(y.shape == [3, 8, 8, 4])
         #expect(y.scalars.allSatisfy { $0 == 0 })
     }
@@ -110,12 +110,12 @@ struct UNetTests {
             w.pointer.update(from: r.pointer, count: w.count)
         }
         let z = randn([2, 4, 4, 2], 5)
-        let toInput = gradCheck([z], directions: 3) { model($0[0], timesteps: [3, 700], labels: [1, 3]) }
+        let toInput = gradCheck([z], directions: 3) { model($0[0], timesteps: [3, 700], conditions: [.label(1), .none]) }
         #expect(toInput.worstError < 2e-3, "input: \(toInput)")
         let weights = ["model.diffusion_model.time_embed.0.weight", "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight",
                        "model.diffusion_model.output_blocks.0.0.skip_connection.weight", "cond_stage_model.embedding.weight",
                        "model.diffusion_model.middle_block.1.transformer_blocks.0.ff.net.0.proj.bias"].map { named[$0]! }
-        let toWeights = gradCheckInPlace(weights, directions: 3) { model(z, timesteps: [3, 700], labels: [1, 3]) }
+        let toWeights = gradCheckInPlace(weights, directions: 3) { model(z, timesteps: [3, 700], conditions: [.label(1), .none]) }
         #expect(toWeights.worstError < 2e-3, "weights: \(toWeights)")
     }
 
