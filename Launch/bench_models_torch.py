@@ -354,38 +354,48 @@ REFERENCE_UNET = dict(image_size=8, in_channels=4, out_channels=4, model_channel
 
 
 class UNetTraining(nn.Module):
-    """The UNet's ε-prediction loss on one batch as a forward (so DDP can wrap it)."""
+    """The UNet's ε-prediction loss on one batch as a forward (so DDP can wrap it);
+    `encoder` (τθ) maps the batch's conditions to the context."""
 
-    def __init__(self, model, embedder, xt, t, labels, noise):
+    def __init__(self, model, encoder, xt, t, conditions, noise):
         super().__init__()
-        self.model, self.embedder = model, embedder
-        self.xt, self.t, self.labels, self.noise = xt, t, labels, noise
+        self.model, self.encoder = model, encoder
+        self.xt, self.t, self.conditions, self.noise = xt, t, conditions, noise
 
     def forward(self):
-        return F.mse_loss(self.model(self.xt, self.t, self.embedder(self.labels)[:, None, :]), self.noise)
+        return F.mse_loss(self.model(self.xt, self.t, self.encoder(self.conditions)), self.noise)
 
 
-def unet_step(batch, channels_last=False, wrap=lambda m: m, seed=1):
-    """One training step of the reference UNet with its class embedder, as SwiftLDM
-    runs it; `wrap` takes the loss module (DistributedDataParallel for scaling)."""
+class ClassEmbedder(nn.Module):
+    """One context token per class, plus the null class."""
+
+    def __init__(self, classes, dim):
+        super().__init__()
+        self.embedding = nn.Embedding(classes + 1, dim)
+
+    def forward(self, labels):
+        return self.embedding(labels)[:, None, :]
+
+
+def diffusion_step(batch, encoder, conditions, channels_last, wrap, generator):
+    """One training step of the reference UNet with τθ `encoder` on `conditions`, as
+    SwiftLDM runs it (AdamW, EMA); `wrap` takes the loss module (DistributedDataParallel
+    for scaling)."""
     a = REFERENCE_UNET
     model = UNetModel(a)
-    embedder = nn.Embedding(a["num_classes"] + 1, a["context_dim"])
-    params = list(model.parameters()) + list(embedder.parameters())
+    params = list(model.parameters()) + list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     ema = [p.detach().clone() for p in params]
-    g = torch.Generator().manual_seed(seed)
     s = a["image_size"]
-    z0 = torch.randn(batch, a["in_channels"], s, s, generator=g)
-    noise = torch.randn(batch, a["in_channels"], s, s, generator=g)
+    z0 = torch.randn(batch, a["in_channels"], s, s, generator=generator)
+    noise = torch.randn(batch, a["in_channels"], s, s, generator=generator)
     t = torch.tensor([(i * 7919) % 1000 for i in range(batch)])
-    labels = torch.tensor([i % (a["num_classes"] + 1) for i in range(batch)])
     abar = torch.cumprod(1 - torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000, dtype=torch.float64) ** 2, 0)[t].float()
     xt = abar.sqrt()[:, None, None, None] * z0 + (1 - abar).sqrt()[:, None, None, None] * noise
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         xt = xt.contiguous(memory_format=torch.channels_last)
-    loss = wrap(UNetTraining(model, embedder, xt, t, labels, noise))
+    loss = wrap(UNetTraining(model, encoder, xt, t, conditions, noise))
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -395,3 +405,61 @@ def unet_step(batch, channels_last=False, wrap=lambda m: m, seed=1):
             for e, p in zip(ema, params):
                 e.mul_(0.9999).add_(p, alpha=1 - 0.9999)
     return step
+
+
+def unet_step(batch, channels_last=False, wrap=lambda m: m, seed=1):
+    """The reference UNet with its class embedder."""
+    a = REFERENCE_UNET
+    labels = torch.tensor([i % (a["num_classes"] + 1) for i in range(batch)])
+    return diffusion_step(batch, ClassEmbedder(a["num_classes"], a["context_dim"]), labels, channels_last, wrap,
+                          torch.Generator().manual_seed(seed))
+
+
+# ---- τθ for text (CompVis TransformerEmbedder: x-transformers' TransformerWrapper + Encoder)
+
+TEXT_ENCODER = dict(vocab_size=1024, max_seq_len=77, n_layer=2, heads=4)
+
+
+class TextAttention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, h = x.shape[0], x.shape[1], self.heads
+        q, k, v = (t.reshape(b, n, h, -1).permute(0, 2, 1, 3) for t in (self.to_q(x), self.to_k(x), self.to_v(x)))
+        w = torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)
+        return self.to_out((w @ v).permute(0, 2, 1, 3).reshape(b, n, -1))
+
+
+class TextTransformer(nn.Module):
+    """Token and learned positional embeddings, pre-norm self-attention and GELU
+    feed-forward layers, a final LayerNorm: the context [N, L, width]."""
+
+    def __init__(self, width, t):
+        super().__init__()
+        self.token_emb = nn.Embedding(t["vocab_size"], width)
+        self.pos_emb = nn.Embedding(t["max_seq_len"], width)
+        self.layers = nn.ModuleList()
+        for _ in range(t["n_layer"]):
+            self.layers.append(nn.ModuleList([nn.LayerNorm(width), TextAttention(width, t["heads"])]))
+            self.layers.append(nn.ModuleList([nn.LayerNorm(width), nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
+                                                                                nn.Linear(4 * width, width))]))
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, ids):
+        x = self.token_emb(ids) + self.pos_emb(torch.arange(ids.shape[1]))[None]
+        for norm, block in self.layers:
+            x = x + block(norm(x))
+        return self.norm(x)
+
+
+def unet_text_step(batch, channels_last=False, wrap=lambda m: m, seed=1):
+    """The reference UNet conditioned on max_seq_len tokens through a jointly trained
+    τθ, as `ldm-train bench unet` runs a text model."""
+    a, t = REFERENCE_UNET, TEXT_ENCODER
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, t["vocab_size"], (batch, t["max_seq_len"]), generator=g)
+    return diffusion_step(batch, TextTransformer(a["context_dim"], t), ids, channels_last, wrap, g)

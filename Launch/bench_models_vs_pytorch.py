@@ -1,5 +1,5 @@
 """Whole-model benchmark: a training step of each reference model (forward,
-backward, optimizer) in SwiftLDM (`ldm-train bench autoencoder|unet --json`) and in
+backward, optimizer; the UNet class-conditioned, and text-conditioned with τθ) in SwiftLDM (`ldm-train bench autoencoder|unet --json`) and in
 PyTorch (Launch/bench_models_torch.py, the same architectures), same batch and
 thread count. The sides never run at once; rounds alternate them, and each side's
 figure is its best median over the rounds. Run through Launch/bench-models-vs-pytorch.
@@ -15,12 +15,18 @@ ROOT = os.path.dirname(HERE)
 BINARY = os.path.join(ROOT, ".build", "release", "ldm-train")
 
 
+# unet-text: the reference UNet with τθ over a full context, as in bench_models_torch.TEXT_ENCODER.
+SWIFT_SETTINGS = {"unet-text": ["--set", "diffusion.conditioning.kind=text", "--set", "diffusion.conditioning.text.vocab_size=1024",
+                                "--set", "diffusion.conditioning.text.max_seq_len=77", "--set", "diffusion.conditioning.text.n_layer=2",
+                                "--set", "diffusion.conditioning.text.heads=4"]}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--model", default="all", choices=["autoencoder", "unet", "all"])
+    parser.add_argument("--model", default="all", choices=["autoencoder", "unet", "unet-text", "all"])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 3 autoencoder, 10 unet)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 3 autoencoder, 10 unet and unet-text)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LDM_THREADS"):
@@ -30,16 +36,17 @@ def main():
     import bench_models_torch as ref
     torch.set_num_threads(args.threads)
 
-    models = ["autoencoder", "unet"] if args.model == "all" else [args.model]
+    models = ["autoencoder", "unet", "unet-text"] if args.model == "all" else [args.model]
     print(f"training step at batch {args.batch_size}, {args.threads} thread(s) each side, best median of {args.rounds} alternating rounds")
     print(f"{'model':13}{'swift ms':>10}{'swift img/s':>13}{'torch ms':>10}{'torch img/s':>13}{'torch cl':>10}{'speedup':>9}{'swift RSS':>11}")
     for model in models:
         steps = args.steps or (3 if model == "autoencoder" else 10)
-        make = ref.autoencoder_step if model == "autoencoder" else ref.unet_step
+        make = {"autoencoder": ref.autoencoder_step, "unet": ref.unet_step, "unet-text": ref.unet_text_step}[model]
         ours, theirs, theirs_cl, rss = float("inf"), float("inf"), float("inf"), 0.0
         for r in range(args.rounds):
-            out = subprocess.run([BINARY, "bench", model, "--json", "--steps", str(steps), "--batch-size", str(args.batch_size),
-                                  "--threads", str(args.threads)], check=True, capture_output=True, text=True, cwd=ROOT).stdout
+            out = subprocess.run([BINARY, "bench", model.split("-")[0], "--json", "--steps", str(steps), "--batch-size", str(args.batch_size),
+                                  "--threads", str(args.threads)] + SWIFT_SETTINGS.get(model, []),
+                                 check=True, capture_output=True, text=True, cwd=ROOT).stdout
             row = json.loads(out.strip().splitlines()[-1])
             ours, rss = min(ours, row["step_ms"]), max(rss, row["peak_rss_mib"])
             theirs = min(theirs, ref.time_steps(make(args.batch_size, False), steps))
