@@ -4,8 +4,11 @@ Trains a small CNN on the training split of Datasets/fashion-mnist.h5 (or loads 
 from --model if it exists), reports its accuracy on the held-out test split, then
 classifies the images of a samples file (`ldm-train sample --images-out`: `images`
 [N,1,32,32] in [-1,1], `labels` [N]) and reports how many are judged as the class
-they were sampled for, per class and overall.
+they were sampled for, per class and overall. Samples of a text model carry
+`prompts` [N] instead: --prompt-classes maps each prompt to its class (the JSON that
+Launch/make-fmnist-text-folder writes).
 """
+import json
 import argparse
 import os
 import sys
@@ -83,6 +86,7 @@ def main():
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt-classes", help="JSON {prompt: class}: judge a text model's samples (`prompts` [N]) against these classes")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     for path in (a.samples, a.data):
@@ -101,10 +105,20 @@ def main():
     print(f"classifier ({a.model}): {100 * (predict(net, tx) == ty).float().mean():.2f}% on the 10000 held-out test images")
 
     with h5py.File(a.samples, "r") as f:
-        for key in ("images", "labels"):
+        for key in ("images", "prompts" if a.prompt_classes else "labels"):
             if key not in f:
                 sys.exit(f"classify-samples: {a.samples}: no dataset `{key}`")
-        x, y = torch.from_numpy(f["images"][:].astype(np.float32)), torch.from_numpy(f["labels"][:].astype(np.int64))
+        x = torch.from_numpy(f["images"][:].astype(np.float32))
+        if a.prompt_classes:
+            with open(a.prompt_classes) as m:
+                classes = json.load(m)
+            prompts = list(f["prompts"].asstr()[:])
+            unknown = sorted(set(prompts) - set(classes))
+            if unknown:
+                sys.exit(f"classify-samples: {a.prompt_classes} has no class for the prompt {unknown[0]!r}")
+            y = torch.tensor([classes[q] for q in prompts], dtype=torch.int64)
+        else:
+            y = torch.from_numpy(f["labels"][:].astype(np.int64))
     if x.ndim != 4 or tuple(x.shape[1:]) != (1, 32, 32) or len(y) != len(x):
         sys.exit(f"classify-samples: {a.samples}: `images` must be [N,1,32,32] with N labels, got {tuple(x.shape)} and {len(y)}")
     judged = predict(net, x)
