@@ -87,7 +87,9 @@ public final class AutoencoderTrainer: TrainingStage {
 
     /// Inputs (8 test images spread over the split, which is in file order) above their
     /// reconstructions (posterior mean).
+    /// Rank 0 reconstructs 8 test images (one batch: the other ranks do not wait long).
     func writeImages(step n: Int) throws {
+        guard comm.isRoot else { return }
         let count = test.split.count, shown = min(8, count)
         let x = try test.images((0..<shown).map { $0 * count / shown }, epoch: nil)
         let y = withoutGradient { step.model.decode(step.model.encode(x).mean) }

@@ -140,13 +140,27 @@ public final class DiffusionTrainer: TrainingStage {
     }
 
     /// A grid of EMA samples, one row per class or prompt (one row for an
-    /// unconditional model), decoded with the autoencoder.
+    /// unconditional model), decoded with the autoencoder. Every rank samples a
+    /// contiguous share of the grid (sample i's noise depends on i alone, so the grid
+    /// is the same at any world size); rank 0 gathers, decodes and writes it.
     func writeImages(step number: Int) throws {
         guard let autoencoder else { return }
         let k = min(stageConfig.sampling.perClass, 8)
         let sampler = try LatentSampler(model: model, stage: stageConfig, sampling: stageConfig.sampling)
         let rows = gridRows(stageConfig, captions: cache.captions ?? [])
-        let latents = withValues(step.ema.shadow, in: arena) { sampler.sample(conditions: rows.flatMap { [Condition](repeating: $0, count: k) }) }
+        let all = rows.flatMap { [Condition](repeating: $0, count: k) }
+        let share = { (r: Int) in (r * all.count / self.comm.size)..<((r + 1) * all.count / self.comm.size) }
+        let mine = share(comm.rank), widest = (0..<comm.size).map { share($0).count }.max()!
+        let a = stageConfig.model, per = a.imageSize * a.imageSize * a.inChannels
+        var values = [Float](repeating: 0, count: widest * per)
+        if !mine.isEmpty {
+            let latents = withValues(step.ema.shadow, in: arena) { sampler.sample(conditions: Array(all[mine]), firstIndex: mine.lowerBound) }
+            values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: latents.pointer, count: latents.count) }
+        }
+        let gathered = try comm.allGather(values: values)
+        guard comm.isRoot else { return }
+        let latents = Tensor(shape: [all.count, a.imageSize, a.imageSize, a.inChannels],
+                             scalars: (0..<comm.size).flatMap { r in gathered[(r * widest * per)..<((r * widest + share(r).count) * per)] })
         let images = LatentSampler.decode(latents, scaleFactor: cache.info.scaleFactor, autoencoder: autoencoder.model)
         try LatentSampler.writeGrid(images, rows: rows.count, to: "\(options.runDirectory)/samples-\(String(format: "%08d", number)).png")
     }

@@ -30,7 +30,8 @@ protocol TrainingStage: AnyObject {
     func microBatch(_ indices: [Int], epoch: Int, scale: Float, step: Int) throws -> [(String, Tally)]
     /// Starts reading what the micro-batch of `indices` needs, before it is asked for.
     func prefetch(_ indices: [Int])
-    /// Rank 0: image grids at `step`.
+    /// Image grids at `step`, called on every rank (a stage may share the work out;
+    /// rank 0 writes the file).
     func writeImages(step: Int) throws
     /// After the last step: final metrics (every rank takes part), printed and recorded.
     func finish() throws -> [String: Double]
@@ -117,7 +118,11 @@ final class StageLoop {
                 guard try comm.all(log.problem.isEmpty) else { throw DataError(try comm.broadcast(log.problem)) }
                 (window, windowSteps, windowStart) = ([], 0, Date())
             }
-            if state.step % t.imageEvery == 0 || done, comm.isRoot { try stage.writeImages(step: state.step) }
+            if state.step % t.imageEvery == 0 || done {   // every rank takes part and all stop if one failed
+                var problem = ""
+                do { try stage.writeImages(step: state.step) } catch { problem = "\(error)" }
+                if let first = try comm.firstProblem(problem) { throw DataError(first) }
+            }
             if state.step % t.checkpointEvery == 0 || done { try save(state) }
         }
         let metrics = try stage.finish()
