@@ -76,9 +76,19 @@ public enum Pipeline {
             say("== sample → \(grid), \(images)")
             if problem.isEmpty { do { try SampleStage.run(request) } catch { problem = "\(error)" } }
         }
+        try waitForRoot(comm)
         problem = try comm.broadcast(problem)
         guard problem.isEmpty else { throw SamplingError(description: problem) }
         say("== done: autoencoder in \(layout.autoencoderRun), latents in \(config.diffusion.latents), diffusion model and samples in \(layout.diffusionRun)")
+    }
+
+    /// The other ranks wait, asleep and with no collective deadline, while rank 0
+    /// works alone for as long as it takes (the sample stage): it is computing, not hung.
+    static func waitForRoot(_ comm: Communicator) throws {
+        let mpi = comm as? MPICommunicator, deadline = mpi?.deadline
+        mpi?.deadline = .infinity
+        defer { if let deadline { mpi?.deadline = deadline } }
+        try comm.sleepingBarrier()
     }
 
     /// The step recorded in a run's `complete` marker (written when a stage finishes), if any.
