@@ -158,6 +158,13 @@ public struct BPETokenizer: Codable, Equatable, Sendable {
         self.init(merges: merges, vocabularySize: vocabularySize, maxLength: maxLength)
     }
 
+    /// A short identity: sizes and a 64-bit FNV-1a hash of the merges.
+    public var identity: String {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for m in merges { for v in [m.left, m.right] { h = (h ^ UInt64(v)) &* 0x100_0000_01b3 } }
+        return "\(merges.count) merges, vocab_size \(vocabularySize), max_length \(maxLength), hash \(String(h, radix: 16))"
+    }
+
     /// The JSON stored in a checkpoint's `tokenizer` attribute.
     public var json: String { String(decoding: try! JSONEncoder().encode(self), as: UTF8.self) }
 

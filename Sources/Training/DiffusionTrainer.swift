@@ -89,9 +89,13 @@ public final class DiffusionTrainer: TrainingStage {
     @discardableResult
     public func run() throws -> [String: Double] {
         var extra = ["autoencoder": cache.info.autoencoder, "scale_factor": String(cache.info.scaleFactor)]
-        if let tokenizer = model.tokenizer { extra["tokenizer"] = tokenizer.json }
+        var inputs = ["latent_cache": "written \(cache.info.created), \(cache.info.count) rows"]
+        if let tokenizer = model.tokenizer {   // learned again at every start: a resume must learn the same one
+            extra["tokenizer"] = tokenizer.json
+            inputs["tokenizer_identity"] = tokenizer.identity
+        }
         return try StageLoop(stage: self, config: config, options: options, communicator: comm, log: log, extraAttributes: extra,
-                             inputs: ["latent_cache": "written \(cache.info.created), \(cache.info.count) rows"]).run()
+                             inputs: inputs).run()
     }
 
     // MARK: TrainingStage

@@ -50,6 +50,11 @@ public enum SampleStage {
             do { tokenizer = try BPETokenizer(json: json) } catch {
                 throw DataError("\(directory)/index.h5: attribute 'tokenizer' is not a valid tokenizer (\(error))")
             }
+            let t = stage.conditioning.text
+            guard tokenizer!.vocabularySize <= t.vocabSize, tokenizer!.maxLength == t.maxSeqLen else {
+                throw DataError("\(directory)/index.h5: the tokenizer (vocab_size \(tokenizer!.vocabularySize), max_length \(tokenizer!.maxLength)) "
+                                + "does not fit the model's τθ (vocab_size \(t.vocabSize), max_seq_len \(t.maxSeqLen))")
+            }
         }
         let rows = try conditions(r, stage: stage, checkpoint: directory)
         guard r.count >= 1 else { throw SamplingError(description: "--count must be positive, got \(r.count)") }

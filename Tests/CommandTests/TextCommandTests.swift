@@ -94,8 +94,8 @@ struct TextCommandTests {
         #expect(check == "['', '', 'a sneaker', 'a sneaker', 'ankle boot', 'ankle boot'] False True (70, 104)", "\(check)")
     }
 
-    @Test("bad input: --class for a text model, --prompt for a class model, a prompts file that is not UTF-8 or holds no prompt, a checkpoint without its tokenizer, a text model on captionless latents", arguments: [
-        "class for text", "prompt for class", "not UTF-8", "no prompts", "no tokenizer", "no captions",
+    @Test("bad input: --class for a text model, --prompt for a class model, a prompts file that is not UTF-8 or holds no prompt, a checkpoint without its tokenizer, a text model on captionless latents, a resume whose tokenizer would differ", arguments: [
+        "class for text", "prompt for class", "not UTF-8", "no prompts", "no tokenizer", "no captions", "other tokenizer",
     ])
     func badInput(_ case_: String) throws {
         let dir = temporaryDirectory()
@@ -125,6 +125,13 @@ struct TextCommandTests {
             _ = try python("import h5py; f = h5py.File('\(copy)/index.h5', 'a'); del f.attrs['tokenizer']")
             result = try textSample(["--prompt", "a sneaker"], diffusion: copy)
             expected = "index.h5 has no tokenizer"
+        case "other tokenizer":
+            let run = dir.appendingPathComponent("run").path
+            #expect(try textJob(1, run: run, ["--steps", "2"]).status == 0)
+            _ = try python("import h5py; f = h5py.File('\(run)/step-00000002/index.h5', 'a'); f.attrs['tokenizer_identity'] = '40 merges'")
+            result = try ldmTrain(["diffusion", "--config", textSmokeConfig, "--latents", textLatents, "--autoencoder", textAutoencoder,
+                                   "--run-dir", run, "--steps", "4"])
+            expected = "was trained on the tokenizer identity 40 merges; it is now 41 merges"
         default:
             result = try ldmTrain(["diffusion"] + smoke + ["--latents", smokeStage1.latents, "--autoencoder", smokeStage1.autoencoder,
                                                            "--run-dir", dir.appendingPathComponent("run").path, "--set", "diffusion.conditioning.kind=text"])
