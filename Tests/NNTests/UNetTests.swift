@@ -81,6 +81,27 @@ struct UNetTests {
         }
     }
 
+    /// The two numbers were printed by this same code against commit da8cc89, before
+    /// conditioning became a type (labels [2, 7, 10] then; 10 was the null class).
+    @Test("the reference class-conditional model is what it was before conditioning became a type: the same initial weights (bitwise) and the same ε̂ (to 1e-5)")
+    func classModelUnchanged() {
+        let model = LatentDiffusionModel(UNetArchitecture(), seed: 0)
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325   // FNV-1a over every parameter's bits, in key order
+        for p in model.namedParameters() {
+            for i in 0..<p.tensor.count { h = (h ^ UInt64(p.tensor.pointer[i].bitPattern)) &* 0x100_0000_01b3 }
+        }
+        #expect(String(h, radix: 16) == "6332d19e46cb90c5")
+        for p in model.namedParameters() where p.key.hasSuffix("out.2.weight") || p.key.hasSuffix("out_layers.3.weight") || p.key.hasSuffix("proj_out.weight") {
+            p.tensor.pointer.update(from: randn(p.tensor.shape, 99, scale: 0.05).pointer, count: p.tensor.count)   // zero-initialised
+        }
+        let z = randn([3, 8, 8, 4], 11)
+        let y = withoutGradient { model(z, timesteps: [5, 500, 990], conditions: [.label(2), .label(7), .none]) }
+        let r = randn(y.shape, 12)
+        var s = 0.0
+        for i in 0..<y.count { s += Double(y.pointer[i]) * Double(r.pointer[i]) }
+        #expect(abs(s - 9.84413529643269) < 1e-5 * 9.84413529643269, "\(s)")
+    }
+
     @Test("output shape equals the input's; zero-initialised output convs give exactly zero at start")
     func shapes() {
         let a = UNetArchitecture()
