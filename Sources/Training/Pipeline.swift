@@ -2,6 +2,7 @@ import Datasets
 import Distributed
 import Foundation
 import Storage
+import TensorEngine
 
 /// `ldm-train` with no arguments: prepare → autoencoder → encode → diffusion →
 /// sample, each stage skipped when its output is complete (the sample stage is
@@ -39,6 +40,7 @@ public enum Pipeline {
         } else {
             say("== autoencoder → \(layout.autoencoderRun)")
             try AutoencoderTrainer(config: config, options: RunOptions(runDirectory: layout.autoencoderRun), communicator: comm).run()
+            BufferPool.shared.trim()   // the next stage's tensors have other sizes: give the cached ones back
         }
         guard config.pipeline.lastStage > .autoencoder else { return say("== done (pipeline.last_stage: autoencoder): \(layout.autoencoderRun)") }
         // 3. encode, unless the cache holds this autoencoder's latents of the whole split
@@ -51,6 +53,7 @@ public enum Pipeline {
             say("== encode → \(config.diffusion.latents)")
             try EncodeStage.run(autoencoder: layout.autoencoderRun, data: config.data.path, out: config.diffusion.latents, limit: wanted,
                                 communicator: comm)
+            BufferPool.shared.trim()   // 256-image encoder batches: gigabytes the diffusion stage would never reuse
         }
         guard config.pipeline.lastStage > .encode else { return say("== done (pipeline.last_stage: encode): \(config.diffusion.latents)") }
         // 4. diffusion
