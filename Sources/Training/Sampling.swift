@@ -29,8 +29,18 @@ public struct LatentSampler {
         guard sampling.eta >= 0 else { throw SamplingError(description: "--eta must be ≥ 0, got \(sampling.eta)") }
     }
 
+    /// Samples drawn together; more are drawn in chunks of this many, so memory does
+    /// not grow with the count (sample i's noise depends on i alone, not on its chunk).
+    public static let chunk = 256
+
     /// Scaled latents [N, s, s, c], one for each condition (`.none`: unconditional).
     public func sample(conditions: [Condition], firstIndex: Int = 0) -> Tensor {
+        guard conditions.count <= Self.chunk else {
+            return concat(stride(from: 0, to: conditions.count, by: Self.chunk).map { start in
+                let end = min(conditions.count, start + Self.chunk)
+                return sample(conditions: Array(conditions[start..<end]), firstIndex: firstIndex + start)
+            }, axis: 0)
+        }
         let a = stage.model
         let shape = [a.imageSize, a.imageSize, a.inChannels], per = shape.reduce(1, *)
         let n = conditions.count

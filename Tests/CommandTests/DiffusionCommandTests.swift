@@ -1,4 +1,7 @@
 import Foundation
+import NN
+import TensorEngine
+import Training
 import Storage
 import Testing
 import TestSupport
@@ -126,5 +129,31 @@ struct DiffusionCommandTests {
         #expect(second.status == 0, "\(second.err)")
         for stage in ["autoencoder: complete", "encode: \(root)/latents holds", "diffusion: complete"] { #expect(second.out.contains(stage), "\(stage)") }
         #expect(!second.out.contains("step 2/4"))
+    }
+}
+
+@Suite("Sampling in chunks")
+struct SamplingChunkTests {
+    @Test("more samples than a chunk are drawn chunk by chunk, each sample as if drawn on its own index")
+    func chunks() throws {
+        var stage = Config().diffusion
+        (stage.model.imageSize, stage.model.inChannels, stage.model.outChannels, stage.model.modelChannels) = (4, 2, 2, 32)
+        (stage.model.channelMult, stage.model.numResBlocks, stage.model.numHeadChannels, stage.model.contextDim) = ([1], 1, 16, 8)
+        stage.model.attentionResolutions = [1]
+        stage.sampling.steps = 3
+        let model = LatentDiffusionModel(stage.model, seed: 1)
+        for p in model.namedParameters() where p.key.hasSuffix("out.2.weight") || p.key.hasSuffix("out_layers.3.weight") {
+            p.tensor.pointer.update(from: randn(p.tensor.shape, 5, scale: 0.1).pointer, count: p.tensor.count)   // zero-initialised
+        }
+        let sampler = try LatentSampler(model: model, stage: stage, sampling: stage.sampling)
+        let n = LatentSampler.chunk + 7
+        let conditions: [Condition] = (0..<n).map { $0 % 3 == 0 ? .none : .label($0 % 10) }
+        let all = sampler.sample(conditions: conditions)
+        let tail = sampler.sample(conditions: Array(conditions[(n - 9)...]), firstIndex: n - 9)   // across the chunk boundary
+        #expect(all.shape == [n, 4, 4, 2])
+        // Batch size may change a kernel's rounding, not which noise a sample gets: a wrong index would differ by O(1).
+        #expect(isClose(all.slice(axis: 0, (n - 9)..<n), tail.scalars.map(Double.init), rtol: 1e-4, atol: 1e-5))
+        let head = sampler.sample(conditions: Array(conditions[..<5]))
+        #expect(isClose(all.slice(axis: 0, 0..<5), head.scalars.map(Double.init), rtol: 1e-4, atol: 1e-5))
     }
 }
