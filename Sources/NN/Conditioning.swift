@@ -7,6 +7,12 @@ public enum Condition: Hashable, Sendable {
     case none
     case label(Int)
     case caption(String)
+
+    /// A caption's condition: the empty caption is `.none` (the text null condition).
+    public init(caption text: String) { self = text.isEmpty ? .none : .caption(text) }
+
+    /// The caption ("" when there is none).
+    public var caption: String { if case let .caption(text) = self { return text }; return "" }
 }
 
 /// The kind of conditioning a model has (`diffusion.conditioning.kind`).

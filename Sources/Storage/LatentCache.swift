@@ -152,9 +152,17 @@ public enum LatentCache {
             guard FileManager.default.fileExists(atPath: shard) else { throw DataError("\(shard) is missing (the cache is incomplete)") }
         }
         return Contents(info: info, mean: try index.read("mean", as: Float.self).values, logvar: try index.read("logvar", as: Float.self).values,
-                        labels: try index.read("label", as: Int32.self).values,
-                        captions: index.exists("caption") ? try index.readStrings("caption") : nil)
+                        labels: try index.read("label", as: Int32.self).values, captions: try captions(index))
     }
+
+    /// Every row's caption, without reading the latents; nil for a cache written
+    /// before captions were kept.
+    public static func captions(_ directory: String) throws -> [String]? {
+        _ = try info(directory)
+        return try captions(try HDF5File.open("\(directory)/index.h5"))
+    }
+
+    static func captions(_ index: HDF5File) throws -> [String]? { index.exists("caption") ? try index.readStrings("caption") : nil }
 
     /// Parallel variance merge (Chan, Golub & LeVeque): (count, mean, M2) of two parts.
     public static func merge(_ a: (n: Double, mean: Double, m2: Double), _ b: (n: Double, mean: Double, m2: Double))

@@ -82,7 +82,7 @@ public final class DiffusionTrainer: TrainingStage {
                 throw DataError("\(path): every caption is empty; give the images captions ('text' in metadata.jsonl) "
                                 + "or train with diffusion.conditioning.kind class or none")
             }
-            return captions.map { $0.isEmpty ? .none : .caption($0) }
+            return captions.map(Condition.init(caption:))
         }
     }
 
@@ -179,7 +179,7 @@ func gridRows(_ stage: DiffusionStageConfig, captions: [String]) -> [Condition] 
     case .none: return [.none]
     case .class: return (0..<stage.model.numClasses).map { .label($0) }
     case .text:
-        if !stage.sampling.prompts.isEmpty { return stage.sampling.prompts.map { $0.isEmpty ? .none : .caption($0) } }
+        if !stage.sampling.prompts.isEmpty { return stage.sampling.prompts.map(Condition.init(caption:)) }
         var seen = Set<String>(), out: [Condition] = []
         for c in captions where !c.isEmpty && out.count < 8 && seen.insert(c).inserted { out.append(.caption(c)) }
         return out

@@ -72,7 +72,7 @@ public enum Pipeline {
             (request.count, request.out, request.imagesOut) = (config.diffusion.sampling.perClass, grid, images)
             if config.diffusion.conditioning.kind == .text && config.diffusion.sampling.prompts.isEmpty {   // the training grid's captions
                 do {
-                    let captions = try LatentCache.read(config.diffusion.latents).captions ?? []
+                    let captions = try LatentCache.captions(config.diffusion.latents) ?? []
                     request.prompts = gridRows(config.diffusion, captions: captions).map(\.caption)
                 } catch { problem = "\(error)" }
             }

@@ -125,7 +125,7 @@ public enum SampleStage {
             guard !rows.isEmpty else {
                 throw SamplingError(description: "\(checkpoint) is a text-conditional model: give --prompt TEXT (repeatable) or --prompts-file F")
             }
-            return rows.map { $0.isEmpty ? .none : .caption($0) }
+            return rows.map(Condition.init(caption:))
         case .none:
             guard r.classes == nil && !asked else {
                 throw SamplingError(description: "\(checkpoint) is an unconditional model: it takes neither --class nor --prompt")
@@ -196,9 +196,4 @@ public enum SampleStage {
                                                           captions: conditions.map(\.caption), sourceIndex: (0..<n).map(Int64.init)),
                               info: info, communicator: SingleProcess())
     }
-}
-
-extension Condition {
-    /// The caption ("" when there is none).
-    var caption: String { if case let .caption(text) = self { return text }; return "" }
 }
