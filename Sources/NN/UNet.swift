@@ -4,7 +4,10 @@ import TensorEngine
 /// The architecture of the denoising UNet (CompVis `unet_config.params` names).
 public struct UNetArchitecture: Codable, Equatable, Sendable {
     public var imageSize = 8
+    /// The UNet's input: the latent's channels plus any concatenated condition's
+    /// (conditioning_key concat or hybrid), as in CompVis configs.
     public var inChannels = 4
+    /// ε̂'s channels: the latent's. Noise, losses and samples have this many.
     public var outChannels = 4
     public var modelChannels = 64
     public var channelMult = [1, 2]
@@ -17,6 +20,11 @@ public struct UNetArchitecture: Codable, Equatable, Sendable {
     public var numClasses = 10
 
     public init() {}
+
+    /// The latent's channels (z_t, ε, samples): `out_channels`.
+    public var latentChannels: Int { outChannels }
+    /// Channels concatenated to z_t: in_channels − out_channels.
+    public var concatChannels: Int { inChannels - outChannels }
 
     enum CodingKeys: String, CodingKey {
         case imageSize = "image_size", inChannels = "in_channels", outChannels = "out_channels"
@@ -100,10 +108,8 @@ public final class UNetModel: Module {
     }
 
     /// `contextDim` nil: no context, the SpatialTransformers attend to themselves only;
-    /// `admChannels`: the width of a vector added to the time embedding (`adm`);
-    /// `concatChannels`: input channels beyond the latent's.
-    public init(_ a: UNetArchitecture, contextDim: Int?, admChannels: Int? = nil, concatChannels: Int = 0,
-                _ initializer: ParameterInitializer) {
+    /// `admChannels`: the width of a vector added to the time embedding (`adm`).
+    public init(_ a: UNetArchitecture, contextDim: Int?, admChannels: Int? = nil, _ initializer: ParameterInitializer) {
         architecture = a
         let mc = a.modelChannels, embedding = 4 * mc
         timeEmbed0 = Linear(mc, embedding, initializer)
@@ -114,7 +120,7 @@ public final class UNetModel: Module {
             SpatialTransformer(ch, heads: ch / a.numHeadChannels, headChannels: a.numHeadChannels, depth: a.transformerDepth,
                                contextDim: contextDim, initializer)
         }
-        var input: [[TimestepLayer]] = [[InputConv(Conv2D(a.inChannels + concatChannels, mc, kernel: 3, initializer))]]
+        var input: [[TimestepLayer]] = [[InputConv(Conv2D(a.inChannels, mc, kernel: 3, initializer))]]
         var skipChannels = [mc], ch = mc, ds = 1
         for (level, mult) in a.channelMult.enumerated() {
             for _ in 0..<a.numResBlocks {
@@ -197,13 +203,13 @@ public final class LatentDiffusionModel: Module {
 
     /// `tokenizer`: the text encoder's (kind text only).
     public init(_ a: UNetArchitecture, conditioning c: ConditioningConfig = ConditioningConfig(), tokenizer: BPETokenizer? = nil,
-                concatChannels: Int = 0, seed: UInt64) {
+                seed: UInt64) {
         precondition(c.kind != .text || tokenizer != nil, "a text-conditioned model needs a tokenizer")
-        precondition(c.key.usesConcat == (concatChannels > 0), "conditioning_key \(c.key.rawValue) with \(concatChannels) concat channels")
+        precondition(c.key.usesConcat == (a.concatChannels > 0), "conditioning_key \(c.key.rawValue) with \(a.concatChannels) concat channels")
         let initializer = ParameterInitializer(seed: seed)
         let conditioned = c.kind != .none
         let unet = UNetModel(a, contextDim: conditioned && c.key.usesContext ? a.contextDim : nil,
-                             admChannels: conditioned && c.key == .adm ? a.contextDim : nil, concatChannels: concatChannels, initializer)
+                             admChannels: conditioned && c.key == .adm ? a.contextDim : nil, initializer)
         model = DiffusionWrapper(unet, key: c.key)
         switch c.kind {
         case .none: condStageModel = nil

@@ -100,7 +100,7 @@ public enum ModelBenchmark {
         let stage = config.diffusion, a = stage.model, text = stage.conditioning.text
         let tokenizer = BPETokenizer(merges: [], vocabularySize: text.vocabSize, maxLength: text.maxSeqLen)
         let step = DiffusionStep(config: stage, tokenizer: stage.conditioning.kind == .text ? tokenizer : nil, seed: 0)
-        let z0 = Tensor.randomNormal([batch, a.imageSize, a.imageSize, a.inChannels], stream: RandomStream(seed: 1, stream: UInt64(comm.rank)))
+        let z0 = Tensor.randomNormal([batch, a.imageSize, a.imageSize, a.latentChannels], stream: RandomStream(seed: 1, stream: UInt64(comm.rank)))
         let noise = Tensor.randomNormal(z0.shape, stream: RandomStream(seed: 2, stream: UInt64(comm.rank)))
         let times = (0..<batch).map { ($0 * 7919) % stage.schedule.timesteps }
         let conditions: [Condition] = (0..<batch).map { i in

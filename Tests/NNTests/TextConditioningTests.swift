@@ -128,7 +128,9 @@ struct TextEncoderTests {
 
         c = ConditioningConfig()
         (c.kind, c.key) = (.none, .concat)
-        let concat = LatentDiffusionModel(a, conditioning: c, concatChannels: 3, seed: 6)
+        var wide = a
+        wide.inChannels = a.outChannels + 3   // in_channels counts the concatenated channels, as in CompVis configs
+        let concat = LatentDiffusionModel(wide, conditioning: c, seed: 6)
         #expect(concat.namedParameters().first { $0.key == "model.diffusion_model.input_blocks.0.0.weight" }!.tensor.shape == [32, 5, 3, 3])
         #expect(!concat.namedParameters().contains { $0.key.hasPrefix("cond_stage_model") })
         let y = withoutGradient { concat(z, timesteps: [1, 2], conditions: [.none, .none], concat: randn([2, 4, 4, 3], 8)) }
