@@ -7,6 +7,11 @@ classifies the images of a samples file (`ldm-train sample --images-out`: `image
 they were sampled for, per class and overall. Samples of a text model carry
 `prompts` [N] instead: --prompt-classes maps each prompt to its class (the JSON that
 Launch/make-fmnist-text-folder writes).
+
+It also reports the Frechet distance between the samples and the test split in the
+classifier's 256-d penultimate features (FID's formula with this classifier in place
+of Inception), beside the distance of as many real training images to the test split:
+the floor that finite N sets, so diversity is judged, not only class accuracy.
 """
 import json
 import argparse
@@ -19,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from frechet import frechet
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -39,11 +46,20 @@ class Net(nn.Module):
         self.fc2 = nn.Linear(256, 10)
         self.drop = nn.Dropout(0.3)
 
-    def forward(self, x):
+    def features(self, x):
         x = F.max_pool2d(F.relu(self.c1(x)), 2)
         x = F.max_pool2d(F.relu(self.c2(x)), 2)
         x = F.max_pool2d(F.relu(self.c3(x)), 2)
-        return self.fc2(self.drop(F.relu(self.fc1(x.flatten(1)))))
+        return F.relu(self.fc1(x.flatten(1)))
+
+    def forward(self, x):
+        return self.fc2(self.drop(self.features(x)))
+
+
+def features(net, x, batch=500):
+    net.eval()
+    with torch.no_grad():
+        return torch.cat([net.features(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
 
 
 def predict(net, x, batch=500):
@@ -126,6 +142,12 @@ def main():
         sel = y == k
         print(f"  class {k} {CLASSES[k]:<12} {100 * (judged[sel] == k).float().mean():6.1f}% of {int(sel.sum())}")
     print(f"samples judged as their class: {100 * (judged == y).float().mean():.2f}% of {len(y)} ({a.samples})")
+    test_features = features(net, tx)
+    with h5py.File(a.data, "r") as f:
+        pick = np.sort(np.random.default_rng(a.seed).choice(len(f["train/labels"]), size=len(x), replace=False))
+        real = padded(f["train/images"][pick])
+    print(f"Frechet distance to the test split in the classifier's features: samples {frechet(features(net, x), test_features):.2f}, "
+          f"{len(x)} real training images {frechet(features(net, real), test_features):.2f} (the floor at this N)")
 
 
 if __name__ == "__main__":
