@@ -29,6 +29,16 @@ public struct DecodedImage: Sendable, Equatable {
     }
 }
 
+extension DecodedImage {
+    /// Resized as Pillow's `Image.resize((width, height), filter)` does, to the byte
+    /// (antialiased when reducing: the filter widens by the reduction factor).
+    public func resized(width: Int, height: Int, filter: ResizeFilter) -> DecodedImage {
+        var p = ImagePreparation(resolution: max(width, height), channels: channels)
+        p.filter = filter
+        return p.resize(self, width: width, height: height)
+    }
+}
+
 /// The resampling filters of Pillow's `Image.resize` (the same names and kernels).
 public enum ResizeFilter: String, Codable, Sendable, CaseIterable {
     case box, bilinear, bicubic, lanczos

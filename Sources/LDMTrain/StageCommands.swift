@@ -55,8 +55,11 @@ struct PipelineCommand: ParsableCommand {
         let loaded = try ConfigLoader.load(config, overrides: (seed.map { ["seed=\($0)"] } ?? []) + overrides)
         try Training.validate(loaded)
         try validateDiffusion(loaded)
-        try distributed { comm in try Training.Pipeline.run(config: loaded, layout: .init(checkpoints: checkpoints ?? loaded.pipeline.checkpoints),
-                                                          communicator: comm) }
+        if loaded.pipeline.lastStage >= .diffusion {   // before stage 1, not after it
+            try ImageTask.checkChannels(loaded.diffusion, autoencoder: loaded.autoencoder.model)
+        }
+        let layout = Training.Pipeline.Layout(checkpoints: checkpoints ?? loaded.pipeline.checkpoints, diffusion: loaded.pipeline.diffusionRun)
+        try distributed { comm in try Training.Pipeline.run(config: loaded, layout: layout, communicator: comm) }
     }
 }
 
@@ -156,7 +159,13 @@ struct Sample: ParsableCommand {
     @Option(name: .customLong("class"), help: "A class-conditional model: a class index, or all.") var classes: String?
     @Option(help: "A text model: a prompt, one grid row (repeatable; \"\" samples unconditionally).") var prompt: [String] = []
     @Option(name: .customLong("prompts-file"), help: "A text model: a UTF-8 file of prompts, one per line.") var promptsFile: String?
-    @Option(help: "Samples per class or prompt.") var count = 8
+    @Option(help: "Samples per class or prompt, or per input of an image task (default: 8; 1 for an image task).") var count: Int?
+    @Option(help: "super-resolution or inpainting: checked against what the checkpoint was trained for.") var task: TaskKind?
+    @Option(help: "An image task's input (repeatable): the low-resolution image (super-resolution), or the image to inpaint.")
+    var input: [String] = []
+    @Option(help: "Inpainting: the mask of each --input (white: the hole to fill, black: kept; grey thresholded at 50%).")
+    var mask: [String] = []
+    @Option(name: .customLong("from-test"), help: "An image task on the first N test images (with their references).") var fromTest: Int?
     @Option(help: "ddim or ddpm (default: the config's).") var sampler: SamplerKind?
     @Option(help: "Sampling steps (DDIM; DDPM uses all T).") var steps: Int?
     @Option(help: "DDIM η (0: deterministic).") var eta: Double?
@@ -177,7 +186,9 @@ struct Sample: ParsableCommand {
             r.classes = Int(classes).map { .one($0) } ?? .all
         }
         (r.prompts, r.promptsFile) = (prompt, promptsFile)
-        (r.count, r.sampler, r.steps, r.eta, r.guidance, r.seed) = (count, sampler, steps, eta, guidance, seed)
+        (r.task, r.inputs, r.masks, r.fromTest) = (task, input, mask, fromTest)
+        let imageTask = task != nil || !input.isEmpty || fromTest != nil
+        (r.count, r.sampler, r.steps, r.eta, r.guidance, r.seed) = (count ?? (imageTask ? 1 : 8), sampler, steps, eta, guidance, seed)
         (r.useEMA, r.out, r.latentsOut, r.imagesOut) = (!noEMA, out, latentsOut, imagesOut)
         try SampleStage.run(r)
     }
@@ -189,4 +200,54 @@ struct Inspect: ParsableCommand {
     func run() throws { print(try Storage.Inspect.describe(path)) }
 }
 
+struct Evaluate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure an image-task model on the test split against its baseline.",
+        discussion: "Super-resolution: PSNR and SSIM against bicubic upsampling. Inpainting: PSNR inside the hole against "
+            + "the mean-colour fill. Under mpirun the ranks share the images.")
+    @Option(help: "Diffusion run directory (its newest checkpoint) or step directory.") var diffusion = "Checkpoints/diffusion"
+    @Option(help: "Autoencoder run directory or step directory (the one the latents came from).") var autoencoder = "Checkpoints/autoencoder"
+    @Option(help: "Test images (default: the config's diffusion.training.eval_images; 0: all).") var count: Int?
+    @Option(help: "Sampling steps (default: the config's).") var steps: Int?
+    @Option(help: "DDIM η (default: the config's).") var eta: Double?
+    @Option(help: "Seed of the sampling noise and the masks.") var seed: Int?
+    @Flag(name: .customLong("no-ema"), help: "Use the trained weights instead of their EMA.") var noEMA = false
+    @Option(help: "Threads per rank (default: cores ÷ ranks on this node).") var threads: Int?
+
+    func run() throws {
+        if let threads { Threads.configure(max(1, threads)) }
+        try distributed { comm in
+            let trained = try TrainedDiffusion.load(diffusion, useEMA: !noEMA)
+            let ae = try trained.autoencoder(autoencoder, communicator: comm)
+            guard let task = trained.imageTask(ae) else {
+                throw SamplingError(description: "\(trained.directory) is a generation model: evaluate measures super-resolution and inpainting "
+                                    + "models; judge generated samples with Launch/classify-samples")
+            }
+            var sampling = trained.stage.sampling
+            if let steps { sampling.steps = steps }
+            if let eta { sampling.eta = eta }
+            if let seed { sampling.seed = seed }
+            let sampler = try LatentSampler(model: trained.model, stage: trained.stage, sampling: sampling)
+            let test = try ImageBatcher(split: try DatasetSplit.open(ae.config.data.path, split: .test), resolution: task.resolution, flip: false, seed: 0)
+            let asked = count ?? trained.stage.training.evalImages
+            guard asked >= 0 else { throw ValidationError("--count must be ≥ 0, got \(asked)") }
+            let n = asked > 0 ? min(asked, test.split.count) : test.split.count
+            let metrics = try TaskEvaluation.run(task: task, sampler: sampler, decoder: ae.model, scaleFactor: trained.scaleFactor, test: test,
+                                                 count: n, communicator: comm)
+            guard comm.isRoot else { return }
+            print(TaskEvaluation.describe(metrics, kind: task.config.kind, count: n))
+            let json = try JSONSerialization.data(withJSONObject: metrics, options: [.sortedKeys])
+            print(String(decoding: json, as: UTF8.self))
+        }
+    }
+}
+
 extension SamplerKind: ExpressibleByArgument {}
+
+/// `--task super-resolution` or `inpainting` (the config's super_resolution is accepted too).
+extension TaskKind: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard let kind = TaskKind.allCases.first(where: { $0.argument == argument || $0.rawValue == argument }) else { return nil }
+        self = kind
+    }
+}

@@ -41,6 +41,8 @@ public enum LatentCache {
         public var mean: [Float], logvar: [Float]
         public var labels: [Int32]
         public var captions: [String]?
+        /// Each row's index in the dataset split it was encoded from.
+        public var sourceIndex: [Int64]
     }
 
     /// Writes a cache with every rank: shards in `<directory>.partial`, then rank 0's
@@ -152,7 +154,8 @@ public enum LatentCache {
             guard FileManager.default.fileExists(atPath: shard) else { throw DataError("\(shard) is missing (the cache is incomplete)") }
         }
         return Contents(info: info, mean: try index.read("mean", as: Float.self).values, logvar: try index.read("logvar", as: Float.self).values,
-                        labels: try index.read("label", as: Int32.self).values, captions: try captions(index))
+                        labels: try index.read("label", as: Int32.self).values, captions: try captions(index),
+                        sourceIndex: index.exists("source_index") ? try index.read("source_index", as: Int64.self).values : (0..<Int64(info.count)).map { $0 })
     }
 
     /// Every row's caption, without reading the latents; nil for a cache written

@@ -76,9 +76,12 @@ public enum PipelineStage: String, Codable, Sendable, CaseIterable, Comparable {
 public struct PipelineConfig: Codable, Equatable, Sendable {
     /// The pipeline stops after this stage (e.g. `autoencoder` for data without class labels).
     public var lastStage = PipelineStage.sample
-    /// Where the stages' runs go (`<checkpoints>/autoencoder`, `<checkpoints>/diffusion`); `--checkpoints` overrides it.
+    /// Where the stages' runs go (`<checkpoints>/autoencoder`, `<checkpoints>/<diffusion_run>`); `--checkpoints` overrides it.
     public var checkpoints = "Checkpoints"
-    enum CodingKeys: String, CodingKey { case lastStage = "last_stage", checkpoints }
+    /// The diffusion run's folder under `checkpoints`: several stage-2 models (generation,
+    /// super-resolution, inpainting) can share one autoencoder and latent cache.
+    public var diffusionRun = "diffusion"
+    enum CodingKeys: String, CodingKey { case lastStage = "last_stage", checkpoints, diffusionRun = "diffusion_run" }
 }
 
 /// Stage 2: the latent diffusion model and how it trains and samples.
@@ -89,6 +92,9 @@ public struct DiffusionStageConfig: Codable, Equatable, Sendable {
     public var model = UNetArchitecture()
     /// What the model is conditioned on (class, text, none) and how (conditioning_key).
     public var conditioning = ConditioningConfig()
+    /// What it learns: generation, or an image-to-image task whose condition image is
+    /// concatenated to z_t (conditioning.key concat or hybrid).
+    public var task = TaskConfig()
     public var schedule = ScheduleConfig()
     /// "eps" (ε-prediction) or "v".
     public var prediction = Prediction.epsilon
@@ -103,14 +109,39 @@ public struct DiffusionStageConfig: Codable, Equatable, Sendable {
     }()
     public var training: TrainingConfig = {
         var t = TrainingConfig()
-        (t.steps, t.imageEvery, t.checkpointEvery) = (6000, 2000, 1000)
+        (t.steps, t.imageEvery, t.checkpointEvery, t.evalImages) = (6000, 2000, 1000, 1000)
         return t
     }()
     public var sampling = SamplingConfig()
 
     enum CodingKeys: String, CodingKey {
-        case name, latents, model, conditioning, schedule, prediction, pUncond = "p_uncond", emaDecay = "ema_decay", optimizer, training, sampling
+        case name, latents, model, conditioning, task, schedule, prediction, pUncond = "p_uncond", emaDecay = "ema_decay", optimizer, training, sampling
     }
+}
+
+/// What a latent diffusion model learns (`diffusion.task.kind`).
+public enum TaskKind: String, Codable, Sendable, CaseIterable {
+    /// Images from noise, under the model's conditioning (class, text, none).
+    case generation
+    /// The image from its low-resolution version (downsampled by `factor`).
+    case superResolution = "super_resolution"
+    /// The image from its visible part: a mask's hole is filled.
+    case inpainting
+
+    /// The spelling of `ldm-train sample --task`.
+    public var argument: String { rawValue.replacingOccurrences(of: "_", with: "-") }
+}
+
+/// An image-to-image task (`diffusion.task`).
+public struct TaskConfig: Codable, Equatable, Sendable {
+    public var kind = TaskKind.generation
+    /// super_resolution: the low-resolution side is the image's divided by this (2 or 4).
+    public var factor = 2
+    /// inpainting: each mask covers a fraction of the image drawn uniformly from this
+    /// range, made of random rectangles and thick strokes.
+    public var maskCoverage = [0.1, 0.5]
+    public init() {}
+    enum CodingKeys: String, CodingKey { case kind, factor, maskCoverage = "mask_coverage" }
 }
 
 public struct ScheduleConfig: Codable, Equatable, Sendable {
@@ -265,7 +296,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var imageEvery = 1000
     public var checkpointEvery = 1000
     public var keep = 3
-    /// Test images for the final PSNR/SSIM (0: the whole test split).
+    /// Test images for the final evaluation: the autoencoder's PSNR/SSIM, an image
+    /// task's metrics against its baseline (0: the whole test split).
     public var evalImages = 0
 
     /// Throws for negative steps or a count that must be positive and is not.

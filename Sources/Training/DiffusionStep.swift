@@ -25,10 +25,12 @@ public final class DiffusionStep {
     }
 
     /// Forward and backward of one micro-batch of scaled latents z0 [N, s, s, c] with
-    /// its noise, times and conditions, adding `scale` × the gradient of the mean loss
-    /// to the arena. Returns each sample's loss.
-    public func accumulate(z0: Tensor, noise: Tensor, times: [Int], conditions: [Condition], scale: Float) -> [Double] {
-        let perSample = objective.perSampleLoss(z0: z0, noise: noise, times: times) { model($0, timesteps: $1, conditions: conditions) }
+    /// its noise, times, conditions and an image task's concatenated channels, adding
+    /// `scale` × the gradient of the mean loss to the arena. Returns each sample's loss.
+    public func accumulate(z0: Tensor, noise: Tensor, times: [Int], conditions: [Condition], concat: Tensor? = nil, scale: Float) -> [Double] {
+        let perSample = objective.perSampleLoss(z0: z0, noise: noise, times: times) {
+            model($0, timesteps: $1, conditions: conditions, concat: concat)
+        }
         perSample.mean().scaled(by: scale).backward()
         return perSample.scalars.map(Double.init)
     }

@@ -22,6 +22,9 @@ public final class DiffusionTrainer: TrainingStage {
     let conditions: [Condition]
     /// The decoder for sample grids (nil: no grids).
     let autoencoder: FrozenAutoencoder?
+    /// An image task's condition maker and the dataset splits its images come from.
+    let imageTask: ImageTask?
+    let images: (train: ImageBatcher, test: ImageBatcher)?
     var stageConfig: DiffusionStageConfig { config.diffusion }
     var model: LatentDiffusionModel { step.model }
 
@@ -33,9 +36,9 @@ public final class DiffusionTrainer: TrainingStage {
         let s = config.diffusion
         cache = try LatentCache.read(s.latents)
         let a = s.model
-        guard cache.info.channels == a.inChannels, cache.info.height == a.imageSize, cache.info.width == a.imageSize else {
-            throw DataError("\(s.latents): latents are \(cache.info.channels)×\(cache.info.height)×\(cache.info.width), the UNet takes "
-                            + "\(a.inChannels)×\(a.imageSize)×\(a.imageSize) (diffusion.model.in_channels / image_size)")
+        guard cache.info.channels == a.latentChannels, cache.info.height == a.imageSize, cache.info.width == a.imageSize else {
+            throw DataError("\(s.latents): latents are \(cache.info.channels)×\(cache.info.height)×\(cache.info.width), the UNet denoises "
+                            + "\(a.latentChannels)×\(a.imageSize)×\(a.imageSize) (diffusion.model.out_channels / image_size)")
         }
         conditions = try Self.conditions(of: cache, s.conditioning.kind, model: a, path: s.latents)
         if let path {
@@ -44,9 +47,30 @@ public final class DiffusionTrainer: TrainingStage {
                 throw DataError("\(s.latents) was encoded by autoencoder \(cache.info.autoencoder), but --autoencoder \(path) is \(ae.identity); "
                                 + "re-run 'ldm-train encode' with it")
             }
+            try ImageTask.checkChannels(s, autoencoder: ae.config.autoencoder.model)
             autoencoder = ae
+        } else if s.task.kind != .generation {
+            throw DataError("diffusion.task \(s.task.kind.rawValue) makes its conditions from the images with the autoencoder: "
+                            + "give --autoencoder RUN (the one \(s.latents) was encoded with)")
         } else {
+            guard a.inChannels == a.outChannels else {
+                throw ConfigError.invalid(path: "diffusion.model.in_channels", reason: "must equal out_channels \(a.outChannels) for generation, got \(a.inChannels)")
+            }
             autoencoder = nil
+        }
+        if let ae = autoencoder, s.task.kind != .generation {
+            let dataset = cache.info.dataset
+            let train = try DatasetSplit.open(dataset, split: .train), test = try DatasetSplit.open(dataset, split: .test)
+            let r = ae.config.autoencoder.model.resolution
+            guard train.channels == ae.config.autoencoder.model.inChannels, let last = cache.sourceIndex.max(), last < train.count else {
+                throw DataError("\(dataset) is not the dataset \(s.latents) was encoded from (\(train.count) rows of \(train.channels) channels); "
+                                + "re-run 'ldm-train encode'")
+            }
+            images = (try ImageBatcher(split: train, resolution: r, flip: false, seed: config.seed),
+                      try ImageBatcher(split: test, resolution: r, flip: false, seed: config.seed))
+            imageTask = ImageTask(s.task, autoencoder: ae.config.autoencoder.model, encoder: ae.model, scaleFactor: cache.info.scaleFactor)
+        } else {
+            (images, imageTask) = (nil, nil)
         }
         schedule = s.schedule.schedule
         var tokenizer: BPETokenizer?
@@ -94,6 +118,7 @@ public final class DiffusionTrainer: TrainingStage {
             extra["tokenizer"] = tokenizer.json
             inputs["tokenizer_identity"] = tokenizer.identity
         }
+        if let images { inputs["dataset"] = images.train.split.identity }
         return try StageLoop(stage: self, config: config, options: options, communicator: comm, log: log, extraAttributes: extra,
                              inputs: inputs).run()
     }
@@ -109,15 +134,19 @@ public final class DiffusionTrainer: TrainingStage {
     var summary: String {
         var conditioning = stageConfig.conditioning.kind == .none ? "unconditional" : "\(stageConfig.conditioning.kind.rawValue)-conditional"
         if let t = model.tokenizer { conditioning += " (\(t.merges.count) BPE merges, \(t.maxLength) tokens)" }
+        if let imageTask {
+            let what = imageTask.config.kind == .superResolution ? "super-resolution ×\(imageTask.config.factor)" : "inpainting"
+            conditioning += ", \(what) (\(stageConfig.model.concatChannels) channel(s) concatenated to z_t)"
+        }
         return "diffusion \(stageConfig.name): \(model.parameterCount()) parameters, \(conditioning), \(cache.info.count) latents from "
             + "\(cache.info.autoencoder), scale_factor \(String(format: "%.5f", cache.info.scaleFactor)), \(stageConfig.schedule.kind.rawValue) schedule T=\(schedule.timesteps)"
     }
 
-    /// The latent cache is held in memory: nothing to read ahead.
-    func prefetch(_ indices: [Int]) {}
+    /// The latent cache is held in memory; an image task reads its images ahead.
+    func prefetch(_ indices: [Int]) { images?.train.prefetch(indices.map { Int(cache.sourceIndex[$0]) }) }
 
-    func microBatch(_ indices: [Int], epoch: Int, scale: Float, step number: Int) -> [(String, Tally)] {
-        let a = stageConfig.model, (c, s) = (a.inChannels, a.imageSize), per = c * s * s
+    func microBatch(_ indices: [Int], epoch: Int, scale: Float, step number: Int) throws -> [(String, Tally)] {
+        let a = stageConfig.model, (c, s) = (a.latentChannels, a.imageSize), per = c * s * s
         let n = indices.count, sf = Float(cache.info.scaleFactor), T = schedule.timesteps
         let z0 = Tensor(uninitialized: [n, s, s, c]), noise = Tensor(uninitialized: [n, s, s, c])
         var times: [Int] = [], batchConditions: [Condition] = []
@@ -134,7 +163,12 @@ public final class DiffusionTrainer: TrainingStage {
             times.append(min(T - 1, Int(u[0] * Float(T))))
             batchConditions.append(u[1] < Float(stageConfig.pUncond) ? .none : conditions[index])
         }
-        let losses = step.accumulate(z0: z0, noise: noise, times: times, conditions: batchConditions, scale: scale)
+        var concat: Tensor?
+        if let imageTask, let images {   // the condition of the row's image, its mask drawn for this epoch
+            let x = try images.train.images(indices.map { Int(cache.sourceIndex[$0]) }, epoch: nil)
+            concat = imageTask.concat(imageTask.condition(for: x, indices: indices, epoch: epoch, seed: config.seed))
+        }
+        let losses = step.accumulate(z0: z0, noise: noise, times: times, conditions: batchConditions, concat: concat, scale: scale)
         var out: [(String, Tally)] = [("loss", Tally(sum: losses.reduce(0, +), count: Double(n)))]
         for q in 0..<4 {   // the loss by quarter of the time range
             let mine = zip(times, losses).filter { $0.0 * 4 / T == q }.map(\.1)
@@ -149,13 +183,14 @@ public final class DiffusionTrainer: TrainingStage {
     /// is the same at any world size); rank 0 gathers, decodes and writes it.
     func writeImages(step number: Int) throws {
         guard let autoencoder else { return }
+        if let imageTask, let images { return try writeTaskGrid(imageTask, test: images.test, step: number) }
         let k = min(stageConfig.sampling.perClass, 8)
         let sampler = try LatentSampler(model: model, stage: stageConfig, sampling: stageConfig.sampling)
         let rows = gridRows(stageConfig, captions: cache.captions ?? [])
         let all = rows.flatMap { [Condition](repeating: $0, count: k) }
         let share = { (r: Int) in (r * all.count / self.comm.size)..<((r + 1) * all.count / self.comm.size) }
         let mine = share(comm.rank), widest = (0..<comm.size).map { share($0).count }.max()!
-        let a = stageConfig.model, per = a.imageSize * a.imageSize * a.inChannels
+        let a = stageConfig.model, per = a.imageSize * a.imageSize * a.latentChannels
         var values = [Float](repeating: 0, count: widest * per)
         if !mine.isEmpty {
             let latents = withValues(step.ema.shadow, in: arena) { sampler.sample(conditions: Array(all[mine]), firstIndex: mine.lowerBound) }
@@ -163,13 +198,39 @@ public final class DiffusionTrainer: TrainingStage {
         }
         let gathered = try comm.allGather(values: values)
         guard comm.isRoot else { return }
-        let latents = Tensor(shape: [all.count, a.imageSize, a.imageSize, a.inChannels],
+        let latents = Tensor(shape: [all.count, a.imageSize, a.imageSize, a.latentChannels],
                              scalars: (0..<comm.size).flatMap { r in gathered[(r * widest * per)..<((r * widest + share(r).count) * per)] })
         let images = LatentSampler.decode(latents, scaleFactor: cache.info.scaleFactor, autoencoder: autoencoder.model)
         try LatentSampler.writeGrid(images, rows: rows.count, to: "\(options.runDirectory)/samples-\(String(format: "%08d", number)).png")
     }
 
-    func finish() throws -> [String: Double] { [:] }
+    /// An image task's grid (rank 0): eight test images, one row each, as `ImageTask.gridRows` lays them out.
+    func writeTaskGrid(_ task: ImageTask, test: ImageBatcher, step number: Int) throws {
+        guard comm.isRoot else { return }
+        let shown = min(8, test.split.count), indices = (0..<shown).map { $0 * test.split.count / shown }
+        let x = try test.images(indices, epoch: nil)
+        let sampler = try LatentSampler(model: model, stage: stageConfig, sampling: stageConfig.sampling)
+        let condition = task.condition(for: x, indices: indices, epoch: 0, seed: sampler.sampling.seed)
+        let rows = try TaskEvaluation.rowConditions(stageConfig.conditioning.kind, test.split, indices)
+        let latents = withValues(step.ema.shadow, in: arena) { sampler.sample(conditions: rows, concat: task.concat(condition)) }
+        let y = LatentSampler.decode(latents, scaleFactor: cache.info.scaleFactor, autoencoder: autoencoder!.model)
+        let grid = ImageMetrics.grid(task.gridRows(condition, results: y, references: x))
+        try PNGCodec.write("\(options.runDirectory)/samples-\(String(format: "%08d", number)).png", width: grid.width, height: grid.height,
+                           channels: grid.channels, pixels: grid.pixels)
+    }
+
+    /// An image task's model against its baseline on the test split (EMA weights).
+    func finish() throws -> [String: Double] {
+        guard let imageTask, let images, let autoencoder else { return [:] }
+        let e = stageConfig.training.evalImages, count = e > 0 ? min(e, images.test.split.count) : images.test.split.count
+        let sampler = try LatentSampler(model: model, stage: stageConfig, sampling: stageConfig.sampling)
+        let metrics = try withValues(step.ema.shadow, in: arena) {
+            try TaskEvaluation.run(task: imageTask, sampler: sampler, decoder: autoencoder.model, scaleFactor: cache.info.scaleFactor,
+                                   test: images.test, count: count, communicator: comm)
+        }
+        log.say(TaskEvaluation.describe(metrics, kind: imageTask.config.kind, count: count))
+        return metrics
+    }
 }
 
 /// The rows of a grid: every class; the configured prompts or the first eight
@@ -200,9 +261,18 @@ public func validateDiffusion(_ config: Config) throws {
     }
     guard d.pUncond >= 0 && d.pUncond < 1 else { throw ConfigError.invalid(path: "diffusion.p_uncond", reason: "must be in [0, 1)") }
     let c = d.conditioning
-    if c.key.usesConcat {
-        throw ConfigError.invalid(path: "diffusion.conditioning.key", reason: "\(c.key.rawValue) needs an image the latents are concatenated with, "
-                                  + "and no task provides one yet; use crossattn or adm")
+    if c.key.usesConcat != (d.task.kind != .generation) {
+        throw ConfigError.invalid(path: "diffusion.conditioning.key", reason: c.key.usesConcat
+            ? "\(c.key.rawValue) concatenates an image to z_t, and generation has none: set diffusion.task.kind super_resolution or inpainting, "
+              + "or use crossattn or adm"
+            : "task \(d.task.kind.rawValue) concatenates its condition image to z_t: use concat (or hybrid, to attend to a class or caption too)")
+    }
+    if c.key == .concat && c.kind != .none {
+        throw ConfigError.invalid(path: "diffusion.conditioning.key", reason: "concat gives the UNet the image only, so a \(c.kind.rawValue) condition "
+                                  + "would go unused: set conditioning.kind none, or use hybrid to attend to it as well")
+    }
+    if c.key == .hybrid && c.kind == .none {
+        throw ConfigError.invalid(path: "diffusion.conditioning.key", reason: "hybrid also attends to a class or caption, and kind none has neither: use concat")
     }
     if c.key == .adm && c.kind == .none {
         throw ConfigError.invalid(path: "diffusion.conditioning.key", reason: "adm adds the condition to the time embedding; an unconditional model has none")

@@ -30,6 +30,19 @@ public enum ImageMetrics {
         }
     }
 
+    /// Per image: PSNR over the pixels where `masks` [N, R, R, 1] is 1 (all channels), in the crop.
+    public static func maskedPSNR(_ x: Tensor, _ y: Tensor, masks: Tensor, crop: (top: Int, left: Int, height: Int, width: Int)) -> [Double] {
+        let r = masks.shape[1]
+        return (0..<x.shape[0]).map { b in
+            let a = pixels(x, b, crop: crop), c = pixels(y, b, crop: crop)
+            var se = 0.0, n = 0
+            for yy in 0..<crop.height { for xx in 0..<crop.width where masks.pointer[(b * r + crop.top + yy) * r + crop.left + xx] > 0.5 {
+                for (u, v) in zip(a, c) { let i = yy * crop.width + xx; se += (u[i] - v[i]) * (u[i] - v[i]); n += 1 }
+            } }
+            return n == 0 || se == 0 ? 100 : min(100, 10 * log10(Double(n) / se))
+        }
+    }
+
     /// Per image: mean SSIM (Wang et al. 2004) with an 11×11 Gaussian window of σ 1.5,
     /// K1 0.01, K2 0.03, data range 1, over the positions where the window fits
     /// (skimage's `structural_similarity(gaussian_weights=True, sigma=1.5,

@@ -13,10 +13,10 @@ public enum Pipeline {
     public struct Layout: Sendable {
         public var autoencoderRun: String
         public var diffusionRun: String
-        /// Runs under `checkpoints/autoencoder` and `checkpoints/diffusion`.
-        public init(checkpoints: String = "Checkpoints") {
+        /// Runs under `checkpoints/autoencoder` and `checkpoints/<diffusion>`.
+        public init(checkpoints: String = "Checkpoints", diffusion: String = "diffusion") {
             autoencoderRun = checkpoints + "/autoencoder"
-            diffusionRun = checkpoints + "/diffusion"
+            diffusionRun = checkpoints + "/" + diffusion
         }
     }
 
@@ -70,7 +70,9 @@ public enum Pipeline {
         if comm.isRoot {
             var request = SampleStage.Request(diffusion: layout.diffusionRun, autoencoder: layout.autoencoderRun)
             (request.count, request.out, request.imagesOut) = (config.diffusion.sampling.perClass, grid, images)
-            if config.diffusion.conditioning.kind == .text && config.diffusion.sampling.prompts.isEmpty {   // the training grid's captions
+            if config.diffusion.task.kind != .generation {   // an image task: one result for each of the first test images
+                (request.fromTest, request.count) = (config.diffusion.sampling.perClass, 1)
+            } else if config.diffusion.conditioning.kind == .text && config.diffusion.sampling.prompts.isEmpty {   // the training grid's captions
                 do {
                     let captions = try LatentCache.captions(config.diffusion.latents) ?? []
                     request.prompts = gridRows(config.diffusion, captions: captions).map(\.caption)

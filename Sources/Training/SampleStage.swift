@@ -19,8 +19,14 @@ public enum SampleStage {
         public var prompts: [String] = []
         /// A file of prompts, one per line (blank lines skipped).
         public var promptsFile: String?
-        /// Samples per class or prompt.
+        /// Samples per class or prompt, or per input of an image task.
         public var count = 8
+        /// The task asked for (`--task`; nil: the checkpoint's).
+        public var task: TaskKind?
+        /// An image task's input images (super-resolution: low-resolution ones) and masks.
+        public var inputs: [String] = [], masks: [String] = []
+        /// An image task on the first N test images instead of --input.
+        public var fromTest: Int?
         public var sampler: SamplerKind?, steps: Int?, eta: Double?, guidance: Double?, seed: Int?
         public var useEMA = true
         public var out: String?
@@ -34,34 +40,20 @@ public enum SampleStage {
 
     /// Runs in one process (sampling is not split over ranks).
     public static func run(_ r: Request) throws {
-        let comm = SingleProcess()
         let say: (String) -> Void = { print($0); fflush(stdout) }
-        let directory = try CheckpointStore.resolve(r.diffusion)
-        let index = try HDF5File.open("\(directory)/index.h5")
-        let config = try ConfigLoader.load(yamlText: try index.stringAttribute("config") ?? "", source: directory)
-        let stage = config.diffusion, a = stage.model
-        let recorded = try index.stringAttribute("autoencoder") ?? ""
-        let scaleFactor = Double(try index.stringAttribute("scale_factor") ?? "") ?? 1
-        var tokenizer: BPETokenizer?
-        if stage.conditioning.kind == .text {
-            guard let json = try index.stringAttribute("tokenizer") else {
-                throw DataError("\(directory)/index.h5 has no tokenizer: a text-conditional checkpoint carries the one it was trained with")
-            }
-            do { tokenizer = try BPETokenizer(json: json) } catch {
-                throw DataError("\(directory)/index.h5: attribute 'tokenizer' is not a valid tokenizer (\(error))")
-            }
-            let t = stage.conditioning.text
-            guard tokenizer!.vocabularySize <= t.vocabSize, tokenizer!.maxLength == t.maxSeqLen else {
-                throw DataError("\(directory)/index.h5: the tokenizer (vocab_size \(tokenizer!.vocabularySize), max_length \(tokenizer!.maxLength)) "
-                                + "does not fit the model's τθ (vocab_size \(t.vocabSize), max_seq_len \(t.maxSeqLen))")
-            }
+        let trained = try TrainedDiffusion.load(r.diffusion, useEMA: r.useEMA)
+        let (directory, stage) = (trained.directory, trained.stage)
+        if let asked = r.task, asked != stage.task.kind {
+            throw SamplingError(description: stage.task.kind == .generation
+                ? "\(directory) is a generation model: it was not trained for --task \(asked.argument)"
+                : "\(directory) was trained for --task \(stage.task.kind.argument), not \(asked.argument)")
         }
-        let rows = try conditions(r, stage: stage, checkpoint: directory)
+        let imageInputs = !r.inputs.isEmpty || !r.masks.isEmpty || r.fromTest != nil
+        if stage.task.kind == .generation && imageInputs {
+            throw SamplingError(description: "\(directory) is a generation model: --input, --mask and --from-test are for --task super-resolution or inpainting")
+        }
         guard r.count >= 1 else { throw SamplingError(description: "--count must be positive, got \(r.count)") }
-        let ae = try FrozenAutoencoder.load(r.autoencoder, communicator: comm)
-        guard ae.identity == recorded else {
-            throw DataError("\(directory) was trained on latents of autoencoder \(recorded), but --autoencoder \(r.autoencoder) is \(ae.identity)")
-        }
+        let ae = try trained.autoencoder(r.autoencoder, communicator: SingleProcess())
         var sampling = stage.sampling
         if let v = r.sampler { sampling.sampler = v }
         if let v = r.steps { sampling.steps = v }
@@ -69,13 +61,10 @@ public enum SampleStage {
         if let v = r.guidance { sampling.guidance = v }
         if let v = r.seed { sampling.seed = v }
         if sampling.sampler == .ddpm && r.steps == nil { sampling.steps = stage.schedule.timesteps }
-        let model = LatentDiffusionModel(a, conditioning: stage.conditioning, tokenizer: tokenizer, seed: 0)
-        let arena = ParameterArena(model)
-        let store = CheckpointStore(runDirectory: r.diffusion, communicator: comm, say: { _ in })
-        _ = try store.load(directory, into: CheckpointTensor.parameterViews(arena, group: r.useEMA ? "ema" : "params"),
-                           expectedKind: "latent-diffusion")
-        let sampler = try LatentSampler(model: model, stage: stage, sampling: sampling)
-        if let tokenizer {
+        let sampler = try LatentSampler(model: trained.model, stage: stage, sampling: sampling)
+        if let task = trained.imageTask(ae) { return try runTask(r, task: task, trained: trained, autoencoder: ae, sampler: sampler, say: say) }
+        let rows = try conditions(r, stage: stage, checkpoint: directory)
+        if let tokenizer = trained.model.tokenizer {
             for case let .caption(text) in rows where tokenizer.encode(text).truncated {
                 say("sample: the prompt '\(text)' is longer than \(tokenizer.maxLength) tokens and is cut")
             }
@@ -86,17 +75,89 @@ public enum SampleStage {
             + "guidance \(sampling.guidance), seed \(sampling.seed)")
         let start = Date()
         let latents = sampler.sample(conditions: conditions)
-        let images = LatentSampler.decode(latents, scaleFactor: scaleFactor, autoencoder: ae.model)
+        let images = LatentSampler.decode(latents, scaleFactor: trained.scaleFactor, autoencoder: ae.model)
         say(String(format: "sample: %.1f s (%.2f samples/s)", Date().timeIntervalSince(start), Double(conditions.count) / Date().timeIntervalSince(start)))
         if let out = r.out {
             try LatentSampler.writeGrid(images, rows: rows.count, to: out)
             say("wrote \(out)")
         }
-        if let path = r.imagesOut { try writeImages(images, conditions: conditions, kind: stage.conditioning.kind, to: path); say("wrote \(path)") }
+        if let path = r.imagesOut {
+            try writeHDF5(path, doing: "write the samples") { f in
+                try f.write("images", shape: nchwShape(images), nchw(images), chunkRows: 256)
+                try writeConditions(conditions, kind: stage.conditioning.kind, to: f)
+            }
+            say("wrote \(path)")
+        }
         if let dir = r.latentsOut {
-            try writeLatents(latents, conditions: conditions, scaleFactor: scaleFactor, autoencoder: recorded, factor: ae.config.autoencoder.model.factor,
-                             source: directory, to: dir)
+            try writeLatents(latents, conditions: conditions, scaleFactor: trained.scaleFactor, autoencoder: trained.autoencoderIdentity,
+                             factor: ae.config.autoencoder.model.factor, source: directory, to: dir)
             say("wrote \(dir)")
+        }
+    }
+
+    /// Super-resolution or inpainting of `--input` images (with `--mask`s) or of the
+    /// first `--from-test` test images: `count` results per input, a grid with one row
+    /// per input, and the inputs, masks, results and references in `--images-out`. A
+    /// hybrid model's class or prompt is `--class`/`--prompt` for every input, or each
+    /// test image's own.
+    static func runTask(_ r: Request, task: ImageTask, trained: TrainedDiffusion, autoencoder ae: FrozenAutoencoder, sampler: LatentSampler,
+                        say: (String) -> Void) throws {
+        let kind = task.config.kind, conditioning = trained.stage.conditioning.kind
+        let asked = r.classes != nil || !r.prompts.isEmpty || r.promptsFile != nil
+        var rows: [Condition]? = conditioning == .none || asked ? try conditions(r, stage: trained.stage, checkpoint: trained.directory) : nil
+        guard (rows?.count ?? 1) == 1 else {
+            throw SamplingError(description: "an image task applies one condition to every input: give one --class or --prompt")
+        }
+        let condition: ImageCondition, references: Tensor?
+        if let n = r.fromTest {
+            guard r.inputs.isEmpty && r.masks.isEmpty else { throw SamplingError(description: "give --from-test N or --input, not both") }
+            let split = try DatasetSplit.open(ae.config.data.path, split: .test)
+            guard n >= 1 && n <= split.count else { throw SamplingError(description: "--from-test must be in 1...\(split.count) (the test split), got \(n)") }
+            let batcher = try ImageBatcher(split: split, resolution: task.resolution, flip: false, seed: 0)
+            let x = try batcher.images(Array(0..<n), epoch: nil)
+            (condition, references) = (task.condition(for: x, indices: Array(0..<n), epoch: 0, seed: sampler.sampling.seed), x)
+            if rows == nil { rows = try TaskEvaluation.rowConditions(conditioning, split, Array(0..<n)) }
+        } else {
+            guard !r.inputs.isEmpty else {
+                throw SamplingError(description: "\(trained.directory) does \(kind.argument): give --input F.png\(kind == .inpainting ? " --mask M.png" : "") or --from-test N")
+            }
+            guard rows != nil else {
+                throw SamplingError(description: "\(trained.directory) is also \(conditioning.rawValue)-conditional (hybrid): give --\(conditioning == .class ? "class K" : "prompt TEXT") for the inputs")
+            }
+            condition = try ImageInputs.read(r.inputs, masks: r.masks, task: task, say: say)
+            references = nil
+        }
+        let n = condition.count, k = r.count
+        let repeated = (0..<(n * k)).map { $0 / k }
+        let perRow = rows!.count == 1 ? [Condition](repeating: rows![0], count: n * k) : repeated.map { rows![$0] }
+        let concat = task.concat(condition)
+        let perInput = TensorEngine.concat(repeated.map { concat.slice(axis: 0, $0..<($0 + 1)) }, axis: 0)
+        say("sample: \(kind.argument), \(k) result(s) for each of \(n) input(s) from \(trained.directory) (\(r.useEMA ? "EMA" : "trained") weights), "
+            + "\(sampler.sampling.sampler) \(sampler.sampling.steps) steps, eta \(sampler.sampling.eta), seed \(sampler.sampling.seed)")
+        let start = Date()
+        let latents = sampler.sample(conditions: perRow, concat: perInput)
+        let images = LatentSampler.decode(latents, scaleFactor: trained.scaleFactor, autoencoder: ae.model)
+        say(String(format: "sample: %.1f s (%.2f samples/s)", Date().timeIntervalSince(start), Double(n * k) / Date().timeIntervalSince(start)))
+        if let out = r.out {
+            let grid = ImageMetrics.grid(task.gridRows(condition, results: images, references: references))
+            try PNGCodec.write(out, width: grid.width, height: grid.height, channels: grid.channels, pixels: grid.pixels)
+            say("wrote \(out)")
+        }
+        if let path = r.imagesOut {
+            try writeHDF5(path, doing: "write the samples") { f in
+                try f.write("images", shape: nchwShape(images), nchw(images), chunkRows: 256)
+                try f.write("input_index", shape: [n * k], repeated.map(Int64.init))
+                switch condition {
+                case let .lowResolution(low): try f.write("inputs", shape: nchwShape(low), nchw(low), chunkRows: 256)
+                case let .masked(x, masks):
+                    try f.write("inputs", shape: nchwShape(x), nchw(x), chunkRows: 256)
+                    try f.write("masks", shape: nchwShape(masks), nchw(masks), chunkRows: 256)
+                }
+                if let references { try f.write("references", shape: nchwShape(references), nchw(references), chunkRows: 256) }
+                try writeConditions(perRow, kind: conditioning, to: f)
+                try f.setAttribute("task", kind.rawValue)
+            }
+            say("wrote \(path)")
         }
     }
 
@@ -151,31 +212,42 @@ public enum SampleStage {
         return prompts
     }
 
-    /// `images` [N, C, R, R] f32 in [−1, 1] (NCHW, as PyTorch reads them) with what
-    /// conditioned them: `labels` [N] i64 for a class model, `prompts` [N] strings
-    /// ("" for unconditional rows) for a text model.
-    static func writeImages(_ images: Tensor, conditions: [Condition], kind: ConditionKind, to path: String) throws {
-        let (n, r, c) = (images.shape[0], images.shape[1], images.shape[3])
-        var nchw = [Float](repeating: 0, count: images.count)
-        for b in 0..<n { for y in 0..<r { for x in 0..<r { for ch in 0..<c {
-            nchw[((b * c + ch) * r + y) * r + x] = images.pointer[((b * r + y) * r + x) * c + ch]
+    /// NHWC → NCHW, as PyTorch reads images.
+    static func nchw(_ t: Tensor) -> [Float] {
+        let (n, h, w, c) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3])
+        var out = [Float](repeating: 0, count: t.count)
+        for b in 0..<n { for y in 0..<h { for x in 0..<w { for ch in 0..<c {
+            out[((b * c + ch) * h + y) * w + x] = t.pointer[((b * h + y) * w + x) * c + ch]
         } } } }
+        return out
+    }
+
+    /// What conditioned each image: `labels` [N] i64 for a class model, `prompts` [N]
+    /// strings ("" for unconditional rows) for a text model, nothing for none.
+    static func writeConditions(_ conditions: [Condition], kind: ConditionKind, to f: HDF5File) throws {
+        switch kind {
+        case .class: try f.write("labels", shape: [conditions.count], conditions.map { c -> Int64 in if case let .label(k) = c { return Int64(k) }; return -1 })
+        case .text: try f.writeStrings("prompts", conditions.map(\.caption))
+        case .none: break
+        }
+    }
+
+    static func nchwShape(_ t: Tensor) -> [Int] { [t.shape[0], t.shape[3], t.shape[1], t.shape[2]] }
+
+    /// Writes an HDF5 file of images in [−1, 1] (`range` attribute) whole or not at all:
+    /// `body` fills `<path>.partial`, which then replaces `path`.
+    static func writeHDF5(_ path: String, doing: String, _ body: (HDF5File) throws -> Void) throws {
         let partial = path + ".partial"
         do {
             let f = try HDF5File.create(partial)
-            try f.write("images", shape: [n, c, r, r], nchw, chunkRows: 256)
-            switch kind {
-            case .class: try f.write("labels", shape: [n], conditions.map { c -> Int64 in if case let .label(k) = c { return Int64(k) }; return -1 })
-            case .text: try f.writeStrings("prompts", conditions.map(\.caption))
-            case .none: break
-            }
+            try body(f)
             try f.setAttribute("range", "[-1, 1]")
             try f.close()
             if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
             try FileManager.default.moveItem(atPath: partial, toPath: path)
         } catch {
             try? FileManager.default.removeItem(atPath: partial)
-            throw error is HDF5Error ? error : DataError(FileSystem.describe(error, path: path, doing: "write the samples"))
+            throw error is HDF5Error ? error : DataError(FileSystem.describe(error, path: path, doing: doing))
         }
     }
 

@@ -8,6 +8,7 @@ import TensorEngine
 /// A sampling problem that stops `ldm-train sample` (bad option values).
 public struct SamplingError: Error, CustomStringConvertible {
     public let description: String
+    public init(description: String) { self.description = description }
 }
 
 /// Draws latents from a trained diffusion model with classifier-free guidance and
@@ -33,16 +34,17 @@ public struct LatentSampler {
     /// not grow with the count (sample i's noise depends on i alone, not on its chunk).
     public static let chunk = 256
 
-    /// Scaled latents [N, s, s, c], one for each condition (`.none`: unconditional).
-    public func sample(conditions: [Condition], firstIndex: Int = 0) -> Tensor {
+    /// Scaled latents [N, s, s, c], one for each condition (`.none`: unconditional);
+    /// `concat` [N, s, s, k]: an image task's channels beside z_t.
+    public func sample(conditions: [Condition], concat: Tensor? = nil, firstIndex: Int = 0) -> Tensor {
         guard conditions.count <= Self.chunk else {
-            return concat(stride(from: 0, to: conditions.count, by: Self.chunk).map { start in
+            return TensorEngine.concat(stride(from: 0, to: conditions.count, by: Self.chunk).map { start in
                 let end = min(conditions.count, start + Self.chunk)
-                return sample(conditions: Array(conditions[start..<end]), firstIndex: firstIndex + start)
+                return sample(conditions: Array(conditions[start..<end]), concat: concat?.slice(axis: 0, start..<end), firstIndex: firstIndex + start)
             }, axis: 0)
         }
         let a = stage.model
-        let shape = [a.imageSize, a.imageSize, a.inChannels], per = shape.reduce(1, *)
+        let shape = [a.imageSize, a.imageSize, a.latentChannels], per = shape.reduce(1, *)
         let n = conditions.count
         func noise(_ step: Int) -> Tensor {
             let t = Tensor(uninitialized: [n] + shape)
@@ -53,11 +55,12 @@ public struct LatentSampler {
         }
         let null = [Condition](repeating: .none, count: n)
         let w = Float(sampling.guidance)
+        let both = concat.map { TensorEngine.concat([$0, $0], axis: 0) }
         let denoise: Denoiser = { x, t in
-            if w == 1 || model.condStageModel == nil { return model(x, timesteps: t, conditions: conditions) }
-            if w == 0 { return model(x, timesteps: t, conditions: null) }
-            let both = model(concat([x, x], axis: 0), timesteps: t + t, conditions: conditions + null)
-            let halves = both.split(sizes: [n, n], axis: 0)
+            if w == 1 || model.condStageModel == nil { return model(x, timesteps: t, conditions: conditions, concat: concat) }
+            if w == 0 { return model(x, timesteps: t, conditions: null, concat: concat) }
+            let guidedPair = model(TensorEngine.concat([x, x], axis: 0), timesteps: t + t, conditions: conditions + null, concat: both)
+            let halves = guidedPair.split(sizes: [n, n], axis: 0)
             return guided(conditional: halves[0], unconditional: halves[1], scale: w)
         }
         let schedule = stage.schedule.schedule

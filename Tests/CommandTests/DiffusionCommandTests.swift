@@ -102,8 +102,8 @@ struct DiffusionCommandTests {
             #expect(result.err.contains("was encoded by autoencoder step-00000002/"), "\(result.err)")
         case "wrong shapes":
             result = try ldmTrain(["diffusion"] + smoke + ["--latents", smokeStage1.latents, "--autoencoder", smokeStage1.autoencoder,
-                                                           "--run-dir", run, "--set", "diffusion.model.in_channels=4"])
-            #expect(result.err.contains("latents are 2×16×16, the UNet takes 4×16×16"), "\(result.err)")
+                                                           "--run-dir", run, "--set", "diffusion.model.in_channels=4", "--set", "diffusion.model.out_channels=4"])
+            #expect(result.err.contains("latents are 2×16×16, the UNet denoises 4×16×16"), "\(result.err)")
         default:
             #expect(try ldmTrain(["diffusion"] + smoke + ["--latents", smokeStage1.latents, "--autoencoder", smokeStage1.autoencoder,
                                                           "--run-dir", run, "--steps", "1"]).status == 0)

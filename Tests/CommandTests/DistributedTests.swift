@@ -3,15 +3,15 @@ import Storage
 import Testing
 
 /// A job started through Launch/mpirun-local (the way users start ranks), with a
-/// time limit; `during` runs while it is running (to stop or kill a rank).
-func mpirunLocal(_ ranks: Int, _ arguments: [String], timeout: Double = 300, environment: [String: String] = [:],
+/// time limit, in the package root or `directory`; `during` runs while it is running (to stop or kill a rank).
+func mpirunLocal(_ ranks: Int, _ arguments: [String], timeout: Double = 300, environment: [String: String] = [:], directory: URL = packageRoot,
                  during: ((Process) -> Void)? = nil) throws -> (status: Int32, out: String, err: String, seconds: Double) {
     let p = Process()
     // Only this job sees these variables (tests run concurrently; setenv would leak into their jobs).
     p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     p.executableURL = packageRoot.appendingPathComponent("Launch/mpirun-local")
     p.arguments = ["-n", String(ranks)] + arguments
-    p.currentDirectoryURL = packageRoot
+    p.currentDirectoryURL = directory
     let outFile = FileManager.default.temporaryDirectory.appendingPathComponent("mpirun-\(UUID().uuidString).out")
     let errFile = FileManager.default.temporaryDirectory.appendingPathComponent("mpirun-\(UUID().uuidString).err")
     FileManager.default.createFile(atPath: outFile.path, contents: nil)

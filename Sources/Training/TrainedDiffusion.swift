@@ -1,0 +1,61 @@
+import Distributed
+import Foundation
+import NN
+import Storage
+
+/// A stage-2 checkpoint loaded to sample or evaluate: its config, the model with its
+/// EMA (or trained) weights and tokenizer, the latents' scale factor and the identity
+/// of the autoencoder they came from.
+public struct TrainedDiffusion {
+    public let directory: String
+    public let config: Config
+    public let model: LatentDiffusionModel
+    public let scaleFactor: Double
+    /// The identity of the autoencoder whose latents it was trained on.
+    public let autoencoderIdentity: String
+    public var stage: DiffusionStageConfig { config.diffusion }
+
+    /// `path`: a run directory (its newest valid checkpoint) or a step directory.
+    public static func load(_ path: String, useEMA: Bool) throws -> TrainedDiffusion {
+        let directory = try CheckpointStore.resolve(path)
+        let index = try HDF5File.open("\(directory)/index.h5")
+        let config = try ConfigLoader.load(yamlText: try index.stringAttribute("config") ?? "", source: directory)
+        let stage = config.diffusion
+        var tokenizer: BPETokenizer?
+        if stage.conditioning.kind == .text {
+            guard let json = try index.stringAttribute("tokenizer") else {
+                throw DataError("\(directory)/index.h5 has no tokenizer: a text-conditional checkpoint carries the one it was trained with")
+            }
+            do { tokenizer = try BPETokenizer(json: json) } catch {
+                throw DataError("\(directory)/index.h5: attribute 'tokenizer' is not a valid tokenizer (\(error))")
+            }
+            let t = stage.conditioning.text
+            guard tokenizer!.vocabularySize <= t.vocabSize, tokenizer!.maxLength == t.maxSeqLen else {
+                throw DataError("\(directory)/index.h5: the tokenizer (vocab_size \(tokenizer!.vocabularySize), max_length \(tokenizer!.maxLength)) "
+                                + "does not fit the model's τθ (vocab_size \(t.vocabSize), max_seq_len \(t.maxSeqLen))")
+            }
+        }
+        let model = LatentDiffusionModel(stage.model, conditioning: stage.conditioning, tokenizer: tokenizer, seed: 0)
+        let arena = ParameterArena(model)
+        let store = CheckpointStore(runDirectory: path, communicator: SingleProcess(), say: { _ in })
+        _ = try store.load(directory, into: CheckpointTensor.parameterViews(arena, group: useEMA ? "ema" : "params"), expectedKind: "latent-diffusion")
+        return TrainedDiffusion(directory: directory, config: config, model: model,
+                                scaleFactor: Double(try index.stringAttribute("scale_factor") ?? "") ?? 1,
+                                autoencoderIdentity: try index.stringAttribute("autoencoder") ?? "")
+    }
+
+    /// The autoencoder at `path`, checked to be the one the model's latents came from.
+    public func autoencoder(_ path: String, communicator: Communicator) throws -> FrozenAutoencoder {
+        let ae = try FrozenAutoencoder.load(path, communicator: communicator)
+        guard ae.identity == autoencoderIdentity else {
+            throw DataError("\(directory) was trained on latents of autoencoder \(autoencoderIdentity), but --autoencoder \(path) is \(ae.identity)")
+        }
+        return ae
+    }
+
+    /// The image task the model was trained for, with this autoencoder (nil: generation).
+    public func imageTask(_ ae: FrozenAutoencoder) -> ImageTask? {
+        stage.task.kind == .generation ? nil
+            : ImageTask(stage.task, autoencoder: ae.config.autoencoder.model, encoder: ae.model, scaleFactor: scaleFactor)
+    }
+}
