@@ -123,6 +123,30 @@ struct TaskCommandTests {
                 + "(1, 1, 32, 32) 384 (104, 36) 0.0", "\(check)")
     }
 
+    @Test("hybrid: super-resolution that also attends to the class; --from-test conditions each image on its own class, --input on --class")
+    func hybrid() throws {
+        _ = taskPipelines
+        let run = temporaryRun(), dir = temporaryDirectory()
+        let trained = try SmokeTask.sr.job(1, run: run, ["--steps", "2", "--set", "diffusion.conditioning.kind=class", "--set", "diffusion.conditioning.key=hybrid",
+                                                         "--set", "diffusion.training.image_every=100", "--set", "diffusion.training.eval_images=4"])
+        #expect(trained.status == 0 && trained.out.contains("class-conditional, super-resolution ×2"), "\(trained.err)")
+        let fromTest = try SmokeTask.sr.sample(["--from-test", "3", "--images-out", dir.appendingPathComponent("t.h5").path], diffusion: run)
+        #expect(fromTest.status == 0, "\(fromTest.err)")
+        let low = dir.appendingPathComponent("low.png").path
+        try writeImage(low, side: 16)
+        let unnamed = try SmokeTask.sr.sample(["--input", low], diffusion: run)
+        #expect(unnamed.status != 0 && unnamed.err.contains("is also class-conditional (hybrid): give --class K for the inputs"), "\(unnamed.err)")
+        let named = try SmokeTask.sr.sample(["--input", low, "--class", "3", "--count", "2", "--images-out", dir.appendingPathComponent("i.h5").path],
+                                            diffusion: run)
+        #expect(named.status == 0, "\(named.err)")
+        let check = try python("""
+            import h5py; t, i = h5py.File('\(dir.path)/t.h5'), h5py.File('\(dir.path)/i.h5')
+            d = h5py.File('\(textSmoke.root.path)/Datasets/fmnist-text-smoke.h5')
+            print(list(t['labels'][:]) == list(d['test/labels'][:3]), list(i['labels'][:]))
+            """)
+        #expect(check == "True [3, 3]", "\(check)")
+    }
+
     @Test("evaluate: the model against its baseline on the first test images, the same on 1 and 2 ranks", arguments: SmokeTask.allCases)
     func evaluate(_ task: SmokeTask) throws {
         _ = taskPipelines
