@@ -250,4 +250,5 @@ extension TaskKind: ExpressibleByArgument {
         guard let kind = TaskKind.allCases.first(where: { $0.argument == argument || $0.rawValue == argument }) else { return nil }
         self = kind
     }
+    public static var allValueStrings: [String] { allCases.map(\.argument) }
 }
