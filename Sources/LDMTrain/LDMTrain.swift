@@ -22,6 +22,8 @@ struct LDMTrain: ParsableCommand {
         do {
             var command = try parseAsRoot()
             try command.run()
+        } catch is Preempted {   // every rank saved and said so; all stop with the status that means "run again"
+            Foundation.exit(Preemption.exitStatus)
         } catch {
             let rank = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_RANK"].flatMap(Int.init) ?? 0
             if rank == 0 { exit(withError: error) }
@@ -33,9 +35,12 @@ struct LDMTrain: ParsableCommand {
 }
 
 /// Runs `body` with this process's communicator (MPI under mpirun, else a world of
-/// one), and leaves MPI when it is done.
+/// one), and leaves MPI when it is done, or when every rank stopped for preemption.
 func distributed(_ body: (Communicator) throws -> Void) throws {
     let comm = try makeCommunicator()
-    try body(comm)
+    do { try body(comm) } catch let stop as Preempted {
+        (comm as? MPICommunicator)?.finalize()
+        throw stop
+    }
     (comm as? MPICommunicator)?.finalize()
 }

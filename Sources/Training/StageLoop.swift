@@ -56,6 +56,8 @@ final class StageLoop {
     /// What the run reads (the dataset, the latent cache), by attribute name: recorded in
     /// every checkpoint, and a resume refuses inputs that have changed since.
     let inputs: [String: String]
+    /// Some rank received a preemption signal (agreed in the step's all-reduce).
+    var preemptedBy: [String] = []
 
     init(stage: TrainingStage, config: Config, options: RunOptions, communicator: Communicator, log: RunLog,
          extraAttributes: [String: String] = [:], inputs: [String: String] = [:]) throws {
@@ -80,6 +82,8 @@ final class StageLoop {
         guard try comm.all(log.problem.isEmpty) else { throw DataError(try comm.broadcast(log.problem)) }
         let lock = try RunLock.acquire(options.runDirectory, communicator: comm, say: { self.log.say($0) })
         defer { lock?.release() }
+        Preemption.install()
+        defer { Preemption.uninstall() }
         var state = TrainingCursor()
         if let restored = try checkpoints.restore(options.resume, tensors: checkpointTensors, expectedKind: stage.kind) {
             state = restored
@@ -100,6 +104,7 @@ final class StageLoop {
             let stepLR = scheduledLearningRate(base: lr, step: state.step, warmupSteps: o.warmupSteps, totalSteps: t.steps,
                                                decay: o.lrDecay, minRatio: o.minLRRatio)
             let logged = try trainStep(&state, lr: stepLR)
+            if !preemptedBy.isEmpty { try stopForPreemption(state) }
             stepSeconds.append(Date().timeIntervalSince(stepStart))
             setWatchdog(config.distributed, stepSeconds, comm)
             window = window.isEmpty ? logged : zip(window, logged).map { ($0.0, $0.1 + $1.1) }
@@ -157,8 +162,15 @@ final class StageLoop {
             logged = logged.isEmpty ? parts : zip(logged, parts).map { ($0.0, $0.1 + $1.1) }
         }
         try sync.finish()
+        // The logged sums, then each rank's preemption signal in its own slot: the decision
+        // to stop rides on the step's one small all-reduce and is the same on every rank.
         var flat = logged.flatMap { [$0.1.sum, $0.1.count] }
+        var signals = [Double](repeating: 0, count: comm.size)
+        signals[comm.rank] = Double(Preemption.received)
+        flat += signals
         try flat.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
+        preemptedBy = flat.suffix(comm.size).enumerated().filter { $0.element != 0 }
+            .map { "\(Preemption.name(Int32($0.element))) on rank \($0.offset)" }
         logged = logged.enumerated().map { ($0.element.0, Tally(sum: flat[2 * $0.offset], count: flat[2 * $0.offset + 1])) }
         let norm = stage.arena.gradientNorm()
         guard logged[0].1.mean.isFinite, norm.isFinite else {
@@ -207,6 +219,18 @@ final class StageLoop {
         }
         problem = try comm.broadcast(problem)
         guard problem.isEmpty else { throw DataError(problem) }
+    }
+
+    /// Saves the step just finished on every rank and stops with `Preempted`.
+    func stopForPreemption(_ state: TrainingCursor) throws {
+        let start = Date()
+        try save(state)
+        let seconds = Date().timeIntervalSince(start)
+        log.record(["step": state.step, "preempted": preemptedBy.joined(separator: ", "), "save_seconds": seconds])
+        let message = "preempted (\(preemptedBy.joined(separator: ", "))) after step \(state.step): checkpoint saved in "
+            + String(format: "%.2f s", seconds) + "; run the same command again to resume"
+        log.say(message)
+        throw Preempted(description: message)
     }
 
     func save(_ state: TrainingCursor) throws {

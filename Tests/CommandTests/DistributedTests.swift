@@ -4,13 +4,16 @@ import Testing
 
 /// A job started through Launch/mpirun-local (the way users start ranks), with a
 /// time limit, in the package root or `directory`; `during` runs while it is running (to stop or kill a rank).
+/// The test process blocks signals that its children inherit; mpirun is started with
+/// none blocked, as from a shell, so that it can forward the signals a test sends it.
 func mpirunLocal(_ ranks: Int, _ arguments: [String], timeout: Double = 300, environment: [String: String] = [:], directory: URL = packageRoot,
                  during: ((Process) -> Void)? = nil) throws -> (status: Int32, out: String, err: String, seconds: Double) {
     let p = Process()
     // Only this job sees these variables (tests run concurrently; setenv would leak into their jobs).
     p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    p.executableURL = packageRoot.appendingPathComponent("Launch/mpirun-local")
-    p.arguments = ["-n", String(ranks)] + arguments
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+    p.arguments = ["-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv(sys.argv[1], sys.argv[1:])",
+                   packageRoot.appendingPathComponent("Launch/mpirun-local").path, "-n", String(ranks)] + arguments
     p.currentDirectoryURL = directory
     let outFile = FileManager.default.temporaryDirectory.appendingPathComponent("mpirun-\(UUID().uuidString).out")
     let errFile = FileManager.default.temporaryDirectory.appendingPathComponent("mpirun-\(UUID().uuidString).err")

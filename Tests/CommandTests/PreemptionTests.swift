@@ -1,0 +1,107 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// A 2-rank smoke diffusion run long enough to be signalled while it trains.
+func preemptibleJob(run: String, steps: Int, signal: ((Process) -> Void)? = nil) throws -> (status: Int32, out: String, err: String, seconds: Double) {
+    try mpirunLocal(2, ["ldm-train", "diffusion"] + smoke + ["--latents", smokeStage1.latents, "--autoencoder", smokeStage1.autoencoder,
+                                                             "--run-dir", run, "--steps", String(steps), "--batch-size", "4",
+                                                             "--set", "diffusion.training.log_every=1", "--set", "diffusion.training.checkpoint_every=1000",
+                                                             "--set", "diffusion.training.image_every=1000"], during: signal)
+}
+
+/// Waits until the run has logged a step (rank 0's metrics.jsonl has a line).
+func waitForTraining(_ run: String, timeout: Double = 60) {
+    let start = Date()
+    while Date().timeIntervalSince(start) < timeout {
+        if let text = try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8), text.contains("\"step\"") { return }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+}
+
+@Suite("Preemption: a signal on any rank saves and stops every rank at the same step", .serialized)
+struct PreemptionTests {
+    @Test("SIGTERM to rank 1 mid-run: every rank saves the same step and exits 75; resuming ends bitwise equal to a straight run")
+    func sigtermResumesExactly() throws {
+        let straight = temporaryRun(), preempted = temporaryRun()
+        #expect(try preemptibleJob(run: straight, steps: 120).status == 0)
+        let stopped = try preemptibleJob(run: preempted, steps: 120) { _ in
+            waitForTraining(preempted)
+            let ranks = rankProcesses(preempted)
+            if ranks.count == 2 { kill(ranks[1], SIGTERM) }
+        }
+        #expect(stopped.status == 75, "\(stopped.out) \(stopped.err)")
+        let line = stopped.out.split(separator: "\n").first { $0.hasPrefix("preempted (SIGTERM on rank 1) after step ") } ?? ""
+        let step = Int(line.split(separator: " ")[7].dropLast()) ?? 0
+        #expect(step > 0 && step < 120, "\(stopped.out)")
+        #expect(FileManager.default.fileExists(atPath: preempted + String(format: "/step-%08d/index.h5", step)))
+        let resumed = try preemptibleJob(run: preempted, steps: 120)
+        #expect(resumed.status == 0 && resumed.out.contains("(step \(step))"), "\(resumed.err)")
+        let a = try checkpointTensors(straight + "/step-00000120"), b = try checkpointTensors(preempted + "/step-00000120")
+        #expect(!a.isEmpty && a.keys.filter { a[$0] != b[$0] }.isEmpty)
+    }
+
+    /// What Launch/slurm.sbatch does: Slurm signals the batch shell, which passes
+    /// SIGUSR1 to mpirun, which forwards it to every rank.
+    @Test("SIGUSR1 to mpirun reaches the ranks: saved and exit 75")
+    func sigusr1ThroughMpirun() throws {
+        let run = temporaryRun()
+        let stopped = try preemptibleJob(run: run, steps: 400) { p in
+            waitForTraining(run)
+            kill(p.processIdentifier, SIGUSR1)
+        }
+        #expect(stopped.status == 75 && stopped.out.contains("preempted (SIGUSR1 on rank 0, SIGUSR1 on rank 1) after step "), "\(stopped.out) \(stopped.err)")
+        #expect(!stopped.out.contains("step 400/400"))
+    }
+
+    /// Rank 1 is held stopped, so rank 0 waits in the step's all-reduce after the first
+    /// SIGINT (a slow step); the second ends it there.
+    @Test("a second signal ends the process at once: SIGINT twice exits 130 without saving")
+    func secondSignal() throws {
+        let run = temporaryRun()
+        let stopped = try preemptibleJob(run: run, steps: 100_000) { _ in
+            waitForTraining(run)
+            let ranks = rankProcesses(run)
+            guard ranks.count == 2 else { return }
+            kill(ranks[1], SIGSTOP)
+            kill(ranks[0], SIGINT)
+            Thread.sleep(forTimeInterval: 0.5)
+            kill(ranks[0], SIGINT)
+            Thread.sleep(forTimeInterval: 0.5)
+            kill(ranks[1], SIGCONT)
+        }
+        #expect(stopped.status == 130 && stopped.seconds < 60, "\(stopped.status) after \(stopped.seconds) s: \(stopped.out) \(stopped.err)")
+        #expect(!stopped.out.contains("preempted ("))
+    }
+
+    /// Launch/slurm.sbatch run as Slurm would run it, with stand-ins for the two commands
+    /// this machine lacks: mpirun as root (adds --allow-run-as-root) and scontrol (records
+    /// its arguments). SIGUSR1 to the script is what `--signal=B:USR1@120` sends.
+    @Test("Launch/slurm.sbatch passes Slurm's SIGUSR1 to the ranks, which save and exit 75, and requeues the job")
+    func sbatchRequeues() throws {
+        let bin = temporaryDirectory(), run = temporaryRun(), requeued = bin.appendingPathComponent("scontrol.log").path
+        try "#!/bin/bash\nexec /usr/bin/mpirun --allow-run-as-root --oversubscribe -n 2 \"$@\"\n"
+            .write(toFile: bin.appendingPathComponent("mpirun").path, atomically: true, encoding: .utf8)
+        try "#!/bin/bash\necho \"$@\" >> \(requeued)\n".write(toFile: bin.appendingPathComponent("scontrol").path, atomically: true, encoding: .utf8)
+        for tool in ["mpirun", "scontrol"] { chmod(bin.appendingPathComponent(tool).path, 0o755) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        p.arguments = ["-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv('/bin/bash', ['bash'] + sys.argv[1:])",
+                       packageRoot.appendingPathComponent("Launch/slurm.sbatch").path, "diffusion"] + smoke
+            + ["--latents", smokeStage1.latents, "--autoencoder", smokeStage1.autoencoder, "--run-dir", run, "--steps", "100000", "--batch-size", "4",
+               "--set", "diffusion.training.log_every=1"]
+        var environment = ProcessInfo.processInfo.environment
+        (environment["PATH"], environment["SLURM_JOB_ID"], environment["SLURM_SUBMIT_DIR"]) = (bin.path + ":" + (environment["PATH"] ?? ""), "4242", packageRoot.path)
+        p.environment = environment
+        let out = Pipe()
+        (p.standardOutput, p.standardError) = (out, out)
+        try p.run()
+        waitForTraining(run)
+        kill(p.processIdentifier, SIGUSR1)
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 75, "\(text)")
+        #expect(text.contains("preempted (SIGUSR1 on rank 0, SIGUSR1 on rank 1) after step ") && text.contains("requeueing job 4242"), "\(text)")
+        #expect((try? String(contentsOfFile: requeued, encoding: .utf8)) == "requeue 4242\n")
+    }
+}
