@@ -37,9 +37,6 @@ public final class MPICommunicator: Communicator {
         var since = Date()
     }
 
-    /// True when this process was started by OpenMPI's mpirun.
-    public static var launchedByMPI: Bool { ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] != nil }
-
     public init() throws {
         var provided: Int32 = 0
         try Self.check(MPI_Init_thread(nil, nil, shim_MPI_THREAD_MULTIPLE(), &provided), "Init_thread")

@@ -25,7 +25,7 @@ struct LDMTrain: ParsableCommand {
         } catch is Preempted {   // every rank saved and said so; all stop with the status that means "run again"
             Foundation.exit(Preemption.exitStatus)
         } catch {
-            let rank = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_RANK"].flatMap(Int.init) ?? 0
+            let rank = LaunchEnvironment().rank
             if rank == 0 { exit(withError: error) }
             Thread.sleep(forTimeInterval: 3)
             FileHandle.standardError.write(Data("Error: rank \(rank): \(error)\n".utf8))

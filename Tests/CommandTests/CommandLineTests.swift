@@ -2,8 +2,10 @@ import Foundation
 import Storage
 import Testing
 
-/// Runs the release `ldm-train` (built by Launch/test before the tests) in the package root (or `directory`).
-func ldmTrain(_ arguments: [String], in directory: URL = packageRoot) throws -> (status: Int32, out: String, err: String) {
+/// Runs the release `ldm-train` (built by Launch/test before the tests) in the package root (or `directory`),
+/// with `environment` added to the test's.
+func ldmTrain(_ arguments: [String], in directory: URL = packageRoot, environment extra: [String: String] = [:]) throws
+    -> (status: Int32, out: String, err: String) {
     let binary = packageRoot.appendingPathComponent(".build/release/ldm-train").path
     guard FileManager.default.isExecutableFile(atPath: binary) else {
         throw CocoaError(.fileNoSuchFile, userInfo: [NSLocalizedDescriptionKey: "\(binary) missing: run Launch/test (it builds release first)"])
@@ -14,7 +16,7 @@ func ldmTrain(_ arguments: [String], in directory: URL = packageRoot) throws -> 
     p.currentDirectoryURL = directory
     var environment = ProcessInfo.processInfo.environment
     environment["LDM_THREADS"] = "1"
-    p.environment = environment
+    p.environment = environment.merging(extra) { $1 }
     let out = Pipe(), err = Pipe()
     (p.standardOutput, p.standardError) = (out, err)
     try p.run()

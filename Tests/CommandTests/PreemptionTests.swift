@@ -1,3 +1,4 @@
+import Distributed
 import Foundation
 import Testing
 import TestSupport
@@ -103,5 +104,32 @@ struct PreemptionTests {
         #expect(p.terminationStatus == 75, "\(text)")
         #expect(text.contains("preempted (SIGUSR1 on rank 0, SIGUSR1 on rank 1) after step ") && text.contains("requeueing job 4242"), "\(text)")
         #expect((try? String(contentsOfFile: requeued, encoding: .utf8)) == "requeue 4242\n")
+    }
+}
+
+@Suite("Launchers: a process joins the world its launcher started, or stops")
+struct LauncherTests {
+    @Test("the launcher's variables give the world size and rank: OpenMPI, MPICH/PMI, Slurm's srun; none: a world of one")
+    func environment() {
+        #expect(LaunchEnvironment(["OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2", "SLURM_STEP_NUM_TASKS": "8"])
+                == { var e = LaunchEnvironment([:]); (e.size, e.sizeVariable, e.rank) = (4, "OMPI_COMM_WORLD_SIZE", 2); return e }())
+        #expect(LaunchEnvironment(["PMI_SIZE": "3", "PMI_RANK": "1"]).size == 3 && LaunchEnvironment(["PMI_SIZE": "3", "PMI_RANK": "1"]).rank == 1)
+        #expect(LaunchEnvironment(["SLURM_STEP_NUM_TASKS": "16", "SLURM_PROCID": "5", "PMIX_RANK": "5"]).sizeVariable == "SLURM_STEP_NUM_TASKS")
+        #expect(LaunchEnvironment(["SLURM_NTASKS": "8", "SLURM_JOB_ID": "1"]).size == nil)   // a batch script itself is not a task
+    }
+
+    @Test("started by a launcher this MPI cannot reach (MPICH's PMI, srun without PMIx): one clear error, nothing written", arguments: [
+        ["PMI_SIZE": "2", "PMI_RANK": "0"], ["SLURM_STEP_NUM_TASKS": "3", "SLURM_PROCID": "0"],
+    ])
+    func unreachableLauncher(_ environment: [String: String]) throws {
+        let dir = temporaryDirectory()
+        let r = try ldmTrain(["prepare", "--out", dir.appendingPathComponent("d.h5").path], in: dir, environment: environment)
+        let variable = environment.keys.first { $0.hasSuffix("SIZE") || $0.hasSuffix("TASKS") }!
+        #expect(r.status != 0 && r.err.contains("the launcher started \(environment[variable]!) processes (\(variable)=\(environment[variable]!)), "
+                                                   + "but MPI_Init joined this one to a world of 1"), "\(r.err)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).isEmpty)
+        let one = try ldmTrain(["prepare", "--config", "Launch/configs/fmnist-smoke.yaml", "--out", dir.appendingPathComponent("d.h5").path],
+                               environment: [variable: "1"])
+        #expect(one.status == 0, "a launcher's world of one runs: \(one.err)")
     }
 }
