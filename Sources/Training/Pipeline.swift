@@ -56,7 +56,12 @@ public enum Pipeline {
             BufferPool.shared.trim()   // 256-image encoder batches: gigabytes the diffusion stage would never reuse
         }
         guard config.pipeline.lastStage > .encode else { return say("== done (pipeline.last_stage: encode): \(config.diffusion.latents)") }
-        // 4. diffusion
+        // 4. diffusion, never continued or kept on latents of another autoencoder
+        if let stale = try trainedOnOtherLatents(layout.diffusionRun, autoencoder: identity) {
+            throw DataError("\(layout.diffusionRun) was trained on latents of autoencoder \(stale), but \(layout.autoencoderRun) is now \(identity) "
+                            + "(trained further or again) and \(config.diffusion.latents) holds its latents: move \(layout.diffusionRun) aside "
+                            + "to train stage 2 again on them, or restore that autoencoder")
+        }
         if let done = completedStep(layout.diffusionRun), done >= config.diffusion.training.steps {
             say("== diffusion: complete at step \(done) in \(layout.diffusionRun), skipped")
         } else {
@@ -94,6 +99,14 @@ public enum Pipeline {
         mpi?.deadline = .infinity
         defer { if let deadline { mpi?.deadline = deadline } }
         try comm.sleepingBarrier()
+    }
+
+    /// The autoencoder a diffusion run's newest checkpoint was trained on, when it is not
+    /// `identity` (nil: no checkpoint yet, or the same one).
+    static func trainedOnOtherLatents(_ run: String, autoencoder identity: String) throws -> String? {
+        guard let newest = try? CheckpointStore.resolve(run) else { return nil }
+        let recorded = try HDF5File.open("\(newest)/index.h5").stringAttribute("autoencoder") ?? ""
+        return recorded == identity ? nil : recorded
     }
 
     /// The step recorded in a run's `complete` marker (written when a stage finishes), if any.

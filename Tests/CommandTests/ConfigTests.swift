@@ -109,12 +109,15 @@ struct ConfigTests {
         #expect(emoji.data.channels == 3 && emoji.autoencoder.model.resolution == 64 && emoji.autoencoder.model.latentSize == 16)
     }
 
-    @Test("every recipe in Launch/configs loads and passes validation; the text recipes are text-conditional")
+    @Test("every recipe in Launch/configs loads and passes validation; the text recipes are text-conditional, the image-task ones have their task")
     func recipes() throws {
-        for name in ["fmnist", "fmnist-smoke", "emoji", "fmnist-text", "fmnist-text-smoke"] {
+        for name in ["fmnist", "fmnist-smoke", "emoji", "fmnist-text", "fmnist-text-smoke", "fmnist-sr", "fmnist-sr-smoke", "fmnist-inpaint",
+                     "fmnist-inpaint-smoke", "emoji-sr"] {
             let c = try ConfigLoader.load(packageRoot.appendingPathComponent("Launch/configs/\(name).yaml").path)
             try validate(c)
             try validateDiffusion(c)
+            try ImageTask.checkChannels(c.diffusion, autoencoder: c.autoencoder.model)
+            #expect((c.diffusion.task.kind != .generation) == (name.contains("-sr") || name.contains("inpaint")), "\(name)")
             #expect((c.diffusion.conditioning.kind == .text) == (name.contains("text") || name == "emoji"), "\(name)")
         }
     }

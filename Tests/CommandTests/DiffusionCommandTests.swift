@@ -116,7 +116,7 @@ struct DiffusionCommandTests {
         #expect(result.err.split(separator: "\n").filter { !$0.isEmpty }.count == 1, "\(result.err)")
     }
 
-    @Test("the pipeline runs every stage on 2 ranks, then skips them all on a second run")
+    @Test("the pipeline runs every stage on 2 ranks, then skips them all on a second run; after the autoencoder trains further it encodes again and refuses the stale diffusion run")
     func pipeline() throws {
         let root = temporaryRun()
         let args = ["ldm-train", "pipeline", "--config", "Launch/configs/fmnist-smoke.yaml", "--checkpoints", root,
@@ -129,6 +129,13 @@ struct DiffusionCommandTests {
         #expect(second.status == 0, "\(second.err)")
         for stage in ["autoencoder: complete", "encode: \(root)/latents holds", "diffusion: complete"] { #expect(second.out.contains(stage), "\(stage)") }
         #expect(!second.out.contains("step 2/4"))
+        // The autoencoder trained further: the cache is encoded again, and the diffusion run, trained on the old latents, is not kept.
+        let diffusionFiles = try FileManager.default.contentsOfDirectory(atPath: root + "/diffusion").sorted()
+        let third = try mpirunLocal(2, args + ["--set", "autoencoder.training.steps=6"])
+        #expect(third.status != 0 && third.out.contains("step 6/6") && third.out.contains("== encode →"), "\(third.out)")
+        #expect(third.err.contains("\(root)/diffusion was trained on latents of autoencoder step-00000004/") && third.err.contains("is now step-00000006/"),
+                "\(third.err)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root + "/diffusion").sorted() == diffusionFiles)
     }
 }
 
