@@ -178,45 +178,47 @@ public final class DiffusionTrainer: TrainingStage {
     }
 
     /// A grid of EMA samples, one row per class or prompt (one row for an
-    /// unconditional model), decoded with the autoencoder. Every rank samples a
-    /// contiguous share of the grid (sample i's noise depends on i alone, so the grid
-    /// is the same at any world size); rank 0 gathers, decodes and writes it.
+    /// unconditional model), or an image task's rows of eight test images, decoded with
+    /// the autoencoder. Every rank samples a contiguous share of it, so no rank waits
+    /// alone in a collective while another samples (sample i's noise depends on i alone:
+    /// the grid is the same at any world size); rank 0 decodes and writes it.
     func writeImages(step number: Int) throws {
         guard let autoencoder else { return }
-        if let imageTask, let images { return try writeTaskGrid(imageTask, test: images.test, step: number) }
+        let file = "\(options.runDirectory)/samples-\(String(format: "%08d", number)).png"
+        if let imageTask, let images {
+            let shown = min(8, images.test.split.count), indices = (0..<shown).map { $0 * images.test.split.count / shown }
+            let x = try images.test.images(indices, epoch: nil)
+            let condition = imageTask.condition(for: x, indices: indices, epoch: 0, seed: stageConfig.sampling.seed)
+            let rows = try TaskEvaluation.rowConditions(stageConfig.conditioning.kind, images.test.split, indices)
+            guard let y = try sampleShared(rows, concat: imageTask.concat(condition), decoder: autoencoder) else { return }
+            let grid = ImageMetrics.grid(imageTask.gridRows(condition, results: y, references: x))
+            return try PNGCodec.write(file, width: grid.width, height: grid.height, channels: grid.channels, pixels: grid.pixels)
+        }
         let k = min(stageConfig.sampling.perClass, 8)
-        let sampler = try LatentSampler(model: model, stage: stageConfig, sampling: stageConfig.sampling)
         let rows = gridRows(stageConfig, captions: cache.captions ?? [])
-        let all = rows.flatMap { [Condition](repeating: $0, count: k) }
-        let share = { (r: Int) in (r * all.count / self.comm.size)..<((r + 1) * all.count / self.comm.size) }
+        guard let images = try sampleShared(rows.flatMap { [Condition](repeating: $0, count: k) }, concat: nil, decoder: autoencoder) else { return }
+        try LatentSampler.writeGrid(images, rows: rows.count, to: file)
+    }
+
+    /// Samples `conditions` (with an image task's `concat`) with the EMA weights, each
+    /// rank a contiguous share; rank 0 gathers and decodes them (nil on the other ranks).
+    func sampleShared(_ conditions: [Condition], concat: Tensor?, decoder: FrozenAutoencoder) throws -> Tensor? {
+        let sampler = try LatentSampler(model: model, stage: stageConfig, sampling: stageConfig.sampling)
+        let share = { (r: Int) in (r * conditions.count / self.comm.size)..<((r + 1) * conditions.count / self.comm.size) }
         let mine = share(comm.rank), widest = (0..<comm.size).map { share($0).count }.max()!
         let a = stageConfig.model, per = a.imageSize * a.imageSize * a.latentChannels
         var values = [Float](repeating: 0, count: widest * per)
         if !mine.isEmpty {
-            let latents = withValues(step.ema.shadow, in: arena) { sampler.sample(conditions: Array(all[mine]), firstIndex: mine.lowerBound) }
+            let latents = withValues(step.ema.shadow, in: arena) {
+                sampler.sample(conditions: Array(conditions[mine]), concat: concat?.slice(axis: 0, mine), firstIndex: mine.lowerBound)
+            }
             values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: latents.pointer, count: latents.count) }
         }
         let gathered = try comm.allGather(values: values)
-        guard comm.isRoot else { return }
-        let latents = Tensor(shape: [all.count, a.imageSize, a.imageSize, a.latentChannels],
+        guard comm.isRoot else { return nil }
+        let latents = Tensor(shape: [conditions.count, a.imageSize, a.imageSize, a.latentChannels],
                              scalars: (0..<comm.size).flatMap { r in gathered[(r * widest * per)..<((r * widest + share(r).count) * per)] })
-        let images = LatentSampler.decode(latents, scaleFactor: cache.info.scaleFactor, autoencoder: autoencoder.model)
-        try LatentSampler.writeGrid(images, rows: rows.count, to: "\(options.runDirectory)/samples-\(String(format: "%08d", number)).png")
-    }
-
-    /// An image task's grid (rank 0): eight test images, one row each, as `ImageTask.gridRows` lays them out.
-    func writeTaskGrid(_ task: ImageTask, test: ImageBatcher, step number: Int) throws {
-        guard comm.isRoot else { return }
-        let shown = min(8, test.split.count), indices = (0..<shown).map { $0 * test.split.count / shown }
-        let x = try test.images(indices, epoch: nil)
-        let sampler = try LatentSampler(model: model, stage: stageConfig, sampling: stageConfig.sampling)
-        let condition = task.condition(for: x, indices: indices, epoch: 0, seed: sampler.sampling.seed)
-        let rows = try TaskEvaluation.rowConditions(stageConfig.conditioning.kind, test.split, indices)
-        let latents = withValues(step.ema.shadow, in: arena) { sampler.sample(conditions: rows, concat: task.concat(condition)) }
-        let y = LatentSampler.decode(latents, scaleFactor: cache.info.scaleFactor, autoencoder: autoencoder!.model)
-        let grid = ImageMetrics.grid(task.gridRows(condition, results: y, references: x))
-        try PNGCodec.write("\(options.runDirectory)/samples-\(String(format: "%08d", number)).png", width: grid.width, height: grid.height,
-                           channels: grid.channels, pixels: grid.pixels)
+        return LatentSampler.decode(latents, scaleFactor: cache.info.scaleFactor, autoencoder: decoder.model)
     }
 
     /// An image task's model against its baseline on the test split (EMA weights).
