@@ -45,6 +45,8 @@ public final class GradientSynchronizer {
     private var failure: Error?
     private var thread: Thread?
     private var stopping = false
+    /// Signalled by the communication thread as it ends.
+    private let threadEnded = DispatchSemaphore(value: 0)
     /// Seconds the last `finish()` waited for communication after backward ended.
     public private(set) var lastExposedSeconds = 0.0
     /// The buckets that became complete during the last backward, in that order;
@@ -81,11 +83,18 @@ public final class GradientSynchronizer {
         self.pollInterval = pollInterval
     }
 
-    deinit {
+    deinit { shutDown() }
+
+    /// Ends the communication thread and waits for it (the end of a stage). Its loop
+    /// holds the synchronizer, so until this is called neither the synchronizer nor the
+    /// stage's arena, optimizer and model it keeps alive can be freed.
+    public func shutDown() {
         condition.lock()
         stopping = true
-        condition.signal()
+        condition.broadcast()
         condition.unlock()
+        if thread != nil { threadEnded.wait() }
+        thread = nil
     }
 
     /// Hooks into this thread's tape before the forward of the last micro-batch.
@@ -205,5 +214,6 @@ public final class GradientSynchronizer {
             }
         }
         condition.unlock()
+        threadEnded.signal()
     }
 }

@@ -199,6 +199,11 @@ public enum ModelBenchmark {
     /// This process's peak resident set (VmHWM of /proc/self/status). Not getrusage's
     /// ru_maxrss: Linux carries that over fork and exec, so a process started by a large
     /// one (the Python side of the PyTorch comparison) would report its parent's peak.
+    /// Starts the peak (VmHWM) afresh at the current resident size (Linux: "5" to clear_refs).
+    static func resetPeakResident() {
+        try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
+    }
+
     static func peakResidentMiB() -> Double {
         guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),

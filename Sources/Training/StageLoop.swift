@@ -84,6 +84,8 @@ final class StageLoop {
         defer { lock?.release() }
         Preemption.install()
         defer { Preemption.uninstall() }
+        defer { sync.shutDown() }   // its thread keeps the stage's arena alive otherwise
+        ModelBenchmark.resetPeakResident()   // the peak this stage reports is its own, not an earlier stage's
         var state = TrainingCursor()
         if let restored = try checkpoints.restore(options.resume, tensors: checkpointTensors, expectedKind: stage.kind) {
             state = restored
@@ -134,7 +136,7 @@ final class StageLoop {
         var fields: [String: Any] = ["step": state.step]
         for (k, v) in metrics { fields[k] = v }
         let peak = try comm.allGather(values: [ModelBenchmark.peakResidentMiB()]).max()!
-        log.say(String(format: "peak resident memory %.0f MiB (largest rank)", peak))
+        log.say(String(format: "peak resident memory of this stage %.0f MiB (largest rank)", peak))
         fields["peak_rss_mib"] = peak
         log.record(fields)
         if comm.isRoot { try Pipeline.markComplete(options.runDirectory, step: state.step, metrics: metrics) }
