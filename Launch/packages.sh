@@ -5,8 +5,9 @@
 # libjpeg-turbo (image folders), the Fashion-MNIST data.
 LDM_RUNTIME_PACKAGES="pkg-config zlib1g-dev libdnnl-dev libopenmpi-dev openmpi-bin libhdf5-openmpi-dev libpng-dev libturbojpeg0-dev dataset-fashion-mnist"
 # Checks that read our files as users do (h5py), and make and decode test images
-# the way users' Python does (Pillow, NumPy).
-LDM_CHECK_PACKAGES="python3-h5py hdf5-tools python3-pil python3-numpy"
+# the way users' Python does (Pillow, NumPy); ip and tc for the multi-host rehearsal
+# (Launch/netns-hosts).
+LDM_CHECK_PACKAGES="python3-h5py hdf5-tools python3-pil python3-numpy iproute2"
 # The emoji recipe: the Noto Color Emoji font, read with fontTools, named with
 # the CLDR names of python3-emoji (Launch/make-emoji-folder).
 LDM_EMOJI_PACKAGES="fonts-noto-color-emoji python3-fonttools python3-emoji python3-pil"

@@ -166,8 +166,11 @@ public final class MPICommunicator: Communicator {
                     let line = String(format: "rank %d: %@: the %@ has not finished after %.0f s (deadline %.0f s): a peer rank "
                                       + "has stopped or hung; ending the job\n", rank, state.context, what, waited, state.deadline)
                     FileHandle.standardError.write(Data(line.utf8))
+                    // MPI_Abort may never return when a peer's host is unreachable: this
+                    // process ends itself regardless, so nothing is left running.
+                    Thread.detachNewThread { Thread.sleep(forTimeInterval: 10); _exit(3) }
                     MPI_Abort(shim_MPI_COMM_WORLD(), 3)
-                    exit(3)
+                    _exit(3)
                 }
             }
         }

@@ -99,7 +99,7 @@ final class StageLoop {
         log.say("\(stage.summary); \(comm.size) rank(s) × batch \(plan.perRankBatch) × accumulate \(plan.accumulate) = global batch "
                 + "\(plan.globalBatch); lr = \(o.baseLR) × \(o.scaleLR ? plan.globalBatch : 1) = \(lr)\(o.decayDescription); steps \(state.step) → \(t.steps), "
                 + "\(Threads.count) thread(s) per rank")
-        var window: [(String, Tally)] = [], windowSteps = 0, windowStart = Date(), stepSeconds: [Double] = []
+        var window: [(String, Tally)] = [], windowSteps = 0, windowStart = Date(), stepSeconds: [Double] = [], windowExposed = 0.0
         let runStart = Date(), firstStep = state.step
         while state.step < t.steps {
             let stepStart = Date()
@@ -111,19 +111,24 @@ final class StageLoop {
             setWatchdog(config.distributed, stepSeconds, comm)
             window = window.isEmpty ? logged : zip(window, logged).map { ($0.0, $0.1 + $1.1) }
             windowSteps += 1
+            windowExposed += sync.lastExposedSeconds
             let done = state.step == t.steps
             if state.step % t.logEvery == 0 || done {
                 let rate = Double(windowSteps * plan.globalBatch) / Date().timeIntervalSince(windowStart)
                 let eta = Date().timeIntervalSince(runStart) / Double(state.step - firstStep) * Double(t.steps - state.step)
                 let parts = window.dropFirst().filter { $0.1.count > 0 }.map { String(format: "%@ %.4g", $0.0, $0.1.mean) }
                     .joined(separator: ", ")
-                log.say(String(format: "step %d/%d  loss %.4f (%@)  %.1f img/s  ETA %@", state.step, t.steps, window[0].1.mean,
-                               parts, rate, RunLog.duration(eta)))
+                // Gradient communication still running when backward ended (rank 0's, per step).
+                let exposedMs = 1000 * windowExposed / Double(windowSteps)
+                let communication = comm.size > 1 ? String(format: "  all-reduce %.1f ms exposed", exposedMs) : ""
+                log.say(String(format: "step %d/%d  loss %.4f (%@)  %.1f img/s%@  ETA %@", state.step, t.steps, window[0].1.mean,
+                               parts, rate, communication, RunLog.duration(eta)))
                 var fields: [String: Any] = ["step": state.step, "epoch": state.epoch, "lr": stepLR, "img_per_s": rate]
+                if comm.size > 1 { fields["exposed_comm_ms"] = exposedMs }
                 for (name, tally) in window where tally.count > 0 { fields[name] = tally.mean }
                 log.record(fields)
                 guard try comm.all(log.problem.isEmpty) else { throw DataError(try comm.broadcast(log.problem)) }
-                (window, windowSteps, windowStart) = ([], 0, Date())
+                (window, windowSteps, windowStart, windowExposed) = ([], 0, Date(), 0)
             }
             if state.step % t.imageEvery == 0 || done {   // every rank takes part and all stop if one failed
                 var problem = ""
