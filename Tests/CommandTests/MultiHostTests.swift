@@ -91,6 +91,7 @@ struct MultiHostTests {
             if let pid = rankPid(run, rank: 2) { killedAt = Date(); kill(pid, SIGKILL) }
         }
         let ended = Date().timeIntervalSince(killedAt)
+        print(String(format: "kill -9 of rank 2 on host 2: the job ended %.1f s later with status %d", ended, r.status))
         #expect(r.status != 0 && ended < 10, "status \(r.status) \(ended) s after the kill: \(r.out.suffix(1500))")
         #expect(leftovers().isEmpty, "left running: \(leftovers())")
         let newest = try String(contentsOfFile: run + "/latest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -110,6 +111,7 @@ struct MultiHostTests {
             _ = try? netnsHosts(["cut", "2"])
         }
         let ended = Date().timeIntervalSince(cutAt)
+        print(String(format: "host 2's link cut: the job ended %.1f s later with status %d", ended, r.status))
         _ = try netnsHosts(["restore", "2"])
         #expect(r.status != 0 && ended < 60, "status \(r.status) \(ended) s after the cut")
         #expect(r.out.contains("10.77.0.3") || r.out.contains("rank 2"), "\(r.out.suffix(1500))")
@@ -133,6 +135,7 @@ struct MultiHostTests {
         _ = try netnsHosts(["unthrottle", "1"])
         #expect(fast.status == 0 && slow.status == 0, "\(slow.out.suffix(1500))")
         let (f, s) = (exposed(fast.out).sorted(), exposed(slow.out).sorted())
+        print("exposed all-reduce ms per step: \(f) unthrottled, \(s) at 20 Mbit/s")
         #expect(f.count == 6 && s.count == 6 && s[3] > 3 * f[3] && s[3] > 100, "exposed all-reduce ms: \(f) unthrottled, \(s) at 20 Mbit/s")
     }
 }
