@@ -223,11 +223,7 @@ struct Evaluate: ParsableCommand {
                 throw SamplingError(description: "\(trained.directory) is a generation model: evaluate measures super-resolution and inpainting "
                                     + "models; judge generated samples with Launch/classify-samples")
             }
-            var sampling = trained.stage.sampling
-            if let steps { sampling.steps = steps }
-            if let eta { sampling.eta = eta }
-            if let seed { sampling.seed = seed }
-            let sampler = try LatentSampler(model: trained.model, stage: trained.stage, sampling: sampling)
+            let sampler = try trained.sampler(steps: steps, eta: eta, seed: seed)
             let test = try ImageBatcher(split: try DatasetSplit.open(ae.config.data.path, split: .test), resolution: task.resolution, flip: false, seed: 0)
             let asked = count ?? trained.stage.training.evalImages
             guard asked >= 0 else { throw ValidationError("--count must be ≥ 0, got \(asked)") }

@@ -187,9 +187,8 @@ public final class DiffusionTrainer: TrainingStage {
         let file = "\(options.runDirectory)/samples-\(String(format: "%08d", number)).png"
         if let imageTask, let images {
             let shown = min(8, images.test.split.count), indices = (0..<shown).map { $0 * images.test.split.count / shown }
-            let x = try images.test.images(indices, epoch: nil)
-            let condition = imageTask.condition(for: x, indices: indices, epoch: 0, seed: stageConfig.sampling.seed)
-            let rows = try TaskEvaluation.rowConditions(stageConfig.conditioning.kind, images.test.split, indices)
+            let (x, condition, rows) = try TaskEvaluation.testRows(imageTask, images.test, indices, seed: stageConfig.sampling.seed,
+                                                                   kind: stageConfig.conditioning.kind)
             guard let y = try sampleShared(rows, concat: imageTask.concat(condition), decoder: autoencoder) else { return }
             let grid = ImageMetrics.grid(imageTask.gridRows(condition, results: y, references: x))
             return try PNGCodec.write(file, width: grid.width, height: grid.height, channels: grid.channels, pixels: grid.pixels)

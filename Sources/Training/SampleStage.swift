@@ -54,14 +54,8 @@ public enum SampleStage {
         }
         guard r.count >= 1 else { throw SamplingError(description: "--count must be positive, got \(r.count)") }
         let ae = try trained.autoencoder(r.autoencoder, communicator: SingleProcess())
-        var sampling = stage.sampling
-        if let v = r.sampler { sampling.sampler = v }
-        if let v = r.steps { sampling.steps = v }
-        if let v = r.eta { sampling.eta = v }
-        if let v = r.guidance { sampling.guidance = v }
-        if let v = r.seed { sampling.seed = v }
-        if sampling.sampler == .ddpm && r.steps == nil { sampling.steps = stage.schedule.timesteps }
-        let sampler = try LatentSampler(model: trained.model, stage: stage, sampling: sampling)
+        let sampler = try trained.sampler(r.sampler, steps: r.steps, eta: r.eta, guidance: r.guidance, seed: r.seed)
+        let sampling = sampler.sampling
         if let task = trained.imageTask(ae) { return try runTask(r, task: task, trained: trained, autoencoder: ae, sampler: sampler, say: say) }
         let rows = try conditions(r, stage: stage, checkpoint: directory)
         if let tokenizer = trained.model.tokenizer {
@@ -114,9 +108,9 @@ public enum SampleStage {
             let split = try DatasetSplit.open(ae.config.data.path, split: .test)
             guard n >= 1 && n <= split.count else { throw SamplingError(description: "--from-test must be in 1...\(split.count) (the test split), got \(n)") }
             let batcher = try ImageBatcher(split: split, resolution: task.resolution, flip: false, seed: 0)
-            let x = try batcher.images(Array(0..<n), epoch: nil)
-            (condition, references) = (task.condition(for: x, indices: Array(0..<n), epoch: 0, seed: sampler.sampling.seed), x)
-            if rows == nil { rows = try TaskEvaluation.rowConditions(conditioning, split, Array(0..<n)) }
+            let test = try TaskEvaluation.testRows(task, batcher, Array(0..<n), seed: sampler.sampling.seed, kind: conditioning)
+            (condition, references) = (test.condition, test.images)
+            if rows == nil { rows = test.rows }
         } else {
             guard !r.inputs.isEmpty else {
                 throw SamplingError(description: "\(trained.directory) does \(kind.argument): give --input F.png\(kind == .inpainting ? " --mask M.png" : "") or --from-test N")

@@ -26,10 +26,8 @@ public enum TaskEvaluation {
         var sums = [Double](repeating: 0, count: 4), start = share.lowerBound
         while start < share.upperBound {
             let indices = Array(start..<min(share.upperBound, start + 64))
-            let x = try test.images(indices, epoch: nil)
-            let condition = task.condition(for: x, indices: indices, epoch: 0, seed: sampler.sampling.seed)
-            let latents = sampler.sample(conditions: try rowConditions(sampler.stage.conditioning.kind, test.split, indices),
-                                         concat: task.concat(condition), firstIndex: indices[0])
+            let (x, condition, rows) = try testRows(task, test, indices, seed: sampler.sampling.seed, kind: sampler.stage.conditioning.kind)
+            let latents = sampler.sample(conditions: rows, concat: task.concat(condition), firstIndex: indices[0])
             let y = LatentSampler.decode(latents, scaleFactor: scaleFactor, autoencoder: decoder), base = task.baseline(condition)
             var parts: [[Double]]
             switch condition {
@@ -55,6 +53,15 @@ public enum TaskEvaluation {
                      + "(model − bicubic: %+.2f dB)", count, n[0], n[1], n[2], n[3], n[0] - n[2])
             : String(format: "inpainting on %d test images: PSNR inside the hole %.2f dB; mean-colour fill %.2f dB (model − fill: %+.2f dB); "
                      + "whole image %.2f dB against %.2f dB", count, n[0], n[1], n[0] - n[1], n[2], n[3])
+    }
+
+    /// Test rows `indices` as an image task sees them outside training, the same in
+    /// grids, `sample --from-test` and evaluation: the images, their condition (masks of
+    /// epoch 0 under the sampling seed) and what else conditions each row.
+    static func testRows(_ task: ImageTask, _ test: ImageBatcher, _ indices: [Int], seed: Int, kind: ConditionKind) throws
+        -> (images: Tensor, condition: ImageCondition, rows: [Condition]) {
+        let x = try test.images(indices, epoch: nil)
+        return (x, task.condition(for: x, indices: indices, epoch: 0, seed: seed), try rowConditions(kind, test.split, indices))
     }
 
     /// What conditions rows `indices` of a split besides the image: its class, its
