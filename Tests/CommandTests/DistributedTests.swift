@@ -2,18 +2,15 @@ import Foundation
 import Storage
 import Testing
 
-/// A job started through Launch/mpirun-local (the way users start ranks), with a
-/// time limit, in the package root or `directory`; `during` runs while it is running (to stop or kill a rank).
-/// The test process blocks signals that its children inherit; mpirun is started with
-/// none blocked, as from a shell, so that it can forward the signals a test sends it.
+/// A job started through Launch/mpirun-local (the way users start ranks; `launcher`:
+/// another script of Launch/ with its arguments), with a time limit, in the package
+/// root or `directory`; `during` runs while it is running (to stop or kill a rank).
 func mpirunLocal(_ ranks: Int, _ arguments: [String], timeout: Double = 300, environment: [String: String] = [:], directory: URL = packageRoot,
-                 during: ((Process) -> Void)? = nil) throws -> (status: Int32, out: String, err: String, seconds: Double) {
-    let p = Process()
+                 launcher: String = "Launch/mpirun-local", during: ((Process) -> Void)? = nil) throws
+    -> (status: Int32, out: String, err: String, seconds: Double) {
     // Only this job sees these variables (tests run concurrently; setenv would leak into their jobs).
-    p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-    p.arguments = ["-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv(sys.argv[1], sys.argv[1:])",
-                   packageRoot.appendingPathComponent("Launch/mpirun-local").path, "-n", String(ranks)] + arguments
+    let p = processWithSignalsUnblocked(packageRoot.appendingPathComponent(launcher).path, ["-n", String(ranks)] + arguments,
+                                        environment: ProcessInfo.processInfo.environment.merging(environment) { $1 })
     p.currentDirectoryURL = directory
     let outFile = FileManager.default.temporaryDirectory.appendingPathComponent("mpirun-\(UUID().uuidString).out")
     let errFile = FileManager.default.temporaryDirectory.appendingPathComponent("mpirun-\(UUID().uuidString).err")
@@ -29,6 +26,18 @@ func mpirunLocal(_ ranks: Int, _ arguments: [String], timeout: Double = 300, env
     p.waitUntilExit()
     let seconds = Date().timeIntervalSince(start)
     return (p.terminationStatus, try String(contentsOf: outFile, encoding: .utf8), try String(contentsOf: errFile, encoding: .utf8), seconds)
+}
+
+/// A process that runs `executable` with no signal blocked, as a shell would start it:
+/// the test process blocks signals its children inherit, and mpirun (or a batch script)
+/// could then not receive or forward the signals a test sends it.
+func processWithSignalsUnblocked(_ executable: String, _ arguments: [String], environment: [String: String]) -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+    p.arguments = ["-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv(sys.argv[1], sys.argv[1:])",
+                   executable] + arguments
+    p.environment = environment
+    return p
 }
 
 /// PIDs of ldm-train processes whose command line mentions `marker`, ascending.

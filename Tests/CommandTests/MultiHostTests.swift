@@ -29,24 +29,12 @@ let threeHosts: Bool = {
     return true
 }()
 
-func netnsJob(_ arguments: [String], during: ((Process) -> Void)? = nil) throws -> (status: Int32, out: String, err: String, seconds: Double) {
-    let p = Process()
-    p.executableURL = packageRoot.appendingPathComponent("Launch/mpirun-netns")
-    p.arguments = ["-n", "3"] + arguments
-    p.currentDirectoryURL = packageRoot
-    p.environment = ProcessInfo.processInfo.environment.merging(["LDM_NETNS_PREFIX": netnsPrefix, "LDM_THREADS": "1"]) { $1 }
-    let outFile = FileManager.default.temporaryDirectory.appendingPathComponent("netns-\(UUID().uuidString).out")
-    FileManager.default.createFile(atPath: outFile.path, contents: nil)
-    let handle = try FileHandle(forWritingTo: outFile)
-    (p.standardOutput, p.standardError) = (handle, handle)
-    let start = Date()
-    try p.run()
-    during?(p)
-    while p.isRunning && Date().timeIntervalSince(start) < 300 { Thread.sleep(forTimeInterval: 0.1) }
-    if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-    p.waitUntilExit()
-    let text = try String(contentsOf: outFile, encoding: .utf8)
-    return (p.terminationStatus, text, text, Date().timeIntervalSince(start))
+/// A 3-rank job on the three hosts (Launch/mpirun-netns); OpenMPI's reports of lost
+/// peers go to stderr, so `out` holds both streams.
+func netnsJob(_ arguments: [String], during: ((Process) -> Void)? = nil) throws -> (status: Int32, out: String, seconds: Double) {
+    let r = try mpirunLocal(3, arguments, environment: ["LDM_NETNS_PREFIX": netnsPrefix, "LDM_THREADS": "1"], launcher: "Launch/mpirun-netns",
+                            during: during)
+    return (r.status, r.out + r.err, r.seconds)
 }
 
 /// The pid of the rank numbered `rank` among ldm-train processes mentioning `marker`.

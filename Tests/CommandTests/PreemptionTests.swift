@@ -85,15 +85,11 @@ struct PreemptionTests {
             .write(toFile: bin.appendingPathComponent("mpirun").path, atomically: true, encoding: .utf8)
         try "#!/bin/bash\necho \"$@\" >> \(requeued)\n".write(toFile: bin.appendingPathComponent("scontrol").path, atomically: true, encoding: .utf8)
         for tool in ["mpirun", "scontrol"] { chmod(bin.appendingPathComponent(tool).path, 0o755) }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        p.arguments = ["-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv('/bin/bash', ['bash'] + sys.argv[1:])",
-                       packageRoot.appendingPathComponent("Launch/slurm.sbatch").path, "diffusion"] + smoke
-            + ["--latents", smokeStage1.latents, "--autoencoder", smokeStage1.autoencoder, "--run-dir", run, "--steps", "100000", "--batch-size", "4",
-               "--set", "diffusion.training.log_every=1"]
         var environment = ProcessInfo.processInfo.environment
         (environment["PATH"], environment["SLURM_JOB_ID"], environment["SLURM_SUBMIT_DIR"]) = (bin.path + ":" + (environment["PATH"] ?? ""), "4242", packageRoot.path)
-        p.environment = environment
+        let p = processWithSignalsUnblocked("/bin/bash", [packageRoot.appendingPathComponent("Launch/slurm.sbatch").path, "diffusion"] + smoke
+            + ["--latents", smokeStage1.latents, "--autoencoder", smokeStage1.autoencoder, "--run-dir", run, "--steps", "100000", "--batch-size", "4",
+               "--set", "diffusion.training.log_every=1"], environment: environment)
         let out = Pipe()
         (p.standardOutput, p.standardError) = (out, out)
         try p.run()
