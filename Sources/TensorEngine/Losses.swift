@@ -1,4 +1,6 @@
-/// Reconstruction losses and the KL term of a diagonal Gaussian posterior.
+import Foundation
+
+/// Reconstruction losses, the KL term of a diagonal Gaussian posterior, and cross-entropy.
 
 /// Mean absolute error mean|x − y| (a scalar); gradients flow to both.
 public func l1Loss(_ x: Tensor, _ y: Tensor) -> Tensor {
@@ -98,4 +100,40 @@ extension Tensor {
         }
         return out
     }
+}
+
+/// Cross-entropy of each row of `logits` [N, K] against the class `targets[n]`:
+/// logsumexp(row) − row[target] → [N]. The backward is softmax(row) − onehot(target),
+/// computed from the row itself, so no probability is ever logged (a row whose target
+/// has underflowed to probability 0 still gives a finite loss and gradient).
+public func crossEntropy(_ logits: Tensor, targets: [Int]) -> Tensor {
+    precondition(logits.rank == 2 && logits.shape[0] == targets.count, "crossEntropy: logits \(logits.shape) for \(targets.count) targets")
+    let (n, k) = (logits.shape[0], logits.shape[1]), px = logits.pointer
+    precondition(targets.allSatisfy { (0..<k).contains($0) }, "crossEntropy: a target outside 0..<\(k)")
+    let out = Tensor(uninitialized: [n])
+    var maxima = [Float](repeating: 0, count: n), sums = [Double](repeating: 0, count: n)
+    for r in 0..<n {
+        let row = px + r * k
+        var m = -Float.infinity
+        for j in 0..<k { m = max(m, row[j]) }
+        var s = 0.0
+        for j in 0..<k { s += Double(Foundation.exp(row[j] - m)) }
+        (maxima[r], sums[r]) = (m, s)
+        out.pointer[r] = Float(Double(m) + Foundation.log(s) - Double(row[targets[r]]))
+    }
+    if Tape.needsGrad(logits) {
+        Tape.record(out, inputs: [logits]) { g in
+            logits.withGradient { d, accumulate in
+                for r in 0..<n {
+                    let row = px + r * k, gr = g.pointer[r]
+                    for j in 0..<k {
+                        let p = Float(Double(Foundation.exp(row[j] - maxima[r])) / sums[r])
+                        let v = gr * (p - (j == targets[r] ? 1 : 0))
+                        if accumulate { d[r * k + j] += v } else { d[r * k + j] = v }
+                    }
+                }
+            }
+        }
+    }
+    return out
 }

@@ -136,6 +136,7 @@ let opCases: [OpCase] = [
         let y = Tensor(shape: x.shape, scalars: (0..<x.count).map { x.scalars[$0] + (sign.scalars[$0] > 0 ? 1 : -1) * offset.scalars[$0] })
         return [x, y]
     }) { l1Loss($0[0], $0[1]) },
+    OpCase("cross entropy", shapes: [[5, 7]], tiny: [[2, 3]]) { x in crossEntropy(x[0], targets: (0..<x[0].shape[0]).map { $0 % x[0].shape[1] }) },
     OpCase("mse loss", shapes: [[4, 5, 6], [4, 5, 6]], tiny: [[2, 3], [2, 3]]) { mseLoss($0[0], $0[1]) },
     OpCase("KL of diagonal Gaussian", shapes: [[3, 2, 2, 4], [3, 2, 2, 4]], tiny: [[2, 1, 1, 2], [2, 1, 1, 2]]) {
         klDiagonalGaussian(mean: $0[0], logvar: $0[1])

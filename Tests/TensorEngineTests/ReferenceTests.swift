@@ -107,6 +107,21 @@ struct ReferenceTests {
         #expect(rowSums.allSatisfy { abs($0 - 1) < 1e-5 })
     }
 
+    @Test("cross-entropy is logsumexp − the target's logit, finite for logits far apart (a target of probability e^−300)")
+    func crossEntropyReference() {
+        let x = randn([4, 9], 1, scale: 3), targets = [0, 8, 3, 3]
+        let y = crossEntropy(x, targets: targets)
+        let reference = (0..<4).map { r -> Double in
+            let row = (0..<9).map { Double(x.pointer[r * 9 + $0]) }
+            return log(row.map { exp($0) }.reduce(0, +)) - row[targets[r]]
+        }
+        #expect(isClose(y, reference, rtol: 1e-5, atol: 1e-5))
+        let far = Tensor(shape: [1, 2], scalars: [300, 0], requiresGrad: true)
+        let loss = crossEntropy(far, targets: [1])
+        loss.backward()
+        #expect(abs(loss.item - 300) < 1e-3 && far.grad!.scalars == [1, -1])
+    }
+
     @Test("attention matches softmax(q kᵀ/√d) v")
     func attentionReference() {
         let q = randn([4, 16, 32], 1), k = randn([4, 9, 32], 2), v = randn([4, 9, 8], 3)
