@@ -41,6 +41,21 @@ public struct Context {
     public var keyMask: KeyMask?
     public init(tokens: Tensor, keyMask: KeyMask? = nil) { (self.tokens, self.keyMask) = (tokens, keyMask) }
 
+    /// The samples `rows` of the batch.
+    public func rows(_ rows: Range<Int>) -> Context {
+        Context(tokens: tokens.slice(axis: 0, rows), keyMask: keyMask.map { m in
+            KeyMask(samples: rows.count, keys: m.keys, valid: Array(m.valid[(rows.lowerBound * m.keys)..<(rows.upperBound * m.keys)]))
+        })
+    }
+
+    /// Batches one after another (all with a mask or all without).
+    public static func joined(_ parts: [Context]) -> Context {
+        let masks = parts.compactMap(\.keyMask)
+        precondition(masks.isEmpty || masks.count == parts.count, "Context.joined: some parts have a key mask and some do not")
+        return Context(tokens: parts.count == 1 ? parts[0].tokens : concat(parts.map(\.tokens), axis: 0),
+                       keyMask: masks.isEmpty ? nil : masks.dropFirst().reduce(masks[0], +))
+    }
+
     /// The mean of each sample's real tokens → [N, D] (the `adm` vector).
     public var pooled: Tensor {
         let (n, s, d) = (tokens.shape[0], tokens.shape[1], tokens.shape[2])

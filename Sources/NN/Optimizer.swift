@@ -32,28 +32,51 @@ public final class Adam {
         v = Tensor(zeros: [arena.count])
     }
 
+    /// A run of the arena stepped with its own learning rate and bias-correction step
+    /// (a parameter group's multiplier; a flow's context layers, which only its steps update).
+    public struct Segment: Equatable, Sendable {
+        public var range: Range<Int>
+        public var lr: Double
+        /// Updates this run has had, this one included (t in its bias corrections).
+        public var step: Int
+        public init(range: Range<Int>, lr: Double, step: Int) { (self.range, self.lr, self.step) = (range, lr, step) }
+    }
+
     /// One update with learning rate `lr` from the arena's gradients.
     public func update(lr: Double) {
         step += 1
+        update(segments: [Segment(range: 0..<arena.count, lr: lr, step: step)])
+    }
+
+    /// One update of the given runs of the arena only (the rest keep their values and
+    /// moments, as PyTorch's Adam skips a parameter without a gradient). `step` counts
+    /// optimizer steps and is the caller's to advance.
+    public func update(segments: [Segment]) {
         let b1 = Float(settings.beta1), b2 = Float(settings.beta2), eps = Float(settings.eps)
-        let c1 = 1 - pow(settings.beta1, Double(step)), c2 = 1 - pow(settings.beta2, Double(step))
-        // p −= lr/c1 · m / (√v/√c2 + eps), the bias corrections folded into two scalars
-        // (1/√c2 as a factor: one vector division per element, not two).
-        let stepSize = Float(lr / c1), inverseRootC2 = Float(1 / c2.squareRoot())
-        let wd = Float(settings.weightDecay), decay = Float(1 - lr * settings.weightDecay)
-        // Adam's L2 term joins the gradient; AdamW's decay scales the weight (by 1 otherwise: exact).
-        let l2 = settings.decoupled ? 0 : wd, keep = settings.decoupled && wd != 0 ? decay : 1
         let p = arena.values.pointer, g = arena.gradients.pointer, pm = m.pointer, pv = v.pointer
-        // A scalar loop, which LLVM vectorises (SIMD8's squareRoot() takes the
-        // root lane by lane, through libm).
-        parallelFor(arena.count, grain: 1 << 16) { range in
-            for i in range {
-                let gi = g[i] + l2 * p[i]
-                let mi = b1 * pm[i] + (1 - b1) * gi
-                let vi = b2 * pv[i] + (1 - b2) * gi * gi
-                pm[i] = mi
-                pv[i] = vi
-                p[i] = p[i] * keep - stepSize * mi / (vectorizableSquareRoot(vi) * inverseRootC2 + eps)
+        for segment in segments where !segment.range.isEmpty {
+            precondition(segment.step >= 1 && segment.range.upperBound <= arena.count, "Adam: segment \(segment) outside the arena or unstepped")
+            let lr = segment.lr
+            let c1 = 1 - pow(settings.beta1, Double(segment.step)), c2 = 1 - pow(settings.beta2, Double(segment.step))
+            // p −= lr/c1 · m / (√v/√c2 + eps), the bias corrections folded into two scalars
+            // (1/√c2 as a factor: one vector division per element, not two).
+            let stepSize = Float(lr / c1), inverseRootC2 = Float(1 / c2.squareRoot())
+            let wd = Float(settings.weightDecay), decay = Float(1 - lr * settings.weightDecay)
+            // Adam's L2 term joins the gradient; AdamW's decay scales the weight (by 1 otherwise: exact).
+            let l2 = settings.decoupled ? 0 : wd, keep = settings.decoupled && wd != 0 ? decay : 1
+            let base = segment.range.lowerBound
+            // A scalar loop, which LLVM vectorises (SIMD8's squareRoot() takes the
+            // root lane by lane, through libm).
+            parallelFor(segment.range.count, grain: 1 << 16) { range in
+                for j in range {
+                    let i = base + j
+                    let gi = g[i] + l2 * p[i]
+                    let mi = b1 * pm[i] + (1 - b1) * gi
+                    let vi = b2 * pv[i] + (1 - b2) * gi * gi
+                    pm[i] = mi
+                    pv[i] = vi
+                    p[i] = p[i] * keep - stepSize * mi / (vectorizableSquareRoot(vi) * inverseRootC2 + eps)
+                }
             }
         }
     }

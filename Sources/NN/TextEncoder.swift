@@ -33,8 +33,8 @@ public final class PreNormLayer: Module {
         (norm, self.attention, self.feedForward) = (LayerNorm(dim), attention, feedForward)
     }
 
-    /// x + block(norm(x)).
-    func callAsFunction(_ x: Tensor, keyMask: KeyMask) -> Tensor {
+    /// x + block(norm(x)); `keyMask` nil: every token is real.
+    func callAsFunction(_ x: Tensor, keyMask: KeyMask?) -> Tensor {
         let h = norm(x)
         return x + (attention.map { $0(h, keyMask: keyMask) } ?? feedForward!(h))
     }

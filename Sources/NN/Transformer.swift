@@ -84,6 +84,8 @@ public final class SpatialTransformer: TimestepLayer {
     let projIn: Conv2D
     let transformerBlocks: [BasicTransformerBlock]
     let projOut: Conv2D
+    /// The feature map's channels (not a parameter).
+    let channels: Int
 
     public init(_ channels: Int, heads: Int, headChannels: Int, depth: Int, contextDim: Int?, _ initializer: ParameterInitializer) {
         let inner = heads * headChannels
@@ -92,6 +94,7 @@ public final class SpatialTransformer: TimestepLayer {
         transformerBlocks = (0..<depth).map { _ in BasicTransformerBlock(inner, heads: heads, headChannels: headChannels,
                                                                          contextDim: contextDim, initializer) }
         projOut = Conv2D(inner, channels, kernel: 1, zeroInit: true, initializer)
+        self.channels = channels
     }
 
     override public func forward(_ x: Tensor, emb: Tensor, context: Context?) -> Tensor {

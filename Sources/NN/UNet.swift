@@ -102,6 +102,10 @@ public final class UNetModel: Module {
     let outNorm: GroupNorm, outConv: Conv2D
     /// The `adm` vector's MLP into the time embedding (label_emb.0.0, label_emb.0.2).
     let labelEmb0: Linear?, labelEmb2: Linear?
+    /// The keys of the SpatialTransformers (the context layers), in declaration order,
+    /// and each one's position in that list.
+    public let slotKeys: [String]
+    let slotIndex: [ObjectIdentifier: Int]
     override public class var keys: [String: String] {
         ["timeEmbed0": "time_embed.0", "timeEmbed2": "time_embed.2", "outNorm": "out.0", "outConv": "out.2",
          "labelEmb0": "label_emb.0.0", "labelEmb2": "label_emb.0.2"]
@@ -116,9 +120,12 @@ public final class UNetModel: Module {
         timeEmbed2 = Linear(embedding, embedding, initializer)
         labelEmb0 = admChannels.map { Linear($0, embedding, initializer) }
         labelEmb2 = admChannels.map { _ in Linear(embedding, embedding, initializer) }
-        func transformer(_ ch: Int) -> SpatialTransformer {
-            SpatialTransformer(ch, heads: ch / a.numHeadChannels, headChannels: a.numHeadChannels, depth: a.transformerDepth,
-                               contextDim: contextDim, initializer)
+        var slots: [(key: String, layer: SpatialTransformer)] = []
+        func transformer(_ ch: Int, at key: String) -> SpatialTransformer {
+            let t = SpatialTransformer(ch, heads: ch / a.numHeadChannels, headChannels: a.numHeadChannels, depth: a.transformerDepth,
+                                       contextDim: contextDim, initializer)
+            slots.append((key, t))
+            return t
         }
         var input: [[TimestepLayer]] = [[InputConv(Conv2D(a.inChannels, mc, kernel: 3, initializer))]]
         var skipChannels = [mc], ch = mc, ds = 1
@@ -126,7 +133,7 @@ public final class UNetModel: Module {
             for _ in 0..<a.numResBlocks {
                 var layers: [TimestepLayer] = [ResBlock(ch, mult * mc, embedding: embedding, initializer)]
                 ch = mult * mc
-                if a.attentionResolutions.contains(ds) { layers.append(transformer(ch)) }
+                if a.attentionResolutions.contains(ds) { layers.append(transformer(ch, at: "input_blocks.\(input.count).1")) }
                 input.append(layers)
                 skipChannels.append(ch)
             }
@@ -137,14 +144,14 @@ public final class UNetModel: Module {
             }
         }
         inputBlocks = input
-        middleBlock = [ResBlock(ch, ch, embedding: embedding, initializer), transformer(ch),
+        middleBlock = [ResBlock(ch, ch, embedding: embedding, initializer), transformer(ch, at: "middle_block.1"),
                        ResBlock(ch, ch, embedding: embedding, initializer)]
         var output: [[TimestepLayer]] = []
         for (level, mult) in a.channelMult.enumerated().reversed() {
             for i in 0...a.numResBlocks {
                 var layers: [TimestepLayer] = [ResBlock(ch + skipChannels.removeLast(), mc * mult, embedding: embedding, initializer)]
                 ch = mc * mult
-                if a.attentionResolutions.contains(ds) { layers.append(transformer(ch)) }
+                if a.attentionResolutions.contains(ds) { layers.append(transformer(ch, at: "output_blocks.\(output.count).1")) }
                 if level > 0 && i == a.numResBlocks {
                     layers.append(UNetUpsample(ch, initializer))
                     ds /= 2
@@ -153,25 +160,73 @@ public final class UNetModel: Module {
             }
         }
         outputBlocks = output
+        slotKeys = slots.map(\.key)
+        slotIndex = Dictionary(uniqueKeysWithValues: slots.enumerated().map { (ObjectIdentifier($0.element.layer), $0.offset) })
         outNorm = GroupNorm(ch, eps: 1e-5)
         outConv = Conv2D(mc, a.outChannels, kernel: 3, zeroInit: true, initializer)
     }
 
     /// `adm`: [N, adm channels], added to the time embedding through label_emb.
     public func callAsFunction(_ x: Tensor, timesteps: [Int], context: Context?, adm: Tensor? = nil) -> Tensor {
+        self(x, timesteps: timesteps, routes: context.map { [ContextRoute(layers: nil, context: $0)] } ?? [], adm: adm)
+    }
+
+    /// ε̂ with each context layer taken from the routes: one route, that set's layer
+    /// attends to its context; several, their residuals are mixed by weight (h + Σ wₖ·Δₖ,
+    /// Versatile Diffusion's attention mixing); none, the layers attend to themselves.
+    public func callAsFunction(_ x: Tensor, timesteps: [Int], routes: [ContextRoute], adm: Tensor? = nil) -> Tensor {
         var emb = timeEmbed2(silu(timeEmbed0(timestepEmbedding(timesteps, channels: architecture.modelChannels))))
         if let adm, let labelEmb0, let labelEmb2 { emb = emb + labelEmb2(silu(labelEmb0(adm))) }
+        func apply(_ layer: TimestepLayer, _ h: Tensor) -> Tensor {
+            guard let slot = slotIndex[ObjectIdentifier(layer)], !routes.isEmpty else { return layer.forward(h, emb: emb, context: routes.first?.context) }
+            func output(_ r: ContextRoute) -> Tensor { (r.layers?.layers[slot] ?? layer).forward(h, emb: emb, context: r.context) }
+            if routes.count == 1 { return output(routes[0]) }
+            return routes.reduce(h) { mixed, r in mixed + (output(r) - h).scaled(by: r.weight) }
+        }
         var h = x, skips: [Tensor] = []
         for block in inputBlocks {
-            for layer in block { h = layer.forward(h, emb: emb, context: context) }
+            for layer in block { h = apply(layer, h) }
             skips.append(h)
         }
-        for layer in middleBlock { h = layer.forward(h, emb: emb, context: context) }
+        for layer in middleBlock { h = apply(layer, h) }
         for block in outputBlocks {
             h = concat([h, skips.removeLast()], axis: -1)
-            for layer in block { h = layer.forward(h, emb: emb, context: context) }
+            for layer in block { h = apply(layer, h) }
         }
         return outConv(outNorm(h, thenSiLU: true))
+    }
+}
+
+/// Which context-layer set attends to which context, and with what weight when several
+/// are mixed. `layers` nil: the UNet's own SpatialTransformers.
+public struct ContextRoute {
+    public var layers: ContextLayers?
+    public var context: Context
+    public var weight: Float
+    public init(layers: ContextLayers?, context: Context, weight: Float = 1) { (self.layers, self.context, self.weight) = (layers, context, weight) }
+}
+
+/// A set of context layers: a SpatialTransformer of the same shape at every position
+/// where the UNet has one, keyed as there (`input_blocks.1.1`, `middle_block.1`, ...).
+/// A multi-flow diffuser keeps one set per context type.
+public final class ContextLayers: Module {
+    let layers: [SpatialTransformer]
+    let slotKeys: [String]
+    override public var explicitChildren: [(String, Any)]? { zip(slotKeys, layers).map { ($0, $1 as Any) } }
+
+    /// A new set shaped like `unet`'s transformers, attending to contexts of `contextDim`.
+    public init(like unet: UNetModel, contextDim: Int, _ initializer: ParameterInitializer) {
+        let a = unet.architecture
+        var ordered = [SpatialTransformer?](repeating: nil, count: unet.slotKeys.count)
+        for block in unet.inputBlocks + [unet.middleBlock] + unet.outputBlocks {
+            for case let t as SpatialTransformer in block {
+                ordered[unet.slotIndex[ObjectIdentifier(t)]!] = SpatialTransformer(
+                    t.channels, heads: t.channels / a.numHeadChannels, headChannels: a.numHeadChannels, depth: a.transformerDepth,
+                    contextDim: contextDim, initializer)
+            }
+        }
+        layers = ordered.map { $0! }
+        slotKeys = unet.slotKeys
     }
 }
 
