@@ -55,6 +55,7 @@ struct PipelineCommand: ParsableCommand {
         let loaded = try ConfigLoader.load(config, overrides: (seed.map { ["seed=\($0)"] } ?? []) + overrides)
         try Training.validate(loaded)
         try validateDiffusion(loaded)
+        if loaded.diffusion.diffuser == .multiFlow { try validateContextEncoders(loaded) }
         if loaded.pipeline.lastStage >= .diffusion {   // before stage 1, not after it
             try ImageTask.checkChannels(loaded.diffusion, autoencoder: loaded.autoencoder.model)
         }
@@ -121,6 +122,22 @@ struct Autoencoder: ParsableCommand {
     }
 }
 
+struct ContextEncodersCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "context-encoders",
+        abstract: "Train a multi-flow diffuser's text and image context encoders (contrastive, on image–caption pairs).",
+        discussion: "Symmetric InfoNCE over the global batch at any rank count; ends with image↔caption retrieval on the test split.")
+    @OptionGroup var training: TrainingOptions
+    @Option(help: "Dataset file (default: the config's data.path).") var data: String?
+    @Option(name: .customLong("run-dir"), help: "Run directory.") var runDir = "Checkpoints/context-encoders"
+    func run() throws {
+        let config = try training.load(stage: "context_encoders", data: data)
+        var options = RunOptions(runDirectory: runDir)
+        options.resume = training.resume
+        try distributed { comm in try ContextEncoderTrainer(config: config, options: options, communicator: comm).run() }
+    }
+}
+
 struct Encode: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Write the latent cache z = E(x).")
     @Option(help: "Autoencoder run directory (its newest valid checkpoint) or step directory.") var autoencoder: String
@@ -140,6 +157,8 @@ struct Diffusion: ParsableCommand {
     @Option(help: "Latent cache directory (default: the config's diffusion.latents).") var latents: String?
     @Option(help: "The autoencoder run the cache came from: checked against the cache, and decodes the sample grids.")
     var autoencoder = "Checkpoints/autoencoder"
+    @Option(name: .customLong("context-encoders"), help: "A multi-flow diffuser: the context-encoders run its contexts come from.")
+    var contextEncoders = "Checkpoints/context-encoders"
     @Option(name: .customLong("run-dir"), help: "Run directory.") var runDir = "Checkpoints/diffusion"
     func run() throws {
         var config = try training.load(stage: "diffusion")
@@ -147,7 +166,13 @@ struct Diffusion: ParsableCommand {
         var options = RunOptions(runDirectory: runDir)
         options.resume = training.resume
         let ae = FileManager.default.fileExists(atPath: autoencoder) ? autoencoder : nil
-        try distributed { comm in try DiffusionTrainer(config: config, options: options, autoencoder: ae, communicator: comm).run() }
+        try distributed { comm in
+            if config.diffusion.diffuser == .multiFlow {
+                try VersatileTrainer(config: config, options: options, autoencoder: ae, contextEncoders: contextEncoders, communicator: comm).run()
+            } else {
+                try DiffusionTrainer(config: config, options: options, autoencoder: ae, communicator: comm).run()
+            }
+        }
     }
 }
 
@@ -165,7 +190,13 @@ struct Sample: ParsableCommand {
     var input: [String] = []
     @Option(help: "Inpainting: the mask of each --input (white: the hole to fill, black: kept; grey thresholded at 50%).")
     var mask: [String] = []
-    @Option(name: .customLong("from-test"), help: "An image task on the first N test images (with their references).") var fromTest: Int?
+    @Option(name: .customLong("from-test"), help: "An image task on the first N test images (with their references); a multi-flow diffuser: their variations.")
+    var fromTest: Int?
+    @Option(name: .customLong("image-variation"), help: "A multi-flow diffuser: variations of this image (repeatable; the image encoder's size).")
+    var imageVariation: [String] = []
+    @Option(help: "A multi-flow diffuser, dual guidance: the image mixed with each --prompt (one per prompt).") var image: [String] = []
+    @Option(help: "Dual guidance: the image context's weight in [0, 1] (the text's is 1 − mix).") var mix: Double?
+    @Option(name: .customLong("context-encoders"), help: "A multi-flow diffuser's context-encoders run.") var contextEncoders = "Checkpoints/context-encoders"
     @Option(help: "ddim or ddpm (default: the config's).") var sampler: SamplerKind?
     @Option(help: "Sampling steps (DDIM; DDPM uses all T).") var steps: Int?
     @Option(help: "DDIM η (0: deterministic).") var eta: Double?
@@ -187,6 +218,7 @@ struct Sample: ParsableCommand {
         }
         (r.prompts, r.promptsFile) = (prompt, promptsFile)
         (r.task, r.inputs, r.masks, r.fromTest) = (task, input, mask, fromTest)
+        (r.imageVariations, r.images, r.mix, r.contextEncoders) = (imageVariation, image, mix, contextEncoders)
         let imageTask = task != nil || !input.isEmpty || fromTest != nil
         (r.count, r.sampler, r.steps, r.eta, r.guidance, r.seed) = (count ?? (imageTask ? 1 : 8), sampler, steps, eta, guidance, seed)
         (r.useEMA, r.out, r.latentsOut, r.imagesOut) = (!noEMA, out, latentsOut, imagesOut)

@@ -11,10 +11,15 @@ public struct Config: Codable, Equatable, Sendable {
     public var data = DataConfig()
     public var autoencoder = AutoencoderStageConfig()
     public var diffusion = DiffusionStageConfig()
+    /// Versatile Diffusion's frozen text and image encoders (a multi-flow diffuser's contexts).
+    public var contextEncoders = ContextEncodersStageConfig()
     public var distributed = DistributedConfig()
     public var pipeline = PipelineConfig()
 
     public init() {}
+    enum CodingKeys: String, CodingKey {
+        case seed, data, autoencoder, diffusion, contextEncoders = "context_encoders", distributed, pipeline
+    }
 }
 
 public struct DataConfig: Codable, Equatable, Sendable {
@@ -68,7 +73,10 @@ public struct DataConfig: Codable, Equatable, Sendable {
 
 /// The stages of `ldm-train pipeline`, in order.
 public enum PipelineStage: String, Codable, Sendable, CaseIterable, Comparable {
-    case prepare, autoencoder, encode, diffusion, sample
+    case prepare, autoencoder, encode
+    /// A multi-flow diffuser's context encoders (skipped for a single-flow model).
+    case contextEncoders = "context_encoders"
+    case diffusion, sample
     public static func < (a: Self, b: Self) -> Bool { allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)! }
 }
 
@@ -113,10 +121,102 @@ public struct DiffusionStageConfig: Codable, Equatable, Sendable {
         return t
     }()
     public var sampling = SamplingConfig()
+    /// One flow (`single`: CompVis's LatentDiffusion, conditioned as `conditioning` says) or
+    /// Versatile Diffusion's multi-flow diffuser over the context encoders' contexts.
+    public var diffuser = DiffuserKind.single
+    /// multi_flow: the flows trained, in the order of the schedule (each runs `steps`
+    /// consecutive optimizer steps, then the next, round and round).
+    public var flows = [FlowConfig(context: .text), FlowConfig(context: .image)]
+    /// multi_flow: the learning rate of each parameter group is the stage's × this.
+    public var lrMultipliers = GroupMultipliers()
 
     enum CodingKeys: String, CodingKey {
         case name, latents, model, conditioning, task, schedule, prediction, pUncond = "p_uncond", emaDecay = "ema_decay", optimizer, training, sampling
+        case diffuser, flows, lrMultipliers = "lr_multipliers"
     }
+}
+
+/// What stage 2 trains (`diffusion.diffuser`).
+public enum DiffuserKind: String, Codable, Sendable, CaseIterable {
+    /// One UNet for one flow (CompVis's LatentDiffusion).
+    case single
+    /// Versatile Diffusion's diffuser: global, data and per-context-type context layers, several flows.
+    case multiFlow = "multi_flow"
+}
+
+/// One flow of a multi-flow diffuser (`diffusion.flows[i]`): image data attending to
+/// this context type.
+public struct FlowConfig: Codable, Equatable, Sendable {
+    public var context: ContextType
+    /// Its loss is multiplied by this.
+    public var weight = 1.0
+    /// Consecutive optimizer steps it takes each turn of the schedule.
+    public var steps = 1
+    /// Probability of its null context in training (nil: diffusion.p_uncond).
+    public var pUncond: Double?
+
+    public init(context: ContextType) { self.context = context }
+    enum CodingKeys: String, CodingKey, CaseIterable { case context, weight, steps, pUncond = "p_uncond" }
+
+    public init(from decoder: Swift.Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let other = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue)
+            .filter { key in !CodingKeys.allCases.contains { $0.stringValue == key } }
+        if let key = other.first {
+            throw DecodingError.dataCorrupted(.init(codingPath: c.codingPath, debugDescription: "unknown key '\(key)' in a flow",
+                                                    underlyingError: UnknownKey(key: key, known: CodingKeys.allCases.map(\.stringValue))))
+        }
+        context = try c.decode(ContextType.self, forKey: .context)
+        weight = try c.decodeIfPresent(Double.self, forKey: .weight) ?? 1
+        steps = try c.decodeIfPresent(Int.self, forKey: .steps) ?? 1
+        pUncond = try c.decodeIfPresent(Double.self, forKey: .pUncond)
+    }
+}
+
+/// A key inside a list item that its type does not know (decoding fails with it).
+struct UnknownKey: Error {
+    let key: String, known: [String]
+}
+
+/// Any key of a mapping, to list the ones a type does not know.
+struct AnyKey: CodingKey {
+    var stringValue: String, intValue: Int?
+    init?(stringValue: String) { (self.stringValue, intValue) = (stringValue, nil) }
+    init?(intValue: Int) { (stringValue, self.intValue) = (String(intValue), intValue) }
+}
+
+/// The learning-rate multiplier of each parameter group of a multi-flow diffuser.
+public struct GroupMultipliers: Codable, Equatable, Sendable {
+    public var global = 1.0
+    public var data = 1.0
+    public var context = 1.0
+    public init() {}
+    public subscript(group: ParameterGroup) -> Double {
+        switch group {
+        case .global: return global
+        case .data: return data
+        case .context: return context
+        }
+    }
+}
+
+/// Versatile Diffusion's context encoders as a stage of their own (`context_encoders`):
+/// trained contrastively on the dataset's image–caption pairs, then frozen.
+public struct ContextEncodersStageConfig: Codable, Equatable, Sendable {
+    public var name = "clip-fmnist"
+    public var model = ContextEncoderArchitecture()
+    /// CLIP's optimiser: AdamW, β₂ 0.98, weight decay 0.2, warm-up and cosine decay.
+    public var optimizer: OptimizerConfig = {
+        var o = OptimizerConfig(baseLR: 2e-6, beta1: 0.9, beta2: 0.98)
+        (o.eps, o.weightDecay, o.decoupledWeightDecay, o.warmupSteps, o.lrDecay, o.minLRRatio) = (1e-6, 0.2, true, 100, .cosine, 0.05)
+        return o
+    }()
+    public var training: TrainingConfig = {
+        var t = TrainingConfig()
+        (t.steps, t.batchSize, t.logEvery, t.imageEvery, t.checkpointEvery, t.evalImages) = (1500, 128, 50, 1_000_000, 500, 2000)
+        return t
+    }()
+    enum CodingKeys: String, CodingKey { case name, model, optimizer, training }
 }
 
 /// What a latent diffusion model learns (`diffusion.task.kind`).

@@ -56,6 +56,10 @@ public enum ConfigLoader {
         } catch let DecodingError.typeMismatch(type, context) {
             throw ConfigError.wrongType(file: path, path: dotted(context.codingPath), expected: describe(type))
         } catch let DecodingError.dataCorrupted(context) {
+            if let unknown = context.underlyingError as? UnknownKey {   // in a list's item: the merge with the defaults cannot see it
+                let at = dotted(context.codingPath)
+                throw ConfigError.unknownKey(file: path, path: at + "." + unknown.key, suggestion: closest(unknown.key, unknown.known).map { at + "." + $0 })
+            }
             throw ConfigError.wrongType(file: path, path: dotted(context.codingPath), expected: "a valid value")
         } catch let DecodingError.valueNotFound(type, context) {
             throw ConfigError.wrongType(file: path, path: dotted(context.codingPath), expected: describe(type))

@@ -73,17 +73,9 @@ public final class DiffusionTrainer: TrainingStage {
             (images, imageTask) = (nil, nil)
         }
         schedule = s.schedule.schedule
-        var tokenizer: BPETokenizer?
-        if s.conditioning.kind == .text {   // learned from the captions the same way on every rank
-            let captions = cache.captions ?? []
-            let t = BPETokenizer.learn(from: captions, vocabularySize: s.conditioning.text.vocabSize, maxLength: s.conditioning.text.maxSeqLen)
-            let cut = captions.filter { t.encode($0).truncated }.count
-            if cut > 0 {
-                log.say("tokenizer: \(cut) of \(captions.count) captions are longer than max_seq_len \(t.maxLength) tokens and are cut "
-                        + "(diffusion.conditioning.text.max_seq_len)")
-            }
-            tokenizer = t
-        }
+        // learned from the captions the same way on every rank
+        let tokenizer = s.conditioning.kind == .text
+            ? learnTokenizer(cache.captions ?? [], s.conditioning.text, log: log, key: "diffusion.conditioning.text.max_seq_len") : nil
         step = DiffusionStep(config: s, tokenizer: tokenizer, seed: config.seed)
     }
 
@@ -146,35 +138,15 @@ public final class DiffusionTrainer: TrainingStage {
     func prefetch(_ indices: [Int]) { images?.train.prefetch(indices.map { Int(cache.sourceIndex[$0]) }) }
 
     func microBatch(_ indices: [Int], epoch: Int, scale: Float, step number: Int) throws -> [(String, Tally)] {
-        let a = stageConfig.model, (c, s) = (a.latentChannels, a.imageSize), per = c * s * s
-        let n = indices.count, sf = Float(cache.info.scaleFactor), T = schedule.timesteps
-        let z0 = Tensor(uninitialized: [n, s, s, c]), noise = Tensor(uninitialized: [n, s, s, c])
-        var times: [Int] = [], batchConditions: [Condition] = []
-        var draw = [Float](repeating: 0, count: per)
-        for (b, index) in indices.enumerated() {
-            sampleStream(seed: config.seed, .posterior, epoch: epoch, index: index).fillNormal(&draw, count: per)
-            for ch in 0..<c { for y in 0..<s { for x in 0..<s {   // NCHW cache → NHWC, z = (μ + σ ε)·scale
-                let src = index * per + (ch * s + y) * s + x, nhwc = ((y * s) + x) * c + ch
-                z0.pointer[b * per + nhwc] = (cache.mean[src] + exp(0.5 * cache.logvar[src]) * draw[(ch * s + y) * s + x]) * sf
-            } } }
-            sampleStream(seed: config.seed, .diffusionNoise, epoch: epoch, index: index).fillNormal(noise.pointer + b * per, count: per)
-            var u: [Float] = [0, 0]
-            sampleStream(seed: config.seed, .diffusionTime, epoch: epoch, index: index).fillUniform(&u, count: 2)
-            times.append(min(T - 1, Int(u[0] * Float(T))))
-            batchConditions.append(u[1] < Float(stageConfig.pUncond) ? .none : conditions[index])
-        }
+        let batch = LatentBatch(cache, indices: indices, epoch: epoch, seed: config.seed, timesteps: schedule.timesteps, pUncond: stageConfig.pUncond)
+        let batchConditions = zip(indices, batch.dropped).map { $1 ? Condition.none : conditions[$0] }
         var concat: Tensor?
         if let imageTask, let images {   // the condition of the row's image, its mask drawn for this epoch
             let x = try images.train.images(indices.map { Int(cache.sourceIndex[$0]) }, epoch: nil)
             concat = imageTask.concat(imageTask.condition(for: x, indices: indices, epoch: epoch, seed: config.seed))
         }
-        let losses = step.accumulate(z0: z0, noise: noise, times: times, conditions: batchConditions, concat: concat, scale: scale)
-        var out: [(String, Tally)] = [("loss", Tally(sum: losses.reduce(0, +), count: Double(n)))]
-        for q in 0..<4 {   // the loss by quarter of the time range
-            let mine = zip(times, losses).filter { $0.0 * 4 / T == q }.map(\.1)
-            out.append(("loss_t\(q * T / 4)-\((q + 1) * T / 4 - 1)", Tally(sum: mine.reduce(0, +), count: Double(mine.count))))
-        }
-        return out
+        let losses = step.accumulate(z0: batch.z0, noise: batch.noise, times: batch.times, conditions: batchConditions, concat: concat, scale: scale)
+        return batch.tallies(losses)
     }
 
     /// A grid of EMA samples, one row per class or prompt (one row for an
@@ -203,21 +175,12 @@ public final class DiffusionTrainer: TrainingStage {
     /// rank a contiguous share; rank 0 gathers and decodes them (nil on the other ranks).
     func sampleShared(_ conditions: [Condition], concat: Tensor?, decoder: FrozenAutoencoder) throws -> Tensor? {
         let sampler = try LatentSampler(model: model, stage: stageConfig, sampling: stageConfig.sampling)
-        let share = { (r: Int) in (r * conditions.count / self.comm.size)..<((r + 1) * conditions.count / self.comm.size) }
-        let mine = share(comm.rank), widest = (0..<comm.size).map { share($0).count }.max()!
-        let a = stageConfig.model, per = a.imageSize * a.imageSize * a.latentChannels
-        var values = [Float](repeating: 0, count: widest * per)
-        if !mine.isEmpty {
-            let latents = withValues(step.ema.shadow, in: arena) {
+        let latents = try Training.sampleShared(count: conditions.count, stage: stageConfig, communicator: comm) { mine in
+            withValues(step.ema.shadow, in: arena) {
                 sampler.sample(conditions: Array(conditions[mine]), concat: concat?.slice(axis: 0, mine), firstIndex: mine.lowerBound)
             }
-            values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: latents.pointer, count: latents.count) }
         }
-        let gathered = try comm.allGather(values: values)
-        guard comm.isRoot else { return nil }
-        let latents = Tensor(shape: [conditions.count, a.imageSize, a.imageSize, a.latentChannels],
-                             scalars: (0..<comm.size).flatMap { r in gathered[(r * widest * per)..<((r * widest + share(r).count) * per)] })
-        return LatentSampler.decode(latents, scaleFactor: cache.info.scaleFactor, autoencoder: decoder.model)
+        return latents.map { LatentSampler.decode($0, scaleFactor: cache.info.scaleFactor, autoencoder: decoder.model) }
     }
 
     /// An image task's model against its baseline on the test split (EMA weights).
@@ -234,10 +197,52 @@ public final class DiffusionTrainer: TrainingStage {
     }
 }
 
+/// A micro-batch's diffusion inputs from the latent cache, each sample's from its own
+/// (seed, epoch, index) streams: z0 = (mean + exp(logvar/2)·ε)·scale_factor as NHWC,
+/// the noise, the time, and whether the sample's condition is dropped (probability p_uncond).
+struct LatentBatch {
+    let z0: Tensor, noise: Tensor
+    let times: [Int]
+    let dropped: [Bool]
+    let timesteps: Int
+
+    init(_ cache: LatentCache.Contents, indices: [Int], epoch: Int, seed: Int, timesteps T: Int, pUncond: Double) {
+        let (c, s) = (cache.info.channels, cache.info.height), per = c * s * s
+        let n = indices.count, sf = Float(cache.info.scaleFactor)
+        let z0 = Tensor(uninitialized: [n, s, s, c]), noise = Tensor(uninitialized: [n, s, s, c])
+        var times: [Int] = [], dropped: [Bool] = []
+        var draw = [Float](repeating: 0, count: per)
+        for (b, index) in indices.enumerated() {
+            sampleStream(seed: seed, .posterior, epoch: epoch, index: index).fillNormal(&draw, count: per)
+            for ch in 0..<c { for y in 0..<s { for x in 0..<s {   // NCHW cache → NHWC, z = (μ + σ ε)·scale
+                let src = index * per + (ch * s + y) * s + x, nhwc = ((y * s) + x) * c + ch
+                z0.pointer[b * per + nhwc] = (cache.mean[src] + exp(0.5 * cache.logvar[src]) * draw[(ch * s + y) * s + x]) * sf
+            } } }
+            sampleStream(seed: seed, .diffusionNoise, epoch: epoch, index: index).fillNormal(noise.pointer + b * per, count: per)
+            var u: [Float] = [0, 0]
+            sampleStream(seed: seed, .diffusionTime, epoch: epoch, index: index).fillUniform(&u, count: 2)
+            times.append(min(T - 1, Int(u[0] * Float(T))))
+            dropped.append(u[1] < Float(pUncond))
+        }
+        (self.z0, self.noise, self.times, self.dropped, timesteps) = (z0, noise, times, dropped, T)
+    }
+
+    /// The logged loss, and the loss by quarter of the time range.
+    func tallies(_ losses: [Double]) -> [(String, Tally)] {
+        let T = timesteps
+        var out: [(String, Tally)] = [("loss", Tally(sum: losses.reduce(0, +), count: Double(losses.count)))]
+        for q in 0..<4 {
+            let mine = zip(times, losses).filter { $0.0 * 4 / T == q }.map(\.1)
+            out.append(("loss_t\(q * T / 4)-\((q + 1) * T / 4 - 1)", Tally(sum: mine.reduce(0, +), count: Double(mine.count))))
+        }
+        return out
+    }
+}
+
 /// The rows of a grid: every class; the configured prompts or the first eight
 /// distinct training captions; or one unconditional row.
-func gridRows(_ stage: DiffusionStageConfig, captions: [String]) -> [Condition] {
-    switch stage.conditioning.kind {
+func gridRows(_ stage: DiffusionStageConfig, captions: [String], kind: ConditionKind? = nil) -> [Condition] {
+    switch kind ?? stage.conditioning.kind {
     case .none: return [.none]
     case .class: return (0..<stage.model.numClasses).map { .label($0) }
     case .text:
@@ -262,6 +267,22 @@ public func validateDiffusion(_ config: Config) throws {
     }
     guard d.pUncond >= 0 && d.pUncond < 1 else { throw ConfigError.invalid(path: "diffusion.p_uncond", reason: "must be in [0, 1)") }
     let c = d.conditioning
+    if d.diffuser == .multiFlow {
+        guard c.key == .crossattn, d.task.kind == .generation else {
+            throw ConfigError.invalid(path: "diffusion.diffuser", reason: "multi_flow attends to its contexts by cross-attention and generates "
+                                      + "images: it needs conditioning.key crossattn and task.kind generation")
+        }
+        guard !d.flows.isEmpty, Set(d.flows.map(\.context)).count == d.flows.count else {
+            throw ConfigError.invalid(path: "diffusion.flows", reason: "needs at least one flow and each context type once, got "
+                                      + d.flows.map(\.context.rawValue).joined(separator: ", "))
+        }
+        for (i, f) in d.flows.enumerated() where !(f.weight > 0) || f.steps < 1 || !((0..<1).contains(f.pUncond ?? 0)) {
+            throw ConfigError.invalid(path: "diffusion.flows[\(i)]", reason: "needs weight > 0, steps ≥ 1 and p_uncond in [0, 1)")
+        }
+        for group in ParameterGroup.allCases where !(d.lrMultipliers[group] >= 0) {
+            throw ConfigError.invalid(path: "diffusion.lr_multipliers.\(group.rawValue)", reason: "must be ≥ 0, got \(d.lrMultipliers[group])")
+        }
+    }
     if c.key.usesConcat != (d.task.kind != .generation) {
         throw ConfigError.invalid(path: "diffusion.conditioning.key", reason: c.key.usesConcat
             ? "\(c.key.rawValue) concatenates an image to z_t, and generation has none: set diffusion.task.kind super_resolution or inpainting, "

@@ -13,9 +13,12 @@ public enum Pipeline {
     public struct Layout: Sendable {
         public var autoencoderRun: String
         public var diffusionRun: String
-        /// Runs under `checkpoints/autoencoder` and `checkpoints/<diffusion>`.
+        /// A multi-flow diffuser's context encoders.
+        public var contextEncodersRun: String
+        /// Runs under `checkpoints/autoencoder`, `checkpoints/context-encoders` and `checkpoints/<diffusion>`.
         public init(checkpoints: String = "Checkpoints", diffusion: String = "diffusion") {
             autoencoderRun = checkpoints + "/autoencoder"
+            contextEncodersRun = checkpoints + "/context-encoders"
             diffusionRun = checkpoints + "/" + diffusion
         }
     }
@@ -56,6 +59,20 @@ public enum Pipeline {
             BufferPool.shared.trim()   // 256-image encoder batches: gigabytes the diffusion stage would never reuse
         }
         guard config.pipeline.lastStage > .encode else { return say("== done (pipeline.last_stage: encode): \(config.diffusion.latents)") }
+        // 3b. a multi-flow diffuser's context encoders, trained on the dataset's image–caption pairs
+        let multiFlow = config.diffusion.diffuser == .multiFlow
+        if multiFlow {
+            if let done = completedStep(layout.contextEncodersRun), done >= config.contextEncoders.training.steps {
+                say("== context encoders: complete at step \(done) in \(layout.contextEncodersRun), skipped")
+            } else {
+                say("== context encoders → \(layout.contextEncodersRun)")
+                try ContextEncoderTrainer(config: config, options: RunOptions(runDirectory: layout.contextEncodersRun), communicator: comm).run()
+                BufferPool.shared.trim()
+            }
+        }
+        guard config.pipeline.lastStage > .contextEncoders else {
+            return say("== done (pipeline.last_stage: context_encoders): \(multiFlow ? layout.contextEncodersRun : "nothing to do for a single-flow model")")
+        }
         // 4. diffusion, never continued or kept on latents of another autoencoder
         if let stale = try trainedOnOtherLatents(layout.diffusionRun, autoencoder: identity) {
             throw DataError("\(layout.diffusionRun) was trained on latents of autoencoder \(stale), but \(layout.autoencoderRun) is now \(identity) "
@@ -66,8 +83,13 @@ public enum Pipeline {
             say("== diffusion: complete at step \(done) in \(layout.diffusionRun), skipped")
         } else {
             say("== diffusion → \(layout.diffusionRun)")
-            try DiffusionTrainer(config: config, options: RunOptions(runDirectory: layout.diffusionRun), autoencoder: layout.autoencoderRun,
-                                 communicator: comm).run()
+            let options = RunOptions(runDirectory: layout.diffusionRun)
+            if multiFlow {
+                try VersatileTrainer(config: config, options: options, autoencoder: layout.autoencoderRun, contextEncoders: layout.contextEncodersRun,
+                                     communicator: comm).run()
+            } else {
+                try DiffusionTrainer(config: config, options: options, autoencoder: layout.autoencoderRun, communicator: comm).run()
+            }
         }
         guard config.pipeline.lastStage > .diffusion else { return say("== done (pipeline.last_stage: diffusion): \(layout.diffusionRun)") }
         // 5. sample: a grid and the images with their conditions, from the EMA weights (rank 0)
@@ -75,16 +97,27 @@ public enum Pipeline {
         if comm.isRoot {
             var request = SampleStage.Request(diffusion: layout.diffusionRun, autoencoder: layout.autoencoderRun)
             (request.count, request.out, request.imagesOut) = (config.diffusion.sampling.perClass, grid, images)
+            request.contextEncoders = layout.contextEncodersRun
+            var requests = [request]
             if config.diffusion.task.kind != .generation {   // an image task: one result for each of the first test images
-                (request.fromTest, request.count) = (config.diffusion.sampling.perClass, 1)
-            } else if config.diffusion.conditioning.kind == .text && config.diffusion.sampling.prompts.isEmpty {   // the training grid's captions
-                do {
+                (requests[0].fromTest, requests[0].count) = (config.diffusion.sampling.perClass, 1)
+            } else if multiFlow {   // each flow: the prompts' grid, and variations of the first test images
+                let flows = config.diffusion.flows.map(\.context)
+                var variations = request
+                (variations.fromTest, variations.out, variations.imagesOut) = (8, "\(layout.diffusionRun)/variations.png", "\(layout.diffusionRun)/variations.h5")
+                requests = (flows.contains(.text) ? [request] : []) + (flows.contains(.image) ? [variations] : [])
+            }
+            if config.diffusion.task.kind == .generation && config.diffusion.sampling.prompts.isEmpty
+                && (config.diffusion.conditioning.kind == .text || (multiFlow && config.diffusion.flows.contains { $0.context == .text })) {
+                do {   // the training grid's captions
                     let captions = try LatentCache.captions(config.diffusion.latents) ?? []
-                    request.prompts = gridRows(config.diffusion, captions: captions).map(\.caption)
+                    requests[0].prompts = gridRows(config.diffusion, captions: captions, kind: .text).map(\.caption)
                 } catch { problem = "\(error)" }
             }
-            say("== sample → \(grid), \(images)")
-            if problem.isEmpty { do { try SampleStage.run(request) } catch { problem = "\(error)" } }
+            for r in requests where problem.isEmpty {
+                say("== sample → \(r.out ?? ""), \(r.imagesOut ?? "")")
+                do { try SampleStage.run(r) } catch { problem = "\(error)" }
+            }
         }
         try waitForRoot(comm)
         problem = try comm.broadcast(problem)

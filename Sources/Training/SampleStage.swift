@@ -28,6 +28,13 @@ public enum SampleStage {
         /// An image task on the first N test images instead of --input.
         public var fromTest: Int?
         public var sampler: SamplerKind?, steps: Int?, eta: Double?, guidance: Double?, seed: Int?
+        /// A multi-flow diffuser's context encoders (its `context-encoders` run).
+        public var contextEncoders = "Checkpoints/context-encoders"
+        /// A multi-flow diffuser: images to make variations of (the image→image flow).
+        public var imageVariations: [String] = []
+        /// A multi-flow diffuser: dual guidance, one image per prompt, and the image context's weight.
+        public var images: [String] = []
+        public var mix: Double?
         public var useEMA = true
         public var out: String?
         public var latentsOut: String?
@@ -41,6 +48,14 @@ public enum SampleStage {
     /// Runs in one process (sampling is not split over ranks).
     public static func run(_ r: Request) throws {
         let say: (String) -> Void = { print($0); fflush(stdout) }
+        let resolved = try CheckpointStore.resolve(r.diffusion)
+        if try TrainedDiffusion.config(resolved).diffusion.diffuser == .multiFlow {
+            return try VersatileSampleStage.run(r, directory: resolved, say: say)
+        }
+        if !r.imageVariations.isEmpty || !r.images.isEmpty || r.mix != nil {
+            throw SamplingError(description: "\(resolved) is a single-flow model: --image-variation, --image and --mix are for a multi-flow "
+                                + "(Versatile Diffusion) diffuser")
+        }
         let trained = try TrainedDiffusion.load(r.diffusion, useEMA: r.useEMA)
         let (directory, stage) = (trained.directory, trained.stage)
         if let asked = r.task, asked != stage.task.kind {

@@ -1,5 +1,6 @@
 import Datasets
 import Diffusion
+import Distributed
 import Foundation
 import NN
 import Storage
@@ -16,11 +17,12 @@ public struct SamplingError: Error, CustomStringConvertible {
 /// noise of sample i is a pure function of (seed, i, step), so a sample does not
 /// depend on how many are drawn with it.
 public struct LatentSampler {
-    public let model: LatentDiffusionModel
+    /// A single-flow model (nil: the caller's predictor, as a multi-flow diffuser's).
+    public let model: LatentDiffusionModel?
     public let stage: DiffusionStageConfig
     public let sampling: SamplingConfig
 
-    public init(model: LatentDiffusionModel, stage: DiffusionStageConfig, sampling: SamplingConfig) throws {
+    public init(model: LatentDiffusionModel?, stage: DiffusionStageConfig, sampling: SamplingConfig) throws {
         (self.model, self.stage, self.sampling) = (model, stage, sampling)
         let T = stage.schedule.timesteps
         guard sampling.guidance >= 0 else { throw SamplingError(description: "--guidance must be ≥ 0, got \(sampling.guidance)") }
@@ -34,32 +36,47 @@ public struct LatentSampler {
     /// not grow with the count (sample i's noise depends on i alone, not on its chunk).
     public static let chunk = 256
 
+    /// ε̂ for the samples `rows` of a request: the batch x is `halves.count` blocks of
+    /// rows.count samples, block k conditional when halves[k] is false and with the null
+    /// condition when it is true (the guided pair is [false, true]).
+    public typealias Predictor = (_ x: Tensor, _ timesteps: [Int], _ rows: Range<Int>, _ halves: [Bool]) -> Tensor
+
     /// Scaled latents [N, s, s, c], one for each condition (`.none`: unconditional);
     /// `concat` [N, s, s, k]: an image task's channels beside z_t.
     public func sample(conditions: [Condition], concat: Tensor? = nil, firstIndex: Int = 0) -> Tensor {
-        guard conditions.count <= Self.chunk else {
-            return TensorEngine.concat(stride(from: 0, to: conditions.count, by: Self.chunk).map { start in
-                let end = min(conditions.count, start + Self.chunk)
-                return sample(conditions: Array(conditions[start..<end]), concat: concat?.slice(axis: 0, start..<end), firstIndex: firstIndex + start)
-            }, axis: 0)
+        let model = self.model!
+        return sample(count: conditions.count, firstIndex: firstIndex, conditional: model.condStageModel != nil) { x, t, rows, halves in
+            let batch = halves.flatMap { null in null ? [Condition](repeating: .none, count: rows.count) : Array(conditions[rows]) }
+            let part = concat.map { c in halves.count == 1 ? c.slice(axis: 0, rows) : TensorEngine.concat(halves.map { _ in c.slice(axis: 0, rows) }, axis: 0) }
+            return model(x, timesteps: t, conditions: batch, concat: part)
         }
+    }
+
+    /// Scaled latents [count, s, s, c] from `predict`, with classifier-free guidance when
+    /// `conditional` (w = 1: the conditional prediction alone; w = 0: the null one).
+    public func sample(count n: Int, firstIndex: Int = 0, conditional: Bool, predict: @escaping Predictor) -> Tensor {
+        TensorEngine.concat(stride(from: 0, to: max(n, 1), by: Self.chunk).map { start in
+            sampleChunk(rows: start..<min(n, start + Self.chunk), firstIndex: firstIndex, conditional: conditional, predict: predict)
+        }, axis: 0)
+    }
+
+    private func sampleChunk(rows: Range<Int>, firstIndex: Int, conditional: Bool, predict: @escaping Predictor) -> Tensor {
         let a = stage.model
         let shape = [a.imageSize, a.imageSize, a.latentChannels], per = shape.reduce(1, *)
-        let n = conditions.count
+        let n = rows.count
         func noise(_ step: Int) -> Tensor {
             let t = Tensor(uninitialized: [n] + shape)
             for i in 0..<n {
-                sampleStream(seed: sampling.seed, .sampling, epoch: step, index: firstIndex + i).fillNormal(t.pointer + i * per, count: per)
+                sampleStream(seed: sampling.seed, .sampling, epoch: step, index: firstIndex + rows.lowerBound + i)
+                    .fillNormal(t.pointer + i * per, count: per)
             }
             return t
         }
-        let null = [Condition](repeating: .none, count: n)
         let w = Float(sampling.guidance)
-        let both = concat.map { TensorEngine.concat([$0, $0], axis: 0) }
         let denoise: Denoiser = { x, t in
-            if w == 1 || model.condStageModel == nil { return model(x, timesteps: t, conditions: conditions, concat: concat) }
-            if w == 0 { return model(x, timesteps: t, conditions: null, concat: concat) }
-            let guidedPair = model(TensorEngine.concat([x, x], axis: 0), timesteps: t + t, conditions: conditions + null, concat: both)
+            if w == 1 || !conditional { return predict(x, t, rows, [false]) }
+            if w == 0 { return predict(x, t, rows, [true]) }
+            let guidedPair = predict(TensorEngine.concat([x, x], axis: 0), t + t, rows, [false, true])
             let halves = guidedPair.split(sizes: [n, n], axis: 0)
             return guided(conditional: halves[0], unconditional: halves[1], scale: w)
         }
@@ -95,6 +112,25 @@ public struct LatentSampler {
         let grid = ImageMetrics.grid((0..<rows).map { images.slice(axis: 0, ($0 * perRow)..<(($0 + 1) * perRow)) })
         try PNGCodec.write(path, width: grid.width, height: grid.height, channels: grid.channels, pixels: grid.pixels)
     }
+}
+
+/// The latents [count, s, s, c] of samples drawn in contiguous shares by every rank
+/// (`sample` draws the samples of a range), gathered on rank 0 (nil on the others).
+/// Sample i's noise depends on i alone, so the result is the same at any world size.
+func sampleShared(count: Int, stage: DiffusionStageConfig, communicator comm: Communicator, sample: (Range<Int>) throws -> Tensor) throws -> Tensor? {
+    let share = { (r: Int) in (r * count / comm.size)..<((r + 1) * count / comm.size) }
+    let mine = share(comm.rank), widest = (0..<comm.size).map { share($0).count }.max()!
+    let a = stage.model, per = a.imageSize * a.imageSize * a.latentChannels
+    var values = [Float](repeating: 0, count: widest * per)
+    if !mine.isEmpty {
+        let latents = try sample(mine)
+        values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: latents.pointer, count: latents.count) }
+    }
+    let gathered = try comm.allGather(values: values)
+    guard comm.isRoot else { return nil }
+    var scalars: [Float] = []
+    for r in 0..<comm.size { scalars += gathered[(r * widest * per)..<((r * widest + share(r).count) * per)] }
+    return Tensor(shape: [count, a.imageSize, a.imageSize, a.latentChannels], scalars: scalars)
 }
 
 /// Copies `source` into the arena's values for the duration of `body` (sampling

@@ -35,6 +35,13 @@ protocol TrainingStage: AnyObject {
     func writeImages(step: Int) throws
     /// After the last step: final metrics (every rank takes part), printed and recorded.
     func finish() throws -> [String: Double]
+    /// The optimizer update of step `step` (0-based) from the summed gradients.
+    func applyUpdate(lr: Double, step: Int)
+}
+
+extension TrainingStage {
+    /// Every parameter at the stage's rate.
+    func applyUpdate(lr: Double, step: Int) { optimizer.update(lr: lr) }
 }
 
 /// The loop every stage shares: resume, start-up agreement, micro-batches with
@@ -187,7 +194,7 @@ final class StageLoop {
         }
         let clip = stage.settings.optimizer.gradClip
         if clip > 0 && norm > clip { stage.arena.scaleGradients(by: Float(clip / norm)) }
-        stage.optimizer.update(lr: lr)
+        stage.applyUpdate(lr: lr, step: state.step)
         stage.ema?.update()
         state.step += 1
         (state.epoch, state.epochOffset) = (epoch, offset + plan.globalBatch)

@@ -19,22 +19,9 @@ public struct TrainedDiffusion {
     public static func load(_ path: String, useEMA: Bool) throws -> TrainedDiffusion {
         let directory = try CheckpointStore.resolve(path)
         let index = try HDF5File.open("\(directory)/index.h5")
-        let config = try ConfigLoader.load(yamlText: try index.stringAttribute("config") ?? "", source: directory)
+        let config = try Self.config(directory)
         let stage = config.diffusion
-        var tokenizer: BPETokenizer?
-        if stage.conditioning.kind == .text {
-            guard let json = try index.stringAttribute("tokenizer") else {
-                throw DataError("\(directory)/index.h5 has no tokenizer: a text-conditional checkpoint carries the one it was trained with")
-            }
-            do { tokenizer = try BPETokenizer(json: json) } catch {
-                throw DataError("\(directory)/index.h5: attribute 'tokenizer' is not a valid tokenizer (\(error))")
-            }
-            let t = stage.conditioning.text
-            guard tokenizer!.vocabularySize <= t.vocabSize, tokenizer!.maxLength == t.maxSeqLen else {
-                throw DataError("\(directory)/index.h5: the tokenizer (vocab_size \(tokenizer!.vocabularySize), max_length \(tokenizer!.maxLength)) "
-                                + "does not fit the model's τθ (vocab_size \(t.vocabSize), max_seq_len \(t.maxSeqLen))")
-            }
-        }
+        let tokenizer = stage.conditioning.kind == .text ? try readTokenizer(index, directory: directory, fits: stage.conditioning.text) : nil
         let model = LatentDiffusionModel(stage.model, conditioning: stage.conditioning, tokenizer: tokenizer, seed: 0)
         let arena = ParameterArena(model)
         let store = CheckpointStore(runDirectory: path, communicator: SingleProcess(), say: { _ in })
@@ -42,6 +29,12 @@ public struct TrainedDiffusion {
         return TrainedDiffusion(directory: directory, config: config, model: model,
                                 scaleFactor: Double(try index.stringAttribute("scale_factor") ?? "") ?? 1,
                                 autoencoderIdentity: try index.stringAttribute("autoencoder") ?? "")
+    }
+
+    /// The config a checkpoint (step directory) was trained with.
+    public static func config(_ directory: String) throws -> Config {
+        let index = try HDF5File.open("\(directory)/index.h5")
+        return try ConfigLoader.load(yamlText: try index.stringAttribute("config") ?? "", source: directory)
     }
 
     /// The autoencoder at `path`, checked to be the one the model's latents came from.

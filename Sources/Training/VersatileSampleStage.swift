@@ -1,0 +1,172 @@
+import Datasets
+import Distributed
+import Foundation
+import NN
+import Storage
+import TensorEngine
+
+/// `ldm-train sample` for a multi-flow diffuser: text-to-image (`--prompt`), image
+/// variation (`--image-variation F.png`, or the first `--from-test N` test images) and
+/// dual guidance (`--prompt T --image F.png --mix r`: one image per prompt, the image
+/// context weighted r and the text 1 − r in every context layer).
+enum VersatileSampleStage {
+    /// A multi-flow checkpoint loaded for sampling, with the frozen parts it needs.
+    struct Loaded {
+        let directory: String
+        let config: Config
+        let diffuser: VersatileDiffuser
+        let encoders: FrozenContextEncoders
+        let autoencoder: FrozenAutoencoder
+        let scaleFactor: Double
+        var stage: DiffusionStageConfig { config.diffusion }
+
+        init(_ r: SampleStage.Request, directory: String) throws {
+            let index = try HDF5File.open("\(directory)/index.h5")
+            config = try TrainedDiffusion.config(directory)
+            diffuser = VersatileDiffuser(config.diffusion.model, seed: 0)
+            let arena = ParameterArena(diffuser)
+            let store = CheckpointStore(runDirectory: r.diffusion, communicator: SingleProcess(), say: { _ in })
+            _ = try store.load(directory, into: CheckpointTensor.parameterViews(arena, group: r.useEMA ? "ema" : "params"),
+                               expectedKind: VersatileTrainer.kind)
+            encoders = try FrozenContextEncoders.load(r.contextEncoders, communicator: SingleProcess())
+            let wanted = try index.stringAttribute("context_encoders") ?? ""
+            guard encoders.identity == wanted else {
+                throw DataError("\(directory) was trained with context encoders \(wanted), but --context-encoders \(r.contextEncoders) is \(encoders.identity)")
+            }
+            autoencoder = try FrozenAutoencoder.load(r.autoencoder, communicator: SingleProcess())
+            let latents = try index.stringAttribute("autoencoder") ?? ""
+            guard autoencoder.identity == latents else {
+                throw DataError("\(directory) was trained on latents of autoencoder \(latents), but --autoencoder \(r.autoencoder) is \(autoencoder.identity)")
+            }
+            scaleFactor = Double(try index.stringAttribute("scale_factor") ?? "") ?? 1
+            self.directory = directory
+        }
+
+        /// Throws unless the checkpoint trained a flow with this context.
+        func requireFlow(_ context: ContextType, for option: String) throws {
+            let trained = stage.flows.map(\.context)
+            guard trained.contains(context) else {
+                throw SamplingError(description: "\(directory) has no \(Flow(context: context)) flow (it trained "
+                                    + trained.map { Flow(context: $0).description }.joined(separator: ", ") + "): \(option) needs one")
+            }
+        }
+    }
+
+    static func run(_ r: SampleStage.Request, directory: String, say: (String) -> Void) throws {
+        let m = try Loaded(r, directory: directory)
+        guard r.classes == nil, r.task == nil, r.inputs.isEmpty, r.masks.isEmpty else {
+            throw SamplingError(description: "\(directory) is a multi-flow diffuser: it takes --prompt, --image-variation, --from-test, or --prompt "
+                                + "with --image and --mix")
+        }
+        guard r.count >= 1 else { throw SamplingError(description: "--count must be positive, got \(r.count)") }
+        var sampling = m.stage.sampling
+        if let v = r.sampler { sampling.sampler = v }
+        if let v = r.steps { sampling.steps = v }
+        if let v = r.eta { sampling.eta = v }
+        if let v = r.guidance { sampling.guidance = v }
+        if let v = r.seed { sampling.seed = v }
+        if sampling.sampler == .ddpm && r.steps == nil { sampling.steps = m.stage.schedule.timesteps }
+        let sampler = try VersatileSampler(diffuser: m.diffuser, encoders: m.encoders.model, stage: m.stage, sampling: sampling)
+        let e = m.encoders.config.contextEncoders.model
+        var prompts = r.prompts
+        if let file = r.promptsFile { prompts += try SampleStage.readPrompts(file) }
+
+        // The rows: what each conditions on, and the image a variation row starts from.
+        let request: VersatileSampler.Request, sources: Tensor?, labels: [Int]?, flow: String
+        if !r.images.isEmpty || r.mix != nil {
+            try m.requireFlow(.text, for: "--image with --mix")
+            try m.requireFlow(.image, for: "--image with --mix")
+            guard let mix = r.mix, (0...1).contains(mix) else { throw SamplingError(description: "dual guidance needs --mix in [0, 1] (the image context's weight)") }
+            guard r.images.count == prompts.count, r.imageVariations.isEmpty, r.fromTest == nil else {
+                throw SamplingError(description: "dual guidance takes one --image for each --prompt (\(prompts.count) prompt(s), \(r.images.count) image(s)), "
+                                    + "without --image-variation or --from-test")
+            }
+            let x = try readImages(r.images, side: e.imageSize, channels: e.inChannels, role: "--image")
+            (sources, labels, flow) = (x, nil, "dual")
+            request = .dual(repeatRows(prompts, r.count), repeatRows(x, r.count), mix: mix)
+        } else if !r.imageVariations.isEmpty || r.fromTest != nil {
+            try m.requireFlow(.image, for: r.fromTest != nil ? "--from-test" : "--image-variation")
+            guard prompts.isEmpty, r.imageVariations.isEmpty || r.fromTest == nil else {
+                throw SamplingError(description: "give --image-variation F.png or --from-test N, without --prompt (for dual guidance use --image and --mix)")
+            }
+            if let n = r.fromTest {
+                let split = try DatasetSplit.open(m.autoencoder.config.data.path, split: .test)
+                guard n >= 1 && n <= split.count else { throw SamplingError(description: "--from-test must be in 1...\(split.count) (the test split), got \(n)") }
+                let batcher = try ImageBatcher(split: split, resolution: e.imageSize, flip: false, seed: 0)
+                let x = try batcher.images(Array(0..<n), epoch: nil)
+                let known = batcher.labels(Array(0..<n))
+                (sources, labels) = (x, known.allSatisfy { $0 >= 0 } ? known : nil)
+            } else {
+                (sources, labels) = (try readImages(r.imageVariations, side: e.imageSize, channels: e.inChannels, role: "--image-variation"), nil)
+            }
+            flow = "image"
+            request = .image(repeatRows(sources!, r.count))
+        } else {
+            try m.requireFlow(.text, for: "--prompt")
+            let rows = prompts.isEmpty ? m.stage.sampling.prompts : prompts
+            guard !rows.isEmpty else { throw SamplingError(description: "\(directory): give --prompt TEXT, --image-variation F.png, or --from-test N") }
+            for text in rows where m.encoders.model.tokenizer.encode(text).truncated {
+                say("sample: the prompt '\(text)' is longer than \(m.encoders.model.tokenizer.maxLength) tokens and is cut")
+            }
+            (sources, labels, flow, prompts) = (nil, nil, "text", rows)
+            request = .text(repeatRows(rows, r.count))
+        }
+        let contexts = sampler.contexts(request)
+        let rows = contexts.count / r.count
+        say("sample: \(contexts.count) samples, \(rows) row(s), \(flow) flow\(flow == "dual" ? String(format: " (mix %.2f)", r.mix!) : "") from "
+            + "\(directory) (\(r.useEMA ? "EMA" : "trained") weights), \(sampling.sampler) \(sampling.steps) steps, eta \(sampling.eta), "
+            + "guidance \(sampling.guidance), seed \(sampling.seed)")
+        let start = Date()
+        let latents = sampler.sample(contexts, rows: 0..<contexts.count)
+        let images = LatentSampler.decode(latents, scaleFactor: m.scaleFactor, autoencoder: m.autoencoder.model)
+        say(String(format: "sample: %.1f s (%.2f samples/s)", Date().timeIntervalSince(start), Double(contexts.count) / Date().timeIntervalSince(start)))
+        var distance: Double?
+        if let sources, images.shape == repeatRows(sources, r.count).shape {   // how far results are from the images they started from
+            let x = repeatRows(sources, r.count)
+            var total = 0.0
+            for i in 0..<x.count { total += Double(abs(images.pointer[i] - x.pointer[i])) }
+            distance = total / Double(x.count) / 2
+            say(String(format: "sample: mean |result − input image| %.4f per pixel (0…1 scale)", distance!))
+        }
+        if let out = r.out {
+            var gridRows: [Tensor] = []
+            for row in 0..<rows {
+                let results = images.slice(axis: 0, (row * r.count)..<((row + 1) * r.count))
+                gridRows.append(sources.map { TensorEngine.concat([$0.slice(axis: 0, row..<(row + 1)), results], axis: 0) } ?? results)
+            }
+            let grid = ImageMetrics.grid(gridRows)
+            try PNGCodec.write(out, width: grid.width, height: grid.height, channels: grid.channels, pixels: grid.pixels)
+            say("wrote \(out)")
+        }
+        if let path = r.imagesOut {
+            try SampleStage.writeHDF5(path, doing: "write the samples") { f in
+                try f.write("images", shape: SampleStage.nchwShape(images), SampleStage.nchw(images), chunkRows: 256)
+                let index = (0..<contexts.count).map { Int64($0 / r.count) }
+                try f.write("input_index", shape: [index.count], index)
+                if let sources { try f.write("inputs", shape: SampleStage.nchwShape(sources), SampleStage.nchw(sources), chunkRows: 256) }
+                if let labels { try f.write("labels", shape: [index.count], index.map { Int64(labels[Int($0)]) }) }
+                if flow != "image" { try f.writeStrings("prompts", repeatRows(prompts, r.count)) }
+                try f.setAttribute("flow", flow)
+                if let mix = r.mix { try f.setAttribute("mix", String(mix)) }
+                if let distance { try f.setAttribute("mean_abs_distance_to_input", String(distance)) }
+            }
+            say("wrote \(path)")
+        }
+    }
+
+    /// Each element `k` times in a row.
+    static func repeatRows(_ values: [String], _ k: Int) -> [String] { values.flatMap { [String](repeating: $0, count: k) } }
+    static func repeatRows(_ x: Tensor, _ k: Int) -> Tensor {
+        k == 1 ? x : TensorEngine.concat((0..<x.shape[0]).flatMap { i in [Tensor](repeating: x.slice(axis: 0, i..<(i + 1)), count: k) }, axis: 0)
+    }
+
+    /// Image files of exactly side × side with the encoder's channels, as [N, R, R, C] in [−1, 1].
+    static func readImages(_ paths: [String], side: Int, channels: Int, role: String) throws -> Tensor {
+        let x = Tensor(uninitialized: [paths.count, side, side, channels]), per = side * side * channels
+        for (i, path) in paths.enumerated() {
+            let image = try ImageInputs.read(path, side: side, channels: channels, role: "\(role) image (the image encoder's input)")
+            for (j, v) in image.pixels.enumerated() { x.pointer[i * per + j] = Float(v) / 127.5 - 1 }
+        }
+        return x
+    }
+}
