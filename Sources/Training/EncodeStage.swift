@@ -5,30 +5,44 @@ import NN
 import Storage
 import TensorEngine
 
-/// A frozen stage-1 autoencoder loaded from a checkpoint, with its identity.
-public struct FrozenAutoencoder {
-    public let model: AutoencoderKL
-    /// The config the autoencoder was trained with (recorded in its checkpoint).
+/// A finished stage's model loaded frozen from its newest valid checkpoint (a run
+/// directory or a step directory) on every rank, with the config it was trained with
+/// and its identity: the autoencoder of stage 1, a multi-flow diffuser's context encoders.
+public struct FrozenStage<Model: Module> {
+    public let model: Model
+    /// The config the model was trained with (recorded in its checkpoint).
     public let config: Config
     public let checkpoint: String
     /// Step directory and content hash, e.g. "step-00006000/9f3a…".
     public let identity: String
 
-    /// Loads the newest valid checkpoint of `path` (a run directory or a step directory) on every rank.
-    public static func load(_ path: String, communicator comm: Communicator) throws -> FrozenAutoencoder {
+    /// Rank 0 resolves `path` (errors name `option`); every rank builds the model from the
+    /// recorded config and the checkpoint's index and loads its weights.
+    static func load(_ path: String, option: String, kind: String, communicator comm: Communicator,
+                     build: (Config, HDF5File, String) throws -> Model) throws -> FrozenStage {
         var chosen = "", problem = ""
         if comm.isRoot { do { chosen = try CheckpointStore.resolve(path) } catch { problem = "\(error)" } }
         problem = try comm.broadcast(problem)
-        guard problem.isEmpty else { throw DataError("--autoencoder \(problem)") }
+        guard problem.isEmpty else { throw DataError("\(option) \(problem)") }
         chosen = try comm.broadcast(chosen)
         let index = try HDF5File.open("\(chosen)/index.h5")
         let config = try ConfigLoader.load(yamlText: try index.stringAttribute("config") ?? "", source: chosen)
-        let model = AutoencoderKL(config.autoencoder.model, seed: 0)
-        let arena = ParameterArena(model)
+        let model = try build(config, index, chosen)
         let store = CheckpointStore(runDirectory: path, communicator: comm, say: { _ in })
-        _ = try store.load(chosen, into: CheckpointTensor.parameterViews(arena), expectedKind: "autoencoder-kl")
+        _ = try store.load(chosen, into: CheckpointTensor.parameterViews(ParameterArena(model)), expectedKind: kind)
         for p in model.parameters() { p.requiresGrad = false }
-        return FrozenAutoencoder(model: model, config: config, checkpoint: chosen, identity: try CheckpointStore.identity(of: chosen))
+        return FrozenStage(model: model, config: config, checkpoint: chosen, identity: try CheckpointStore.identity(of: chosen))
+    }
+}
+
+/// A frozen stage-1 autoencoder.
+public typealias FrozenAutoencoder = FrozenStage<AutoencoderKL>
+
+extension FrozenStage where Model == AutoencoderKL {
+    public static func load(_ path: String, communicator comm: Communicator) throws -> FrozenAutoencoder {
+        try load(path, option: "--autoencoder", kind: "autoencoder-kl", communicator: comm) { config, _, _ in
+            AutoencoderKL(config.autoencoder.model, seed: 0)
+        }
     }
 }
 

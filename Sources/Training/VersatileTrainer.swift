@@ -6,29 +6,15 @@ import NN
 import Storage
 import TensorEngine
 
-/// The frozen context encoders of a `context-encoders` run, loaded on every rank.
-public struct FrozenContextEncoders {
-    public let model: ContextEncoders
-    public let config: Config
-    public let checkpoint: String
-    /// Step directory and content hash.
-    public let identity: String
+/// The frozen context encoders of a `context-encoders` run.
+public typealias FrozenContextEncoders = FrozenStage<ContextEncoders>
 
+extension FrozenStage where Model == ContextEncoders {
     public static func load(_ path: String, communicator comm: Communicator) throws -> FrozenContextEncoders {
-        var chosen = "", problem = ""
-        if comm.isRoot { do { chosen = try CheckpointStore.resolve(path) } catch { problem = "\(error)" } }
-        problem = try comm.broadcast(problem)
-        guard problem.isEmpty else { throw DataError("--context-encoders \(problem)") }
-        chosen = try comm.broadcast(chosen)
-        let index = try HDF5File.open("\(chosen)/index.h5")
-        let config = try ConfigLoader.load(yamlText: try index.stringAttribute("config") ?? "", source: chosen)
-        let tokenizer = try readTokenizer(index, directory: chosen, fits: config.contextEncoders.model.text)
-        let model = ContextEncoders(config.contextEncoders.model, tokenizer: tokenizer, seed: 0)
-        let arena = ParameterArena(model)
-        let store = CheckpointStore(runDirectory: path, communicator: comm, say: { _ in })
-        _ = try store.load(chosen, into: CheckpointTensor.parameterViews(arena), expectedKind: ContextEncoderTrainer.kind)
-        for p in model.parameters() { p.requiresGrad = false }
-        return FrozenContextEncoders(model: model, config: config, checkpoint: chosen, identity: try CheckpointStore.identity(of: chosen))
+        try load(path, option: "--context-encoders", kind: ContextEncoderTrainer.kind, communicator: comm) { config, index, directory in
+            ContextEncoders(config.contextEncoders.model,
+                            tokenizer: try readTokenizer(index, directory: directory, fits: config.contextEncoders.model.text), seed: 0)
+        }
     }
 }
 
@@ -113,10 +99,9 @@ public final class VersatileTrainer: TrainingStage {
             throw DataError("\(s.latents): latents are \(cache.info.channels)×\(cache.info.height)×\(cache.info.width), the diffuser denoises "
                             + "\(a.latentChannels)×\(a.imageSize)×\(a.imageSize) (diffusion.model.out_channels / image_size)")
         }
-        guard let captions = cache.captions, captions.contains(where: { !$0.isEmpty }) || !s.flows.contains(where: { $0.context == .text }) else {
+        if s.flows.contains(where: { $0.context == .text }) && !(cache.captions ?? []).contains(where: { !$0.isEmpty }) {
             throw DataError("\(s.latents) has no captions: the text flow needs them (re-run 'ldm-train encode' on a dataset with captions)")
         }
-        _ = captions
         encoders = try FrozenContextEncoders.load(contextEncoders, communicator: communicator)
         let e = encoders.config.contextEncoders.model
         guard e.width == a.contextDim else {
