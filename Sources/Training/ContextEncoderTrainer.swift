@@ -116,6 +116,11 @@ public final class ContextEncoderTrainer: TrainingStage {
     /// Retrieval on the test split's first `eval_images` pairs, each rank embedding a share.
     func finish() throws -> [String: Double] {
         let e = stageConfig.training.evalImages, n = e > 0 ? min(e, test.split.count) : test.split.count
+        guard try test.split.captions(Array(0..<n)).contains(where: { !$0.isEmpty }) else {
+            log.say("retrieval skipped: the test split of \(test.split.path) has no captions (give the test images captions in metadata.jsonl; "
+                    + "Launch/make-fmnist-text-folder writes them)")
+            return [:]
+        }
         let (images, texts) = try embedShared(model, test: test, count: n, communicator: comm)
         let metrics = RetrievalMetrics(images: images, texts: texts, captions: try test.split.captions(Array(0..<n)),
                                        labels: test.labels(Array(0..<n)))

@@ -152,6 +152,12 @@ enum VersatileSampleStage {
             }
             say("wrote \(path)")
         }
+        if let dir = r.latentsOut {   // with the prompt of each text or dual sample
+            let conditions = flow == "image" ? [Condition](repeating: .none, count: contexts.count) : repeatRows(prompts, r.count).map(Condition.init(caption:))
+            try SampleStage.writeLatents(latents, conditions: conditions, scaleFactor: m.scaleFactor, autoencoder: m.autoencoder.identity,
+                                         factor: m.autoencoder.config.autoencoder.model.factor, source: directory, to: dir)
+            say("wrote \(dir)")
+        }
     }
 
     /// Each element `k` times in a row.

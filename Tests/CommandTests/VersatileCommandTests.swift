@@ -105,7 +105,7 @@ struct VersatileCommandTests {
 
     /// A run of 12 steps at a high rate, so that the context layers (zero-initialised
     /// projections) have moved and the two contexts give different images.
-    @Test("sample: --prompt (text flow), --image-variation (image flow), and dual guidance whose --mix 0 and 1 reproduce the two flows")
+    @Test("sample: --prompt (text flow, with its latents), --image-variation (image flow), and dual guidance whose --mix 0 and 1 reproduce the two flows")
     func sampling() throws {
         let out = temporaryDirectory(), trained = out.appendingPathComponent("run").path
         let t = try versatileJob(1, run: trained, ["--steps", "12", "--set", "diffusion.optimizer.base_lr=2e-4", "--set", "diffusion.training.image_every=100"])
@@ -118,7 +118,8 @@ struct VersatileCommandTests {
             let f = try HDF5File.open(out.appendingPathComponent("\(name).h5").path)
             return try f.read("images", as: Float.self).values
         }
-        let text = try run("text", ["--prompt", "a sneaker"])
+        let text = try run("text", ["--prompt", "a sneaker", "--latents-out", out.appendingPathComponent("latents").path])
+        #expect(try LatentCache.captions(out.appendingPathComponent("latents").path) == ["a sneaker", "a sneaker"])
         let image = try run("image", ["--image-variation", out.appendingPathComponent("in.png").path])
         let mix0 = try run("mix0", ["--prompt", "a sneaker", "--image", out.appendingPathComponent("in.png").path, "--mix", "0"])
         let mix1 = try run("mix1", ["--prompt", "a sneaker", "--image", out.appendingPathComponent("in.png").path, "--mix", "1"])
