@@ -136,6 +136,21 @@ public struct DiffusionStageConfig: Codable, Equatable, Sendable {
     }
 }
 
+extension DiffusionStageConfig {
+    /// The sampling settings with any of them given on the command line; DDPM without
+    /// `steps` takes all T steps.
+    public func sampling(_ kind: SamplerKind?, steps: Int?, eta: Double?, guidance: Double?, seed: Int?) -> SamplingConfig {
+        var s = sampling
+        if let kind { s.sampler = kind }
+        if let steps { s.steps = steps }
+        if let eta { s.eta = eta }
+        if let guidance { s.guidance = guidance }
+        if let seed { s.seed = seed }
+        if s.sampler == .ddpm && steps == nil { s.steps = schedule.timesteps }
+        return s
+    }
+}
+
 /// What stage 2 trains (`diffusion.diffuser`).
 public enum DiffuserKind: String, Codable, Sendable, CaseIterable {
     /// One UNet for one flow (CompVis's LatentDiffusion).

@@ -36,17 +36,10 @@ public final class DiffusionTrainer: TrainingStage {
         let s = config.diffusion
         cache = try LatentCache.read(s.latents)
         let a = s.model
-        guard cache.info.channels == a.latentChannels, cache.info.height == a.imageSize, cache.info.width == a.imageSize else {
-            throw DataError("\(s.latents): latents are \(cache.info.channels)×\(cache.info.height)×\(cache.info.width), the UNet denoises "
-                            + "\(a.latentChannels)×\(a.imageSize)×\(a.imageSize) (diffusion.model.out_channels / image_size)")
-        }
+        try checkLatentShape(cache, s)
         conditions = try Self.conditions(of: cache, s.conditioning.kind, model: a, path: s.latents)
         if let path {
-            let ae = try FrozenAutoencoder.load(path, communicator: comm)
-            guard ae.identity == cache.info.autoencoder else {
-                throw DataError("\(s.latents) was encoded by autoencoder \(cache.info.autoencoder), but --autoencoder \(path) is \(ae.identity); "
-                                + "re-run 'ldm-train encode' with it")
-            }
+            let ae = try cacheAutoencoder(path, cache: cache, latents: s.latents, communicator: comm)
             try ImageTask.checkChannels(s, autoencoder: ae.config.autoencoder.model)
             autoencoder = ae
         } else if s.task.kind != .generation {
@@ -195,6 +188,25 @@ public final class DiffusionTrainer: TrainingStage {
         log.say(TaskEvaluation.describe(metrics, kind: imageTask.config.kind, count: count))
         return metrics
     }
+}
+
+/// Throws unless the cached latents have the shape stage 2 denoises.
+func checkLatentShape(_ cache: LatentCache.Contents, _ s: DiffusionStageConfig) throws {
+    let a = s.model
+    guard cache.info.channels == a.latentChannels, cache.info.height == a.imageSize, cache.info.width == a.imageSize else {
+        throw DataError("\(s.latents): latents are \(cache.info.channels)×\(cache.info.height)×\(cache.info.width), the UNet denoises "
+                        + "\(a.latentChannels)×\(a.imageSize)×\(a.imageSize) (diffusion.model.out_channels / image_size)")
+    }
+}
+
+/// The autoencoder at `path` on every rank, checked to be the one `cache` was encoded with.
+func cacheAutoencoder(_ path: String, cache: LatentCache.Contents, latents: String, communicator comm: Communicator) throws -> FrozenAutoencoder {
+    let ae = try FrozenAutoencoder.load(path, communicator: comm)
+    guard ae.identity == cache.info.autoencoder else {
+        throw DataError("\(latents) was encoded by autoencoder \(cache.info.autoencoder), but --autoencoder \(path) is \(ae.identity); "
+                        + "re-run 'ldm-train encode' with it")
+    }
+    return ae
 }
 
 /// A micro-batch's diffusion inputs from the latent cache, each sample's from its own

@@ -50,14 +50,7 @@ public struct TrainedDiffusion {
     /// command line; DDPM without --steps takes all T steps.
     public func sampler(_ kind: SamplerKind? = nil, steps: Int? = nil, eta: Double? = nil, guidance: Double? = nil, seed: Int? = nil)
         throws -> LatentSampler {
-        var sampling = stage.sampling
-        if let kind { sampling.sampler = kind }
-        if let steps { sampling.steps = steps }
-        if let eta { sampling.eta = eta }
-        if let guidance { sampling.guidance = guidance }
-        if let seed { sampling.seed = seed }
-        if sampling.sampler == .ddpm && steps == nil { sampling.steps = stage.schedule.timesteps }
-        return try LatentSampler(model: model, stage: stage, sampling: sampling)
+        try LatentSampler(model: model, stage: stage, sampling: stage.sampling(kind, steps: steps, eta: eta, guidance: guidance, seed: seed))
     }
 
     /// The image task the model was trained for, with this autoencoder (nil: generation).

@@ -59,20 +59,14 @@ enum VersatileSampleStage {
                                 + "with --image and --mix")
         }
         guard r.count >= 1 else { throw SamplingError(description: "--count must be positive, got \(r.count)") }
-        var sampling = m.stage.sampling
-        if let v = r.sampler { sampling.sampler = v }
-        if let v = r.steps { sampling.steps = v }
-        if let v = r.eta { sampling.eta = v }
-        if let v = r.guidance { sampling.guidance = v }
-        if let v = r.seed { sampling.seed = v }
-        if sampling.sampler == .ddpm && r.steps == nil { sampling.steps = m.stage.schedule.timesteps }
+        let sampling = m.stage.sampling(r.sampler, steps: r.steps, eta: r.eta, guidance: r.guidance, seed: r.seed)
         let sampler = try VersatileSampler(diffuser: m.diffuser, encoders: m.encoders.model, stage: m.stage, sampling: sampling)
         let e = m.encoders.config.contextEncoders.model
         var prompts = r.prompts
         if let file = r.promptsFile { prompts += try SampleStage.readPrompts(file) }
 
         // The rows: what each conditions on, and the image a variation row starts from.
-        let request: VersatileSampler.Request, sources: Tensor?, labels: [Int]?, flow: String
+        let request: VersatileSampler.Request, sources: Tensor?, labels: [Int]?
         if !r.images.isEmpty || r.mix != nil {
             try m.requireFlow(.text, for: "--image with --mix")
             try m.requireFlow(.image, for: "--image with --mix")
@@ -82,8 +76,8 @@ enum VersatileSampleStage {
                                     + "without --image-variation or --from-test")
             }
             let x = try readImages(r.images, side: e.imageSize, channels: e.inChannels, role: "--image")
-            (sources, labels, flow) = (x, nil, "dual")
-            request = .dual(repeatRows(prompts, r.count), repeatRows(x, r.count), mix: mix)
+            (sources, labels) = (x, nil)
+            request = .dual(prompts.repeatingRows(r.count), x.repeatingRows(r.count), mix: mix)
         } else if !r.imageVariations.isEmpty || r.fromTest != nil {
             try m.requireFlow(.image, for: r.fromTest != nil ? "--from-test" : "--image-variation")
             guard prompts.isEmpty, r.imageVariations.isEmpty || r.fromTest == nil else {
@@ -99,8 +93,7 @@ enum VersatileSampleStage {
             } else {
                 (sources, labels) = (try readImages(r.imageVariations, side: e.imageSize, channels: e.inChannels, role: "--image-variation"), nil)
             }
-            flow = "image"
-            request = .image(repeatRows(sources!, r.count))
+            request = .image(sources!.repeatingRows(r.count))
         } else {
             try m.requireFlow(.text, for: "--prompt")
             let rows = prompts.isEmpty ? m.stage.sampling.prompts : prompts
@@ -108,12 +101,12 @@ enum VersatileSampleStage {
             for text in rows where m.encoders.model.tokenizer.encode(text).truncated {
                 say("sample: the prompt '\(text)' is longer than \(m.encoders.model.tokenizer.maxLength) tokens and is cut")
             }
-            (sources, labels, flow, prompts) = (nil, nil, "text", rows)
-            request = .text(repeatRows(rows, r.count))
+            (sources, labels, prompts) = (nil, nil, rows)
+            request = .text(rows.repeatingRows(r.count))
         }
-        let contexts = sampler.contexts(request)
+        let contexts = sampler.contexts(request), flow = request.flow
         let rows = contexts.count / r.count
-        say("sample: \(contexts.count) samples, \(rows) row(s), \(flow) flow\(flow == "dual" ? String(format: " (mix %.2f)", r.mix!) : "") from "
+        say("sample: \(contexts.count) samples, \(rows) row(s), \(flow) flow\(r.mix != nil ? String(format: " (mix %.2f)", r.mix!) : "") from "
             + "\(directory) (\(r.useEMA ? "EMA" : "trained") weights), \(sampling.sampler) \(sampling.steps) steps, eta \(sampling.eta), "
             + "guidance \(sampling.guidance), seed \(sampling.seed)")
         let start = Date()
@@ -121,21 +114,15 @@ enum VersatileSampleStage {
         let images = LatentSampler.decode(latents, scaleFactor: m.scaleFactor, autoencoder: m.autoencoder.model)
         say(String(format: "sample: %.1f s (%.2f samples/s)", Date().timeIntervalSince(start), Double(contexts.count) / Date().timeIntervalSince(start)))
         var distance: Double?
-        if let sources, images.shape == repeatRows(sources, r.count).shape {   // how far results are from the images they started from
-            let x = repeatRows(sources, r.count)
+        if let sources {   // how far results are from the images they started from
+            let x = sources.repeatingRows(r.count)
             var total = 0.0
             for i in 0..<x.count { total += Double(abs(images.pointer[i] - x.pointer[i])) }
             distance = total / Double(x.count) / 2
             say(String(format: "sample: mean |result − input image| %.4f per pixel (0…1 scale)", distance!))
         }
         if let out = r.out {
-            var gridRows: [Tensor] = []
-            for row in 0..<rows {
-                let results = images.slice(axis: 0, (row * r.count)..<((row + 1) * r.count))
-                gridRows.append(sources.map { TensorEngine.concat([$0.slice(axis: 0, row..<(row + 1)), results], axis: 0) } ?? results)
-            }
-            let grid = ImageMetrics.grid(gridRows)
-            try PNGCodec.write(out, width: grid.width, height: grid.height, channels: grid.channels, pixels: grid.pixels)
+            try VersatileSampler.writeGrid(images, perRow: r.count, sources: sources, to: out)
             say("wrote \(out)")
         }
         if let path = r.imagesOut {
@@ -145,7 +132,7 @@ enum VersatileSampleStage {
                 try f.write("input_index", shape: [index.count], index)
                 if let sources { try f.write("inputs", shape: SampleStage.nchwShape(sources), SampleStage.nchw(sources), chunkRows: 256) }
                 if let labels { try f.write("labels", shape: [index.count], index.map { Int64(labels[Int($0)]) }) }
-                if flow != "image" { try f.writeStrings("prompts", repeatRows(prompts, r.count)) }
+                if !prompts.isEmpty { try f.writeStrings("prompts", prompts.repeatingRows(r.count)) }
                 try f.setAttribute("flow", flow)
                 if let mix = r.mix { try f.setAttribute("mix", String(mix)) }
                 if let distance { try f.setAttribute("mean_abs_distance_to_input", String(distance)) }
@@ -153,17 +140,11 @@ enum VersatileSampleStage {
             say("wrote \(path)")
         }
         if let dir = r.latentsOut {   // with the prompt of each text or dual sample
-            let conditions = flow == "image" ? [Condition](repeating: .none, count: contexts.count) : repeatRows(prompts, r.count).map(Condition.init(caption:))
+            let conditions = prompts.isEmpty ? [Condition](repeating: .none, count: contexts.count) : prompts.repeatingRows(r.count).map(Condition.init(caption:))
             try SampleStage.writeLatents(latents, conditions: conditions, scaleFactor: m.scaleFactor, autoencoder: m.autoencoder.identity,
                                          factor: m.autoencoder.config.autoencoder.model.factor, source: directory, to: dir)
             say("wrote \(dir)")
         }
-    }
-
-    /// Each element `k` times in a row.
-    static func repeatRows(_ values: [String], _ k: Int) -> [String] { values.flatMap { [String](repeating: $0, count: k) } }
-    static func repeatRows(_ x: Tensor, _ k: Int) -> Tensor {
-        k == 1 ? x : TensorEngine.concat((0..<x.shape[0]).flatMap { i in [Tensor](repeating: x.slice(axis: 0, i..<(i + 1)), count: k) }, axis: 0)
     }
 
     /// Image files of exactly side × side with the encoder's channels, as [N, R, R, C] in [−1, 1].

@@ -94,11 +94,9 @@ public final class VersatileTrainer: TrainingStage {
         (self.config, self.options, comm) = (config, options, communicator)
         log = RunLog(runDirectory: options.runDirectory, isRoot: communicator.isRoot)
         let s = config.diffusion, a = s.model
-        cache = try LatentCache.read(s.latents)
-        guard cache.info.channels == a.latentChannels, cache.info.height == a.imageSize, cache.info.width == a.imageSize else {
-            throw DataError("\(s.latents): latents are \(cache.info.channels)×\(cache.info.height)×\(cache.info.width), the diffuser denoises "
-                            + "\(a.latentChannels)×\(a.imageSize)×\(a.imageSize) (diffusion.model.out_channels / image_size)")
-        }
+        let cache = try LatentCache.read(s.latents)
+        self.cache = cache
+        try checkLatentShape(cache, s)
         if s.flows.contains(where: { $0.context == .text }) && !(cache.captions ?? []).contains(where: { !$0.isEmpty }) {
             throw DataError("\(s.latents) has no captions: the text flow needs them (re-run 'ldm-train encode' on a dataset with captions)")
         }
@@ -116,16 +114,7 @@ public final class VersatileTrainer: TrainingStage {
         }
         images = (try ImageBatcher(split: train, resolution: e.imageSize, flip: false, seed: config.seed),
                   try ImageBatcher(split: test, resolution: e.imageSize, flip: false, seed: config.seed))
-        if let path {
-            let ae = try FrozenAutoencoder.load(path, communicator: comm)
-            guard ae.identity == cache.info.autoencoder else {
-                throw DataError("\(s.latents) was encoded by autoencoder \(cache.info.autoencoder), but --autoencoder \(path) is \(ae.identity); "
-                                + "re-run 'ldm-train encode' with it")
-            }
-            autoencoder = ae
-        } else {
-            autoencoder = nil
-        }
+        autoencoder = try path.map { try cacheAutoencoder($0, cache: cache, latents: s.latents, communicator: communicator) }
         diffuser = VersatileDiffuser(a, seed: UInt64(bitPattern: Int64(config.seed)))
         arenaStorage = ParameterArena(diffuser)
         adam = Adam(arenaStorage, s.optimizer.adam)
@@ -232,12 +221,12 @@ public final class VersatileTrainer: TrainingStage {
             switch flow {
             case .text:
                 let prompts = gridRows(stageConfig, captions: cache.captions ?? [], kind: .text).map(\.caption)
-                request = .text(prompts.flatMap { [String](repeating: $0, count: k) })
+                request = .text(prompts.repeatingRows(k))
             case .image:
                 let shown = min(4, images.test.split.count)
                 let x = try images.test.images((0..<shown).map { $0 * images.test.split.count / shown }, epoch: nil)
                 sources = x
-                request = .image(TensorEngine.concat((0..<shown).flatMap { i in [Tensor](repeating: x.slice(axis: 0, i..<(i + 1)), count: k) }, axis: 0))
+                request = .image(x.repeatingRows(k))
             }
             let contexts = sampler.contexts(request)
             let latents = try sampleShared(count: contexts.count, stage: stageConfig, communicator: comm) { mine in
@@ -246,18 +235,23 @@ public final class VersatileTrainer: TrainingStage {
             guard let latents else { continue }
             let decoded = LatentSampler.decode(latents, scaleFactor: cache.info.scaleFactor, autoencoder: autoencoder.model)
             let file = "\(options.runDirectory)/samples-\(flow.rawValue)-\(String(format: "%08d", number)).png"
-            let rows = contexts.count / k
-            var gridRows: [Tensor] = []
-            for r in 0..<rows {
-                let samples = decoded.slice(axis: 0, (r * k)..<((r + 1) * k))
-                gridRows.append(sources.map { TensorEngine.concat([$0.slice(axis: 0, r..<(r + 1)), samples], axis: 0) } ?? samples)
-            }
-            let grid = ImageMetrics.grid(gridRows)
-            try PNGCodec.write(file, width: grid.width, height: grid.height, channels: grid.channels, pixels: grid.pixels)
+            try VersatileSampler.writeGrid(decoded, perRow: k, sources: sources, to: file)
         }
     }
 
     func finish() throws -> [String: Double] { [:] }
+}
+
+extension Array {
+    /// Each element `k` times in a row.
+    func repeatingRows(_ k: Int) -> [Element] { flatMap { [Element](repeating: $0, count: k) } }
+}
+
+extension Tensor {
+    /// Each sample (along axis 0) `k` times in a row.
+    func repeatingRows(_ k: Int) -> Tensor {
+        k == 1 ? self : TensorEngine.concat((0..<shape[0]).flatMap { i in [Tensor](repeating: slice(axis: 0, i..<(i + 1)), count: k) }, axis: 0)
+    }
 }
 
 /// Draws latents from a multi-flow diffuser: text-to-image, image variation, and
@@ -274,6 +268,15 @@ public struct VersatileSampler {
         case text([String])
         case image(Tensor)
         case dual([String], Tensor, mix: Double)
+
+        /// Its name in logs and in `--images-out` (`flow` attribute).
+        public var flow: String {
+            switch self {
+            case .text: return "text"
+            case .image: return "image"
+            case .dual: return "dual"
+            }
+        }
     }
 
     /// The encoded contexts of a request: per context type used, its weight and the
@@ -281,6 +284,17 @@ public struct VersatileSampler {
     public struct Contexts {
         var parts: [(type: ContextType, weight: Float, conditional: Context, null: Context)]
         public var count: Int { parts[0].conditional.tokens.shape[0] }
+    }
+
+    /// Writes a grid PNG of `perRow` results a row, each row led by the image it started
+    /// from when there are `sources` (one per row).
+    public static func writeGrid(_ images: Tensor, perRow k: Int, sources: Tensor?, to path: String) throws {
+        let rows = (0..<(images.shape[0] / k)).map { r -> Tensor in
+            let results = images.slice(axis: 0, (r * k)..<((r + 1) * k))
+            return sources.map { TensorEngine.concat([$0.slice(axis: 0, r..<(r + 1)), results], axis: 0) } ?? results
+        }
+        let grid = ImageMetrics.grid(rows)
+        try PNGCodec.write(path, width: grid.width, height: grid.height, channels: grid.channels, pixels: grid.pixels)
     }
 
     public init(diffuser: VersatileDiffuser, encoders: ContextEncoders, stage: DiffusionStageConfig, sampling: SamplingConfig) throws {
