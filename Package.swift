@@ -55,7 +55,7 @@ let package = Package(
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorEngine", "TestSupport"]),
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "NN", "TensorEngine", "TestSupport"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Distributed", "TestSupport"]),
-        .testTarget(name: "ShimTests", dependencies: ["CDNNL", "CMPI", "CHDF5"]),
+        .testTarget(name: "ShimTests", dependencies: ["CDNNL", "CMPI", "CHDF5", "Storage"]),
         .testTarget(name: "CommandTests", dependencies: ["Training", "Datasets", "NN", "TensorEngine", "Storage", "Distributed", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]

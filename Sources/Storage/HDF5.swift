@@ -6,10 +6,12 @@ import Foundation
 
 /// Debian's HDF5 is built without thread safety, and tests (and a rank's
 /// background work) may touch files from several threads: every call into the
-/// library holds this one recursive lock.
-enum HDF5Lock {
+/// library, here or anywhere else in the process, holds this one recursive lock.
+/// Even a call that only reads a constant enters the library and clears its
+/// shared error stack, which another thread may be walking.
+public enum HDF5Lock {
     static let lock = NSRecursiveLock()
-    static func locked<R>(_ body: () throws -> R) rethrows -> R {
+    public static func locked<R>(_ body: () throws -> R) rethrows -> R {
         lock.lock()
         defer { lock.unlock() }
         return try body()
