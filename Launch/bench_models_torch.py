@@ -293,7 +293,9 @@ class Seq(nn.ModuleList):
         return x
 
 
-class Down(nn.Module):
+class Downsample(nn.Module):
+    """openaimodel.Downsample (key `op`, padding 1); the autoencoder's is `Down` (key `conv`, pad right and bottom)."""
+
     def __init__(self, c):
         super().__init__()
         self.op = nn.Conv2d(c, c, 3, stride=2, padding=1)
@@ -320,7 +322,7 @@ class UNetModel(nn.Module):
                 self.input_blocks.append(Seq(layers))
                 chans.append(ch)
             if level != len(a["channel_mult"]) - 1:
-                self.input_blocks.append(Seq([Down(ch)]))
+                self.input_blocks.append(Seq([Downsample(ch)]))
                 chans.append(ch)
                 ds *= 2
         self.middle_block = Seq([ResBlock(ch, ted, ch), st(ch), ResBlock(ch, ted, ch)])

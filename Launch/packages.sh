@@ -8,6 +8,13 @@ LDM_RUNTIME_PACKAGES="pkg-config zlib1g-dev libdnnl-dev libopenmpi-dev openmpi-b
 # the way users' Python does (Pillow, NumPy); ip and tc for the multi-host rehearsal
 # (Launch/netns-hosts).
 LDM_CHECK_PACKAGES="python3-h5py hdf5-tools python3-pil python3-numpy iproute2"
+# The tests' interchange checks: PyTorch and PyYAML load exported weights with the
+# CompVis config beside them; pip brings the PyPI packages below.
+LDM_INTEROP_CHECK_PACKAGES="python3-yaml python3-torch libopenblas0 python3-pip"
+# What Debian lacks, from PyPI: safetensors and TensorBoard's event reader (with
+# its protobuf and absl), installed without dependencies beside the build so that
+# Debian's NumPy and PyTorch stay as they are.
+LDM_PYPI_CHECK_PACKAGES="safetensors==0.8.0 tensorboard==2.21.0 protobuf==7.36.2 absl-py==2.5.1"
 # The emoji recipe: the Noto Color Emoji font, read with fontTools, named with
 # the CLDR names of python3-emoji (Launch/make-emoji-folder).
 LDM_EMOJI_PACKAGES="fonts-noto-color-emoji python3-fonttools python3-emoji python3-pil"
@@ -27,6 +34,17 @@ ldm_install() {
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ldm_python_packages DIR: pip-installs LDM_PYPI_CHECK_PACKAGES into DIR for Debian's
+# python3 (the tests put DIR on PYTHONPATH), unless DIR already holds these versions.
+ldm_python_packages() {
+    local dir="$1"
+    [ "$(cat "$dir/.versions" 2>/dev/null)" = "$LDM_PYPI_CHECK_PACKAGES" ] && return 0
+    echo "installing from PyPI into $dir: $LDM_PYPI_CHECK_PACKAGES" >&2
+    rm -rf "$dir"
+    /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$dir" $LDM_PYPI_CHECK_PACKAGES
+    echo "$LDM_PYPI_CHECK_PACKAGES" > "$dir/.versions"
 }
 
 # The Swift toolchain: on PATH, or at /opt/swift.

@@ -109,15 +109,30 @@ struct Prepare: ParsableCommand {
     }
 }
 
+/// Starting a fresh run from weights trained elsewhere.
+struct InitOptions: ParsableArguments {
+    @Option(name: .customLong("init-from"), help: "A safetensors file with CompVis keys (ldm-train export's, or CompVis's) to start a fresh run from.")
+    var initFrom: String?
+    @Flag(name: .customLong("init-from-partial"), help: "Load the tensors that match by key and shape; the rest keep their initialisation (listed).")
+    var partial = false
+
+    func apply(_ options: inout RunOptions) throws {
+        guard initFrom != nil || !partial else { throw ValidationError("--init-from-partial needs --init-from") }
+        (options.initFrom, options.initFromPartial) = (initFrom, partial)
+    }
+}
+
 struct Autoencoder: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stage 1: train the autoencoder.")
     @OptionGroup var training: TrainingOptions
     @Option(help: "Dataset file (default: the config's data.path).") var data: String?
     @Option(name: .customLong("run-dir"), help: "Run directory.") var runDir = "Checkpoints/autoencoder"
+    @OptionGroup var initialization: InitOptions
     func run() throws {
         let config = try training.load(stage: "autoencoder", data: data)
         var options = RunOptions(runDirectory: runDir)
         options.resume = training.resume
+        try initialization.apply(&options)
         try distributed { comm in try AutoencoderTrainer(config: config, options: options, communicator: comm).run() }
     }
 }
@@ -140,14 +155,19 @@ struct ContextEncodersCommand: ParsableCommand {
 
 struct Encode: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Write the latent cache z = E(x).")
-    @Option(help: "Autoencoder run directory (its newest valid checkpoint) or step directory.") var autoencoder: String
+    @Option(help: "Autoencoder run directory (its newest valid checkpoint), step directory, or safetensors file (CompVis keys).")
+    var autoencoder: String
+    @Option(help: "A safetensors autoencoder without ldm-train's metadata: the config whose autoencoder.model it is.") var config: String?
     @Option(help: "Dataset file (default: the one the autoencoder was trained on).") var data: String?
     @Option(help: "Output directory.") var out = "Datasets/fashion-mnist-latents"
     @Option(help: "Encode only the first N training images (default: all).") var count: Int?
     @Option(help: "Threads per rank (default: cores ÷ ranks on this node).") var threads: Int?
     func run() throws {
         if let threads { Threads.configure(max(1, threads)) }
-        try distributed { comm in try EncodeStage.run(autoencoder: autoencoder, data: data, out: out, limit: count, communicator: comm) }
+        let architecture = try config.map { try ConfigLoader.load($0) }
+        try distributed { comm in
+            try EncodeStage.run(autoencoder: autoencoder, config: architecture, data: data, out: out, limit: count, communicator: comm)
+        }
     }
 }
 
@@ -160,11 +180,13 @@ struct Diffusion: ParsableCommand {
     @Option(name: .customLong("context-encoders"), help: "A multi-flow diffuser: the context-encoders run its contexts come from.")
     var contextEncoders = "Checkpoints/context-encoders"
     @Option(name: .customLong("run-dir"), help: "Run directory.") var runDir = "Checkpoints/diffusion"
+    @OptionGroup var initialization: InitOptions
     func run() throws {
         var config = try training.load(stage: "diffusion")
         if let latents { config.diffusion.latents = latents }
         var options = RunOptions(runDirectory: runDir)
         options.resume = training.resume
+        try initialization.apply(&options)
         let ae = FileManager.default.fileExists(atPath: autoencoder) ? autoencoder : nil
         try distributed { comm in
             if config.diffusion.diffuser == .multiFlow {
@@ -179,7 +201,7 @@ struct Diffusion: ParsableCommand {
 struct Sample: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Sample images (and export latents) from a trained model.")
     @Option(help: "Diffusion run directory (its newest checkpoint) or step directory.") var diffusion = "Checkpoints/diffusion"
-    @Option(help: "Autoencoder run directory or step directory (must be the one the latents came from).")
+    @Option(help: "Autoencoder run directory, step directory or safetensors file (must be the one the latents came from).")
     var autoencoder = "Checkpoints/autoencoder"
     @Option(name: .customLong("class"), help: "A class-conditional model: a class index, or all.") var classes: String?
     @Option(help: "A text model: a prompt, one grid row (repeatable; \"\" samples unconditionally).") var prompt: [String] = []
@@ -279,4 +301,25 @@ extension TaskKind: ExpressibleByArgument {
         self = kind
     }
     public static var allValueStrings: [String] { allCases.map(\.argument) }
+}
+
+extension ExportLayout: ExpressibleByArgument {}
+
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a run's weights as safetensors with CompVis's keys, and the CompVis model config beside it.",
+        discussion: "An autoencoder run exports as AutoencoderKL; a diffusion run as LatentDiffusion (with first_stage_model.* from "
+            + "--autoencoder and the schedule's buffers) or, with --layout diffusion, the UNet and τθ alone.")
+    @Argument(help: "Run directory (its newest valid checkpoint) or step directory.") var runDirectory: String
+    @Option(help: "autoencoder, diffusion or latent_diffusion (default: autoencoder for stage 1, latent_diffusion for stage 2).")
+    var layout: ExportLayout?
+    @Flag(help: "A diffusion model's EMA weights in place of the trained ones.") var ema = false
+    @Option(help: "latent_diffusion: the autoencoder run the latents came from.") var autoencoder = "Checkpoints/autoencoder"
+    @Option(help: "Output file (.safetensors; the model config goes to the same name with .yaml).") var out: String
+    func run() throws {
+        guard out.hasSuffix(".safetensors") else { throw ValidationError("--out must end in .safetensors, got \(out)") }
+        let e = try Interchange.export(run: runDirectory, layout: layout, ema: ema, autoencoder: autoencoder, out: out)
+        print(String(format: "exported %d tensors (%.1f MB, layout %@) to %@; CompVis model config %@", e.tensors, Double(e.bytes) / 1e6,
+                     e.layout.rawValue, e.file, e.modelConfig))
+    }
 }

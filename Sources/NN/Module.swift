@@ -100,3 +100,11 @@ func snakeCase(_ name: String) -> String {
     }
     return out
 }
+
+extension Module {
+    /// The parameters as state tensors under `prefix` + their keys, in declaration
+    /// order: what an exported file holds and an imported one fills.
+    public func stateTensors(prefix: String = "") -> [StateTensor] {
+        namedParameters().map { StateTensor(key: prefix + $0.key, shape: $0.tensor.shape, pointer: $0.tensor.pointer, isCount: false) }
+    }
+}

@@ -223,7 +223,7 @@ public final class CheckpointStore {
         }.sorted { $0.0 > $1.0 }
     }
 
-    static func sizeAndCRC(_ path: String) throws -> (Int64, Int64) {
+    public static func sizeAndCRC(_ path: String) throws -> (Int64, Int64) {
         guard let handle = FileHandle(forReadingAtPath: path) else { throw CheckpointError.invalid(path: path, reason: "cannot read") }
         defer { try? handle.close() }
         var crc: uLong = crc32(0, nil, 0), bytes: Int64 = 0

@@ -37,8 +37,11 @@ extension CheckpointStore {
     /// into `tensors` on every rank. `mode`: "auto" (the newest complete and valid
     /// step directory, falling back to older ones with a warning; none → a fresh
     /// start), "none", or a path (a step directory, or a run directory's newest).
-    /// Returns the saved cursor, or nil for a fresh start.
-    public func restore(_ mode: String, tensors: [CheckpointTensor], expectedKind: String) throws -> TrainingCursor? {
+    /// Returns the saved cursor, or nil for a fresh start. `optional` tensors are loaded
+    /// when the checkpoint has them and keep their values otherwise (state that older
+    /// checkpoints did not save).
+    public func restore(_ mode: String, tensors: [CheckpointTensor], optional: [CheckpointTensor] = [],
+                        expectedKind: String) throws -> TrainingCursor? {
         var chosen = "", failure = ""
         if comm.isRoot {
             do { chosen = try choose(mode) } catch { failure = "\(error)" }
@@ -50,7 +53,7 @@ extension CheckpointStore {
         var cursor: TrainingCursor?
         var problem: Error?
         let started = Date()
-        do { cursor = try load(chosen, into: tensors, expectedKind: expectedKind) } catch { problem = error }
+        do { cursor = try load(chosen, into: tensors, optional: optional, expectedKind: expectedKind) } catch { problem = error }
         guard try comm.all(problem == nil), let cursor else {
             throw problem ?? CheckpointError.invalid(path: chosen, reason: "another rank could not load it")
         }
@@ -96,11 +99,12 @@ extension CheckpointStore {
     }
 
     /// Reads every tensor of a verified step directory into `tensors`.
-    public func load(_ directory: String, into tensors: [CheckpointTensor], expectedKind: String) throws -> TrainingCursor {
+    public func load(_ directory: String, into tensors: [CheckpointTensor], optional: [CheckpointTensor] = [],
+                     expectedKind: String) throws -> TrainingCursor {
         let index = try HDF5File.open("\(directory)/index.h5")
         let kind = try index.stringAttribute("model") ?? "?"
         guard kind == expectedKind else { throw CheckpointError.wrongKind(path: directory, expected: expectedKind, found: kind) }
-        for t in tensors {
+        for t in tensors + optional.filter({ index.exists($0.key) }) {
             guard index.exists(t.key) else {
                 throw CheckpointError.invalid(path: directory, reason: "no tensor '\(t.key)' (a checkpoint of another model?)")
             }

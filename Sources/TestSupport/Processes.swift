@@ -14,10 +14,18 @@ public func python(_ code: String) throws -> String { try runPython(["-c", code]
 /// Runs a Python script with Debian's python3 (h5py, Pillow, NumPy), returning stdout.
 public func python(script: String, _ arguments: [String]) throws -> String { try runPython([script] + arguments) }
 
+/// PyPI packages the checks read files with where Debian has none (safetensors,
+/// tensorboard), installed here by Launch/test.
+public let pythonPackages = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().appendingPathComponent(".build/python-packages").path
+
 private func runPython(_ arguments: [String]) throws -> String {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
     p.arguments = arguments
+    var environment = ProcessInfo.processInfo.environment
+    environment["PYTHONPATH"] = ([pythonPackages] + (environment["PYTHONPATH"].map { [$0] } ?? [])).joined(separator: ":")
+    p.environment = environment
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err

@@ -54,7 +54,12 @@ public final class AutoencoderStep {
         optimizer = Adam(arena, config.optimizer.adam)
     }
 
-    var discriminator: NLayerDiscriminator? { trained.loss?.discriminator }
+    public var discriminator: NLayerDiscriminator? { trained.loss?.discriminator }
+
+    /// The discriminator's BatchNorm running statistics, under CompVis's keys.
+    public var buffers: [StateTensor] {
+        (discriminator?.buffers ?? []).map { $0.prefixed("loss.discriminator.") }
+    }
 
     /// Forward and backward of one micro-batch, adding `scale` × its gradients to
     /// the arena. `noise` is ε for the posterior sample, [N, h, w, embed_dim].
@@ -107,7 +112,7 @@ public final class AutoencoderStep {
             }
         }
         let nllNorm = lastLayerGradientNorm(nll)
-        let gNorm = lastLayerGradientNorm { d($0).mean().scaled(by: -1) }
+        let gNorm = lastLayerGradientNorm { d($0, tracking: false).mean().scaled(by: -1) }   // a second look, not a batch
         return Float(min(max(nllNorm / (gNorm + 1e-4), 0), 1e4) * config.loss.discWeight)
     }
 

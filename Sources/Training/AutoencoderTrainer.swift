@@ -9,6 +9,11 @@ import TensorEngine
 public struct RunOptions: Sendable {
     public var runDirectory: String
     public var resume = "auto"
+    /// A safetensors file with CompVis keys whose weights a fresh run starts from
+    /// (a resumed run keeps its checkpoint's).
+    public var initFrom: String?
+    /// Load what matches by key and shape, and train the rest from its initialisation.
+    public var initFromPartial = false
     public init(runDirectory: String) { self.runDirectory = runDirectory }
 }
 
@@ -60,6 +65,8 @@ public final class AutoencoderTrainer: TrainingStage {
     var arena: ParameterArena { step.arena }
     var optimizer: Adam { step.optimizer }
     var ema: EMA? { nil }
+    var buffers: [StateTensor] { step.buffers }
+    var importable: ImportableState? { ImportableState(state: step.trained.stateTensors() + step.buffers, target: .autoencoder) }
     var settings: (training: TrainingConfig, optimizer: OptimizerConfig) { (stageConfig.training, stageConfig.optimizer) }
     var datasetSize: Int { config.data.trainCount(train.split.count) }
     var summary: String { "autoencoder \(stageConfig.name): \(step.model.parameterCount()) parameters" }

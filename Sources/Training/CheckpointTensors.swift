@@ -20,6 +20,11 @@ extension CheckpointTensor {
         return out
     }
 
+    /// Module state that is not a parameter (`buffers/<key>`: BatchNorm's running statistics).
+    static func bufferViews(_ buffers: [StateTensor]) -> [CheckpointTensor] {
+        buffers.map { CheckpointTensor(key: path("buffers", $0.key), shape: $0.shape.isEmpty ? [1] : $0.shape, pointer: $0.pointer) }
+    }
+
     /// Only the parameters (`params/<key>`), for loading a frozen model.
     static func parameterViews(_ arena: ParameterArena, group: String = "params") -> [CheckpointTensor] {
         arena.declarationOrder.map { CheckpointTensor(key: path(group, $0.key), shape: $0.tensor.shape, pointer: arena.values.pointer + $0.offset) }

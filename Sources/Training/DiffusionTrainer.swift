@@ -114,6 +114,9 @@ public final class DiffusionTrainer: TrainingStage {
     var arena: ParameterArena { step.arena }
     var optimizer: Adam { step.optimizer }
     var ema: EMA? { step.ema }
+    var importable: ImportableState? {
+        ImportableState(state: model.stateTensors(), target: .diffusion, tokenizer: model.tokenizer?.json)
+    }
     var settings: (training: TrainingConfig, optimizer: OptimizerConfig) { (stageConfig.training, stageConfig.optimizer) }
     var datasetSize: Int { cache.info.count }
     var summary: String {

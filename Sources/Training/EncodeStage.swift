@@ -39,10 +39,32 @@ public struct FrozenStage<Model: Module> {
 public typealias FrozenAutoencoder = FrozenStage<AutoencoderKL>
 
 extension FrozenStage where Model == AutoencoderKL {
-    public static func load(_ path: String, communicator comm: Communicator) throws -> FrozenAutoencoder {
-        try load(path, option: "--autoencoder", kind: "autoencoder-kl", communicator: comm) { config, _, _ in
-            AutoencoderKL(config.autoencoder.model, seed: 0)
+    /// `path`: a run or step directory, or a safetensors file with CompVis keys (an
+    /// AutoencoderKL's or a LatentDiffusion's `first_stage_model.*`). A file exported by
+    /// ldm-train carries its config and the identity of the checkpoint it came from;
+    /// another file is read as the architecture of `config` says, and is identified by
+    /// its name and CRC-32.
+    public static func load(_ path: String, config fallback: Config? = nil, communicator comm: Communicator) throws -> FrozenAutoencoder {
+        guard path.hasSuffix(".safetensors") else {
+            return try load(path, option: "--autoencoder", kind: "autoencoder-kl", communicator: comm) { config, _, _ in
+                AutoencoderKL(config.autoencoder.model, seed: 0)
+            }
         }
+        var problem = ""
+        var loaded: FrozenAutoencoder?
+        do {
+            let file = try SafeTensorsFile.open(path)
+            var config = fallback ?? Config()
+            if let yaml = file.metadata["config"] { config = try ConfigLoader.load(yamlText: yaml, source: path) }
+            let model = AutoencoderKL(config.autoencoder.model, seed: 0)
+            _ = try Interchange.load(path, into: model.stateTensors(), target: .autoencoder, partial: false)
+            for p in model.parameters() { p.requiresGrad = false }
+            let identity = try file.metadata["checkpoint"]
+                ?? String(format: "%@/%08x", (path as NSString).lastPathComponent, CheckpointStore.sizeAndCRC(path).1)
+            loaded = FrozenAutoencoder(model: model, config: config, checkpoint: path, identity: identity)
+        } catch { problem = "--autoencoder \(error)" }
+        if let first = try comm.firstProblem(problem) { throw DataError(first) }
+        return loaded!
     }
 }
 
@@ -53,10 +75,11 @@ extension FrozenStage where Model == AutoencoderKL {
 /// Var(z) = Var(mean) + E[exp(logvar)], the first by a parallel Welford/Chan merge.
 public enum EncodeStage {
     @discardableResult
-    public static func run(autoencoder path: String, data: String?, out: String, limit: Int? = nil, communicator comm: Communicator)
-        throws -> (images: Int, imagesPerSecond: Double) {
+    /// `config`: the architecture of an autoencoder given as a safetensors file that does not carry its own.
+    public static func run(autoencoder path: String, config: Config? = nil, data: String?, out: String, limit: Int? = nil,
+                           communicator comm: Communicator) throws -> (images: Int, imagesPerSecond: Double) {
         let say: (String) -> Void = { if comm.isRoot { print($0); fflush(stdout) } }
-        let ae = try FrozenAutoencoder.load(path, communicator: comm)
+        let ae = try FrozenAutoencoder.load(path, config: config, communicator: comm)
         let dataPath = data ?? ae.config.data.path
         let split = try DatasetSplit.open(dataPath, split: .train)
         let a = ae.config.autoencoder.model

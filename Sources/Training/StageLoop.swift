@@ -37,11 +37,27 @@ protocol TrainingStage: AnyObject {
     func finish() throws -> [String: Double]
     /// The optimizer update of step `step` (0-based) from the summed gradients.
     func applyUpdate(lr: Double, step: Int)
+    /// Module state besides the parameters (BatchNorm's running statistics). Each rank
+    /// tracks its own, and rank 0's are the ones kept, as DistributedDataParallel
+    /// broadcasts rank 0's buffers: they are broadcast before every save and at start-up.
+    var buffers: [StateTensor] { get }
+    /// What `--init-from` fills, under CompVis keys (nil: the stage cannot start from a file).
+    var importable: ImportableState? { get }
+}
+
+/// A stage's weights (and buffers) as a safetensors import fills them.
+struct ImportableState {
+    var state: [StateTensor]
+    var target: Interchange.Target
+    /// A text model's tokenizer: a file that names another one cannot fit its token embeddings.
+    var tokenizer: String? = nil
 }
 
 extension TrainingStage {
     /// Every parameter at the stage's rate.
     func applyUpdate(lr: Double, step: Int) { optimizer.update(lr: lr) }
+    var buffers: [StateTensor] { [] }
+    var importable: ImportableState? { nil }
 }
 
 /// The loop every stage shares: resume, start-up agreement, micro-batches with
@@ -81,8 +97,11 @@ final class StageLoop {
         checkpoints = CheckpointStore(runDirectory: options.runDirectory, communicator: comm, say: { log.say($0) })
     }
 
-    /// The tensors a checkpoint holds: parameters, Adam's moments and the EMA, by key.
-    var checkpointTensors: [CheckpointTensor] { CheckpointTensor.arenaViews(stage.arena, optimizer: stage.optimizer, ema: stage.ema) }
+    /// The tensors a checkpoint holds: parameters, Adam's moments and the EMA, by key,
+    /// then the module buffers (optional on resume: checkpoints written before
+    /// BatchNorm's statistics were kept lack them, and they start over).
+    var checkpointTensors: [CheckpointTensor] { stateTensors + CheckpointTensor.bufferViews(stage.buffers) }
+    var stateTensors: [CheckpointTensor] { CheckpointTensor.arenaViews(stage.arena, optimizer: stage.optimizer, ema: stage.ema) }
 
     @discardableResult
     func run() throws -> [String: Double] {
@@ -94,11 +113,14 @@ final class StageLoop {
         defer { sync.shutDown() }   // its thread keeps the stage's arena alive otherwise
         ModelBenchmark.resetPeakResident()   // the peak this stage reports is its own, not an earlier stage's
         var state = TrainingCursor()
-        if let restored = try checkpoints.restore(options.resume, tensors: checkpointTensors, expectedKind: stage.kind) {
+        if let restored = try checkpoints.restore(options.resume, tensors: stateTensors,
+                                                  optional: CheckpointTensor.bufferViews(stage.buffers), expectedKind: stage.kind) {
             state = restored
             stage.optimizer.step = state.step
             stage.ema?.updates = state.emaUpdates
             try checkInputs()
+        } else if let file = options.initFrom {
+            try initialize(from: file)
         }
         try startUp(state)
         let (t, o) = stage.settings
@@ -208,13 +230,39 @@ final class StageLoop {
     func startUp(_ state: TrainingCursor) throws {
         guard comm.size > 1 else { return }
         let buffers = [stage.arena.values, stage.optimizer.m, stage.optimizer.v] + (stage.ema.map { [$0.shadow] } ?? [])
-        try StartUp.broadcastFromRoot(buffers.map { UnsafeMutableBufferPointer(start: $0.pointer, count: $0.count) }, comm)
+        try StartUp.broadcastFromRoot(buffers.map { UnsafeMutableBufferPointer(start: $0.pointer, count: $0.count) }
+                                      + moduleBuffers, comm)
         try StartUp.checkAgreement([
             ("parameter names and shapes", stage.arena.entries.map { "\($0.key)\($0.tensor.shape)" }.joined(separator: ";")),
             ("gradient bucket layout", sync.buckets.map { "\($0.range)" }.joined(separator: ";")),
             ("config", try ConfigLoader.yaml(config)),
             ("step", "\(state.step)"),
         ], comm)
+    }
+
+    /// A fresh run's weights from a safetensors file, on every rank (each reads the file;
+    /// the ranks agree on the outcome before going on).
+    func initialize(from file: String) throws {
+        var problem = "", report = ""
+        do {
+            guard let part = stage.importable else { throw DataError("--init-from: the \(stage.kind) stage cannot start from a file") }
+            let result = try Interchange.load(file, into: part.state, target: part.target, partial: options.initFromPartial)
+            if let mine = part.tokenizer {
+                let theirs = try SafeTensorsFile.open(file).metadata["tokenizer"]
+                guard theirs == nil || theirs == mine else {
+                    throw DataError("\(file) was trained with another tokenizer than the one this run learned from its captions: "
+                                    + "its token embeddings would not line up")
+                }
+            }
+            stage.ema?.shadow.pointer.update(from: stage.arena.values.pointer, count: stage.arena.values.count)
+            report = "initialised from \(file): \(result.loaded) tensors"
+            if result.otherParts > 0 { report += "; \(result.otherParts) of other parts of the model not read" }
+            if !result.missing.isEmpty { report += "; \(result.missing.count) keep their initialisation: " + Interchange.list(result.missing) }
+            if !result.unexpected.isEmpty { report += "; \(result.unexpected.count) unused: " + Interchange.list(result.unexpected) }
+        } catch { problem = "\(error)" }
+        if let first = try comm.firstProblem(problem) { throw DataError(first) }
+        log.say(report)
+        log.record(["init_from": file, "init_tensors": report])
     }
 
     /// Throws when the checkpoint just restored was trained on other inputs than the
@@ -247,7 +295,13 @@ final class StageLoop {
         throw Preempted(description: message)
     }
 
+    /// The stage's module buffers as memory to broadcast.
+    var moduleBuffers: [UnsafeMutableBufferPointer<Float>] {
+        stage.buffers.map { UnsafeMutableBufferPointer(start: $0.pointer, count: $0.shape.reduce(1, *)) }
+    }
+
     func save(_ state: TrainingCursor) throws {
+        if comm.size > 1 { try StartUp.broadcastFromRoot(moduleBuffers, comm) }
         var attributes = CheckpointAttributes(
             kind: stage.kind, cursor: state, worldSize: comm.size, seed: config.seed,
             effectiveLR: stage.settings.optimizer.effectiveLR(globalBatch: plan.globalBatch), config: try ConfigLoader.yaml(config))

@@ -39,7 +39,7 @@ public struct TrainedDiffusion {
 
     /// The autoencoder at `path`, checked to be the one the model's latents came from.
     public func autoencoder(_ path: String, communicator: Communicator) throws -> FrozenAutoencoder {
-        let ae = try FrozenAutoencoder.load(path, communicator: communicator)
+        let ae = try FrozenAutoencoder.load(path, config: config, communicator: communicator)
         guard ae.identity == autoencoderIdentity else {
             throw DataError("\(directory) was trained on latents of autoencoder \(autoencoderIdentity), but --autoencoder \(path) is \(ae.identity)")
         }
