@@ -11,7 +11,7 @@ struct LDMTrain: ParsableCommand {
         abstract: "Train a two-stage Latent Diffusion Model (autoencoder, then latent diffusion) on CPU ranks.",
         discussion: "Start N ranks on this machine with Launch/mpirun-local -n N ldm-train ...",
         subcommands: [PipelineCommand.self, Prepare.self, Autoencoder.self, Encode.self, ContextEncodersCommand.self, Diffusion.self, Sample.self,
-                      Evaluate.self, Inspect.self, Export.self, Bench.self],
+                      Evaluate.self, Inspect.self, Export.self, Plot.self, Bench.self],
         defaultSubcommand: PipelineCommand.self)
 
     /// Errors become one line and exit status 1. Under mpirun only rank 0 reports at

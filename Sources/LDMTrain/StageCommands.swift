@@ -323,3 +323,15 @@ struct Export: ParsableCommand {
                      e.layout.rawValue, e.file, e.modelConfig))
     }
 }
+
+struct Plot: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Draw a run's training curves (metrics.jsonl) as a PNG, for those without TensorBoard.")
+    @Argument(help: "Run directory.") var runDirectory: String
+    @Option(help: "Output PNG (default: <run>/curves.png).") var out: String?
+    func run() throws {
+        let file = out ?? runDirectory + "/curves.png"
+        let names = try LossPlot.draw(metrics: runDirectory + "/metrics.jsonl", out: file,
+                                      title: (runDirectory as NSString).lastPathComponent)
+        print("plotted \(names.joined(separator: ", ")) to \(file)")
+    }
+}

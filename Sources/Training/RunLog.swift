@@ -8,6 +8,8 @@ public final class RunLog {
     private var metrics: FileHandle?
     private var path: String?
     private let started = Date()
+    /// TensorBoard's copy of what is recorded, opened with the first record.
+    private var events: TensorBoardEvents?
 
     /// Opens (rank 0) `<runDirectory>/metrics.jsonl` for appending. A failure is kept in
     /// `problem`, which the stage loop turns into an error that every rank agrees on.
@@ -46,6 +48,33 @@ public final class RunLog {
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
         do { try metrics.write(contentsOf: data + Data("\n".utf8)) } catch {
             if problem.isEmpty { problem = FileSystem.describe(error, path: path ?? "metrics.jsonl", doing: "append to the metrics log") }
+        }
+        guard let step = fields["step"] as? Int else { return }
+        let scalars = fields.compactMap { key, value -> (tag: String, value: Double)? in
+            guard !["step", "epoch"].contains(key) else { return nil }
+            if let v = value as? Double { return (key, v) }
+            if let v = value as? Int { return (key, Double(v)) }
+            return nil
+        }.sorted { $0.tag < $1.tag }
+        if !scalars.isEmpty { tensorBoard { try $0.scalars(step: step, scalars) } }
+    }
+
+    /// A PNG grid written at `step` as a TensorBoard image, tagged with its file name
+    /// without the step ("reconstructions", "samples-text").
+    public func image(step: Int, file: String) {
+        guard isRoot, metrics != nil else { return }
+        var tag = ((file as NSString).lastPathComponent as NSString).deletingPathExtension
+        if let dash = tag.lastIndex(of: "-"), Int(tag[tag.index(after: dash)...]) == step { tag = String(tag[..<dash]) }
+        tensorBoard { try $0.image(step: step, tag: tag, png: try Data(contentsOf: URL(fileURLWithPath: file))) }
+    }
+
+    private func tensorBoard(_ write: (TensorBoardEvents) throws -> Void) {
+        guard let directory = (path as NSString?)?.deletingLastPathComponent else { return }
+        do {
+            if events == nil { events = try TensorBoardEvents(directory: directory) }
+            try write(events!)
+        } catch {
+            if problem.isEmpty { problem = "\(error)" }
         }
     }
 

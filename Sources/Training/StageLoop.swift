@@ -81,6 +81,8 @@ final class StageLoop {
     let inputs: [String: String]
     /// Some rank received a preemption signal (agreed in the step's all-reduce).
     var preemptedBy: [String] = []
+    /// The global gradient's L2 norm at the last step, before clipping (logged as grad_norm).
+    var lastGradientNorm = 0.0
 
     init(stage: TrainingStage, config: Config, options: RunOptions, communicator: Communicator, log: RunLog,
          extraAttributes: [String: String] = [:], inputs: [String: String] = [:]) throws {
@@ -129,6 +131,7 @@ final class StageLoop {
                 + "\(plan.globalBatch); lr = \(o.baseLR) × \(o.scaleLR ? plan.globalBatch : 1) = \(lr)\(o.decayDescription); steps \(state.step) → \(t.steps), "
                 + "\(Threads.count) thread(s) per rank")
         var window: [(String, Tally)] = [], windowSteps = 0, windowStart = Date(), stepSeconds: [Double] = [], windowExposed = 0.0
+        var windowGradientNorm = 0.0
         let runStart = Date(), firstStep = state.step
         while state.step < t.steps {
             let stepStart = Date()
@@ -141,6 +144,7 @@ final class StageLoop {
             window = window.isEmpty ? logged : zip(window, logged).map { ($0.0, $0.1 + $1.1) }
             windowSteps += 1
             windowExposed += sync.lastExposedSeconds
+            windowGradientNorm += lastGradientNorm
             let done = state.step == t.steps
             if state.step % t.logEvery == 0 || done {
                 let rate = Double(windowSteps * plan.globalBatch) / Date().timeIntervalSince(windowStart)
@@ -154,15 +158,17 @@ final class StageLoop {
                                parts, rate, communication, RunLog.duration(eta)))
                 var fields: [String: Any] = ["step": state.step, "epoch": state.epoch, "lr": stepLR, "img_per_s": rate]
                 if comm.size > 1 { fields["exposed_comm_ms"] = exposedMs }
+                fields["grad_norm"] = windowGradientNorm / Double(windowSteps)
                 for (name, tally) in window where tally.count > 0 { fields[name] = tally.mean }
                 log.record(fields)
                 guard try comm.all(log.problem.isEmpty) else { throw DataError(try comm.broadcast(log.problem)) }
-                (window, windowSteps, windowStart, windowExposed) = ([], 0, Date(), 0)
+                (window, windowSteps, windowStart, windowExposed, windowGradientNorm) = ([], 0, Date(), 0, 0)
             }
             if state.step % t.imageEvery == 0 || done {   // every rank takes part and all stop if one failed
                 var problem = ""
                 do { try stage.writeImages(step: state.step) } catch { problem = "\(error)" }
                 if let first = try comm.firstProblem(problem) { throw DataError(first) }
+                if comm.isRoot { logImages(step: state.step) }
             }
             if state.step % t.checkpointEvery == 0 || done { try save(state) }
         }
@@ -209,6 +215,7 @@ final class StageLoop {
             .map { "\(Preemption.name(Int32($0.element))) on rank \($0.offset)" }
         logged = logged.enumerated().map { ($0.element.0, Tally(sum: flat[2 * $0.offset], count: flat[2 * $0.offset + 1])) }
         let norm = stage.arena.gradientNorm()
+        lastGradientNorm = norm
         guard logged[0].1.mean.isFinite, norm.isFinite else {
             try save(state)   // the weights from before this step: the last good ones
             throw TrainingStopped(description: "non-finite loss or gradient at step \(state.step + 1) (loss \(logged[0].1.mean), "
@@ -238,6 +245,13 @@ final class StageLoop {
             ("config", try ConfigLoader.yaml(config)),
             ("step", "\(state.step)"),
         ], comm)
+    }
+
+    /// The grids the stage just wrote (`<name>-<step>.png`) as TensorBoard images.
+    func logImages(step: Int) {
+        let suffix = String(format: "-%08d.png", step)
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: options.runDirectory)) ?? []
+        for name in names.sorted() where name.hasSuffix(suffix) { log.image(step: step, file: "\(options.runDirectory)/\(name)") }
     }
 
     /// A fresh run's weights from a safetensors file, on every rank (each reads the file;
