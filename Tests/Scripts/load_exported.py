@@ -117,8 +117,9 @@ def main(path, config, outputs):
                                      default=0.0)
             zt, t, labels = nchw(out["zt"][...]), torch.from_numpy(out["t"][...]), torch.from_numpy(out["labels"][...]).long()
             eps = container.model.diffusion_model(zt, t, container.cond_stage_model(labels))
-            result["eps"] = worst(eps, out["eps"][...])
-            result["eps_scale"] = float(np.abs(out["eps"][...]).max())
+            target = out["eps_ema" if meta["ema"] == "true" else "eps"][...]
+            result["eps"] = worst(eps, target)
+            result["eps_scale"] = float(np.abs(target).max())
     print(json.dumps(result))
 
 
