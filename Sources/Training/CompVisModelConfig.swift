@@ -114,7 +114,11 @@ enum CompVisModelConfig {
                     "        n_embed: \(u.contextDim)",
                     "        n_layer: \(c.text.nLayer)",
                     "        vocab_size: \(c.text.vocabSize)",
-                    "        max_seq_len: \(c.text.maxSeqLen)   # tokens come from the byte-level BPE in the file's metadata"]
+                    "        max_seq_len: \(c.text.maxSeqLen)   # tokens come from the byte-level BPE in the file's metadata",
+                    "      # attention: \(c.text.heads) heads × \(u.contextDim / c.text.heads); CompVis's class builds x-transformers' default 8 × 64,",
+                    "      # so build its TransformerWrapper with Encoder(dim=\(u.contextDim), depth=\(c.text.nLayer), heads=\(c.text.heads), "
+                        + "dim_head=\(u.contextDim / c.text.heads)) to load these weights.",
+                    "      # SwiftLDM masks padded tokens in τθ and cross-attention; CompVis attends to them."]
         case .none:
             out += ["      target: __is_unconditional__"]
         }

@@ -115,7 +115,7 @@ public final class DiffusionTrainer: TrainingStage {
     var optimizer: Adam { step.optimizer }
     var ema: EMA? { step.ema }
     var importable: ImportableState? {
-        ImportableState(state: model.stateTensors(), target: .diffusion, tokenizer: model.tokenizer?.json)
+        ImportableState(state: model.stateTensors(), target: .diffusion, tokenizer: model.tokenizer)
     }
     var settings: (training: TrainingConfig, optimizer: OptimizerConfig) { (stageConfig.training, stageConfig.optimizer) }
     var datasetSize: Int { cache.info.count }

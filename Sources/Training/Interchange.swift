@@ -68,7 +68,10 @@ public enum Interchange {
             tensors = safeTensors(trained.model.stateTensors())
             metadata["scale_factor"] = String(trained.scaleFactor)
             metadata["autoencoder"] = trained.autoencoderIdentity
-            if let t = trained.model.tokenizer { metadata["tokenizer"] = t.json }
+            if let t = trained.model.tokenizer {
+                metadata["tokenizer"] = t.json
+                tensors += unusedLogits(config.diffusion)
+            }
             if layout == .latentDiffusion {
                 let ae = try trained.autoencoder(autoencoder, communicator: SingleProcess())
                 tensors = safeTensors(ae.model.stateTensors(prefix: firstStagePrefix)) + tensors + scheduleBuffers(config.diffusion.schedule.schedule)
@@ -85,6 +88,15 @@ public enum Interchange {
         }
         return Exported(file: out, modelConfig: yamlPath, layout: layout, tensors: tensors.count,
                         bytes: tensors.reduce(0) { $0 + $1.values.count * $1.dtype.bytes })
+    }
+
+    /// CompVis's TransformerEmbedder keeps x-transformers' `to_logits` head although it only
+    /// ever returns embeddings: zeros here, so that a strict load fits (import skips them).
+    static let unusedLogitsKey = "cond_stage_model.transformer.to_logits."
+    static func unusedLogits(_ s: DiffusionStageConfig) -> [SafeTensor] {
+        let (vocabulary, width) = (s.conditioning.text.vocabSize, s.model.contextDim)
+        return [SafeTensor(key: unusedLogitsKey + "weight", shape: [vocabulary, width], values: [Float](repeating: 0, count: vocabulary * width)),
+                SafeTensor(key: unusedLogitsKey + "bias", shape: [vocabulary], values: [Float](repeating: 0, count: vocabulary))]
     }
 
     /// A stage-1 checkpoint's autoencoder with its discriminator and running statistics.
@@ -135,11 +147,14 @@ public enum Interchange {
         public var unexpected: [String] = []
         /// Tensors of the file that belong to other parts of a LatentDiffusion (not read).
         public var otherParts = 0
+        /// The file's `__metadata__`.
+        public var metadata: [String: String] = [:]
     }
 
     /// The parts of a file that a stage does not read: for the autoencoder, all but
     /// `first_stage_model.*` of a LatentDiffusion file, and the loss's `logvar` and LPIPS
-    /// weights; for stage 2, `first_stage_model.*` and the schedule's buffers.
+    /// weights; for stage 2, `first_stage_model.*`, the schedule's buffers and τθ's unused
+    /// `to_logits`.
     public enum Target: Sendable {
         case autoencoder, diffusion
     }
@@ -151,6 +166,7 @@ public enum Interchange {
         let file = try SafeTensorsFile.open(path)
         var keys = Set(file.entries.keys)
         var result = Imported()
+        result.metadata = file.metadata
         var prefix = ""
         switch target {
         case .autoencoder where keys.contains { $0.hasPrefix(firstStagePrefix) }:
@@ -161,7 +177,7 @@ public enum Interchange {
             let others = keys.filter { $0.hasPrefix("loss.") && !$0.hasPrefix("loss.discriminator.") }
             (result.otherParts, keys) = (others.count, keys.subtracting(others))
         case .diffusion:
-            let others = keys.filter { $0.hasPrefix(firstStagePrefix) || scheduleKeys.contains($0) }
+            let others = keys.filter { $0.hasPrefix(firstStagePrefix) || scheduleKeys.contains($0) || $0.hasPrefix(unusedLogitsKey) }
             (result.otherParts, keys) = (others.count, keys.subtracting(others))
         default:
             break

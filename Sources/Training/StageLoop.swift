@@ -50,7 +50,7 @@ struct ImportableState {
     var state: [StateTensor]
     var target: Interchange.Target
     /// A text model's tokenizer: a file that names another one cannot fit its token embeddings.
-    var tokenizer: String? = nil
+    var tokenizer: BPETokenizer? = nil
 }
 
 extension TrainingStage {
@@ -261,9 +261,8 @@ final class StageLoop {
         do {
             guard let part = stage.importable else { throw DataError("--init-from: the \(stage.kind) stage cannot start from a file") }
             let result = try Interchange.load(file, into: part.state, target: part.target, partial: options.initFromPartial)
-            if let mine = part.tokenizer {
-                let theirs = try SafeTensorsFile.open(file).metadata["tokenizer"]
-                guard theirs == nil || theirs == mine else {
+            if let mine = part.tokenizer, let theirs = result.metadata["tokenizer"] {
+                guard (try? BPETokenizer(json: theirs)) == mine else {
                     throw DataError("\(file) was trained with another tokenizer than the one this run learned from its captions: "
                                     + "its token embeddings would not line up")
                 }

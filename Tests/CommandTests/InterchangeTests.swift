@@ -7,13 +7,15 @@ import Testing
 import TestSupport
 import Training
 
+/// The smoke autoencoder with a small discriminator trained from step 0.
+let withDiscriminator = ["--set", "autoencoder.training.eval_images=20", "--set", "autoencoder.loss.disc_enabled=true",
+                         "--set", "autoencoder.loss.disc_start=0", "--set", "autoencoder.loss.disc_channels=16"]
+
 /// A smoke autoencoder trained 2 steps with the discriminator on from step 0 (so its
 /// BatchNorms have tracked batches), made once per test process.
 let discriminatorStage1: String = {
     let run = temporaryRun()
-    let r = try! ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run, "--steps", "2",
-                                                     "--set", "autoencoder.training.eval_images=20", "--set", "autoencoder.loss.disc_enabled=true",
-                                                     "--set", "autoencoder.loss.disc_start=0", "--set", "autoencoder.loss.disc_channels=16"])
+    let r = try! ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run, "--steps", "2"] + withDiscriminator)
     precondition(r.status == 0, "smoke autoencoder with a discriminator failed: \(r.err)")
     return run
 }()
@@ -101,12 +103,10 @@ struct InterchangeTests {
 
     @Test("with the discriminator on, 2 ranks: 6 steps straight equal 3 + resume + 3, bitwise, BatchNorm's running statistics (rank 0's) included")
     func discriminatorResume() throws {
-        let discriminator = ["--set", "autoencoder.loss.disc_enabled=true", "--set", "autoencoder.loss.disc_start=0",
-                             "--set", "autoencoder.loss.disc_channels=16", "--set", "autoencoder.training.eval_images=20"]
         var last = ""
         try checkExactResume({ ranks, run, extra in
             last = run
-            let r = try mpirunLocal(ranks, ["ldm-train", "autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run] + discriminator + extra)
+            let r = try mpirunLocal(ranks, ["ldm-train", "autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", run] + withDiscriminator + extra)
             return (r.status, r.out, r.err)
         }, holding: "buffers/loss/discriminator/main/3/running_var")
         let tracked = try checkpointTensors(last + "/step-00000006")["buffers/loss/discriminator/main/9/num_batches_tracked"]
@@ -138,10 +138,8 @@ struct InterchangeTests {
         #expect(try ldmTrain(["export", discriminatorStage1, "--out", dir + "/ae.safetensors"]).status == 0)
         #expect(try ldmTrain(["export", smokeDiffusion, "--autoencoder", smokeStage1.autoencoder, "--out", dir + "/ldm.safetensors"]).status == 0)
         let ae = temporaryRun()
-        let a = try ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", ae, "--steps", "1",
-                                                        "--set", "autoencoder.training.eval_images=20", "--set", "autoencoder.loss.disc_enabled=true",
-                                                        "--set", "autoencoder.loss.disc_start=0", "--set", "autoencoder.loss.disc_channels=16",
-                                                        "--set", "autoencoder.optimizer.base_lr=1e-30", "--init-from", dir + "/ae.safetensors"])
+        let a = try ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", ae, "--steps", "1"] + withDiscriminator
+                             + ["--set", "autoencoder.optimizer.base_lr=1e-30", "--init-from", dir + "/ae.safetensors"])
         let aeTensors = try SafeTensorsFile.open(dir + "/ae.safetensors").entries.count
         #expect(a.status == 0 && a.out.contains("initialised from \(dir)/ae.safetensors: \(aeTensors - 1) tensors; 1 of other parts"),
                 "\(a.out)\(a.err)")
@@ -171,9 +169,7 @@ struct InterchangeTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         #expect(try ldmTrain(["export", smokeStage1.autoencoder, "--out", dir + "/plain.safetensors"]).status == 0)
         func train(_ extra: [String]) throws -> (status: Int32, out: String, err: String) {
-            try ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", temporaryRun(), "--steps", "1",
-                                                    "--set", "autoencoder.training.eval_images=20", "--set", "autoencoder.loss.disc_enabled=true",
-                                                    "--set", "autoencoder.loss.disc_start=0", "--set", "autoencoder.loss.disc_channels=16"] + extra)
+            try ldmTrain(["autoencoder"] + smoke + ["--data", preparedDataset, "--run-dir", temporaryRun(), "--steps", "1"] + withDiscriminator + extra)
         }
         let strict = try train(["--init-from", dir + "/plain.safetensors"])
         #expect(strict.status != 0 && strict.err.contains("plain.safetensors does not fit this model")
@@ -187,6 +183,19 @@ struct InterchangeTests {
                                                             "--set", "autoencoder.model.ch=64", "--init-from", dir + "/plain.safetensors", "--init-from-partial"])
         #expect(wider.status != 0 && wider.err.contains("of another shape: 'encoder.conv_in.weight' is [32, 1, 3, 3], the model's is [64, 1, 3, 3]"),
                 "\(wider.err)")
+    }
+
+    @Test("a text model starts from its export: τθ's tokenizer in the metadata agrees, its unused to_logits head (zeros) is not read")
+    func textInitFrom() throws {
+        let dir = temporaryRun()
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let e = try ldmTrain(["export", textDiffusion, "--layout", "diffusion", "--out", dir + "/text.safetensors"])
+        #expect(e.status == 0, "\(e.err)")
+        let file = try SafeTensorsFile.open(dir + "/text.safetensors")
+        #expect(try file.values("cond_stage_model.transformer.to_logits.bias")?.allSatisfy { $0 == 0 } == true)
+        #expect(file.metadata["tokenizer"]?.contains("merges") == true)
+        let r = try textJob(1, run: temporaryRun(), ["--steps", "1", "--init-from", dir + "/text.safetensors"])
+        #expect(r.status == 0 && r.out.contains("tensors; 2 of other parts of the model not read"), "\(r.out)\(r.err)")
     }
 
     @Test("encode and sample take the autoencoder from an exported file: the same latents and images as from its run")
@@ -260,32 +269,29 @@ struct SafeTensorsTests {
             h.append(contentsOf: [UInt8](repeating: 0x20, count: max(0, length - h.count)))
             bytes.replaceSubrange(8..<(8 + length), with: h.prefix(length))
         }
+        // (what the header says instead, what the error must say)
+        let headerEdits: [String: ([(String, String)], String)] = [
+            "offsets beyond": ([("[16,24]", "[16,99]")], "end beyond the 24 data bytes"),
+            "wrong size": ([("[16,24]", "[12,24]")], "hold 12 bytes, but F32 [2] needs 8"),
+            "dtype": ([("\"F32\",\"shape\":[2]", "\"U8\",\"shape\":[2]")], "dtype U8 is not one SwiftLDM reads"),
+            "overlap": ([("[16,24]", "[8,16]")], "its bytes overlap the previous tensor's"),
+            "gap": ([("[0,16]", "[0,8]"), ("\"shape\":[4]", "\"shape\":[2]")], "a gap of 8 bytes"),
+        ]
         var expected: String
         switch damage {
         case "truncated":
             bytes = bytes.prefix(bytes.count - 4)
             expected = "data_offsets [16, 24] end beyond the 20 data bytes"
-        case "offsets beyond":
-            replaceHeader(header.replacingOccurrences(of: "[16,24]", with: "[16,99]"))
-            expected = "end beyond the 24 data bytes"
-        case "wrong size":
-            replaceHeader(header.replacingOccurrences(of: "[16,24]", with: "[12,24]"))
-            expected = "hold 12 bytes, but F32 [2] needs 8"
-        case "dtype":
-            replaceHeader(header.replacingOccurrences(of: "\"F32\",\"shape\":[2]", with: "\"U8\",\"shape\":[2]"))
-            expected = "dtype U8 is not one SwiftLDM reads"
-        case "overlap":
-            replaceHeader(header.replacingOccurrences(of: "[16,24]", with: "[8,16]"))
-            expected = "its bytes overlap the previous tensor's"
-        case "gap":
-            replaceHeader(header.replacingOccurrences(of: "[0,16]", with: "[0,8]").replacingOccurrences(of: "\"shape\":[4]", with: "\"shape\":[2]"))
-            expected = "a gap of 8 bytes"
         case "not json":
             replaceHeader("{\"w\": [")
             expected = "the header is not a JSON object"
-        default:
+        case "short":
             bytes = bytes.prefix(5)
             expected = "too short for a safetensors header length"
+        default:
+            let (edits, message) = try #require(headerEdits[damage])
+            replaceHeader(edits.reduce(header) { $0.replacingOccurrences(of: $1.0, with: $1.1) })
+            expected = message
         }
         try bytes.write(to: URL(fileURLWithPath: path))
         let e = #expect(throws: SafeTensorsError.self) { try SafeTensorsFile.open(path) }
