@@ -90,7 +90,7 @@ class Encoder(nn.Module):
             self.down.append(level)
         self.mid = Mid(cin)
         self.norm_out = norm(cin)
-        self.conv_out = nn.Conv2d(cin, 2 * a["z_channels"], 3, padding=1)
+        self.conv_out = nn.Conv2d(cin, (2 if a.get("double_z", True) else 1) * a["z_channels"], 3, padding=1)
 
     def forward(self, x):
         h = self.conv_in(x)

@@ -4,7 +4,7 @@ import TensorEngine
 
 /// What a per-sample random number is for; each purpose has its own streams.
 public enum SampleRandomness: UInt64, Sendable {
-    case shuffle = 1, flip, posterior, diffusionTime, diffusionNoise, conditionDrop, sampling, inpaintingMask
+    case shuffle = 1, flip, posterior, diffusionTime, diffusionNoise, conditionDrop, sampling, inpaintingMask, codeReseed
 }
 
 /// The random stream of one training sample for one purpose: a pure function of

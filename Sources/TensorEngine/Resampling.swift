@@ -42,6 +42,42 @@ public func upsampleNearest2x(_ x: Tensor) -> Tensor {
     return y
 }
 
+/// 2×2 max pooling with stride 2 of x [N, H, W, C] (H, W even) to [N, H/2, W/2, C]; the
+/// backward sends each output's gradient to the first of its block's maxima, as PyTorch does.
+public func maxPool2x2(_ x: Tensor) -> Tensor {
+    precondition(x.rank == 4 && x.shape[1] % 2 == 0 && x.shape[2] % 2 == 0, "maxPool2x2: input \(x.shape) is not [N, 2h, 2w, C]")
+    let (n, h, w, c) = (x.shape[0], x.shape[1] / 2, x.shape[2] / 2, x.shape[3])
+    let y = Tensor(uninitialized: [n, h, w, c])
+    var winners = [Int32](repeating: 0, count: y.count)   // the input offset of each output's maximum
+    let px = x.pointer, py = y.pointer
+    winners.withUnsafeMutableBufferPointer { arg in
+        let win = arg.baseAddress!
+        parallelFor(n * h) { range in
+            for row in range {   // row = sample · h + i
+                for j in 0..<w {
+                    let top = (row * 2 * 2 * w + 2 * j) * c, out = (row * w + j) * c
+                    for ch in 0..<c {
+                        var best = top + ch
+                        for offset in [c, 2 * w * c, 2 * w * c + c] where px[top + offset + ch] > px[best] { best = top + offset + ch }
+                        py[out + ch] = px[best]
+                        win[out + ch] = Int32(best)
+                    }
+                }
+            }
+        }
+    }
+    if Tape.needsGrad(x) {
+        Tape.record(y, inputs: [x]) { dy in
+            let pg = dy.pointer
+            x.withGradient { dx, accumulate in
+                if !accumulate { dx.update(repeating: 0, count: x.count) }
+                for i in 0..<winners.count { dx[Int(winners[i])] += pg[i] }
+            }
+        }
+    }
+    return y
+}
+
 /// Rows of `table` [V, D] picked by `indices` (shape `indexShape`) → [indexShape..., D].
 public func embedding(_ table: Tensor, indices: [Int], shape indexShape: [Int]? = nil) -> Tensor {
     precondition(table.rank == 2, "embedding: table \(table.shape) is not [V, D]")

@@ -3,10 +3,19 @@ import NN
 import TensorEngine
 
 /// The loss parts of one micro-batch (per-sample means, before the 1/accumulate scale).
-public struct AutoencoderLosses: Sendable {
+public struct AutoencoderLosses {
     public var total = 0.0
     public var reconstruction = 0.0
+    /// KL to N(0, I) (kind kl), or the quantiser's loss (kind vq).
     public var kl = 0.0
+    public var codebook = 0.0
+    /// Kind vq: exp of the entropy of the codes the micro-batch used.
+    public var perplexity = 0.0
+    /// LPIPS between the images and their reconstructions (with perceptual_weight > 0).
+    public var perceptual = 0.0
+    /// Kind vq: the pre-quantisation latents [N, h, w, d] (no gradient) and their codes.
+    public var latents: Tensor?
+    public var codes: [Int] = []
     /// With the discriminator on: −mean D(x̂), the adaptive weight, and D's hinge loss.
     public var generator: Double?, adaptiveWeight: Double?, discriminator: Double?
 }
@@ -15,13 +24,13 @@ public struct AutoencoderLosses: Sendable {
 /// `loss.discriminator`, in one module (so one arena, one all-reduce, one Adam
 /// over both; the discriminator's moments stay zero until it trains).
 public final class AutoencoderWithLoss: Module {
-    public let autoencoder: AutoencoderKL
+    public let autoencoder: Autoencoder
     public let loss: DiscriminatorLoss?
     override public class var keys: [String: String] { ["autoencoder": ""] }
     /// The discriminator's backward (its hinge loss) runs after the autoencoder's.
     override public var childrenInGradientOrder: [(String, Any)]? { [("", autoencoder), ("loss", loss as Any)] }
 
-    init(_ autoencoder: AutoencoderKL, _ loss: DiscriminatorLoss?) { (self.autoencoder, self.loss) = (autoencoder, loss) }
+    init(_ autoencoder: Autoencoder, _ loss: DiscriminatorLoss?) { (self.autoencoder, self.loss) = (autoencoder, loss) }
 }
 
 public final class DiscriminatorLoss: Module {
@@ -33,18 +42,24 @@ public final class DiscriminatorLoss: Module {
 /// loss = rec(x, D(z)) + kl_weight · KL(q(z|x) ‖ N(0, I)), z = μ + σ·ε, with rec the
 /// L1 (or squared) error summed over pixels and both terms averaged over the batch
 /// (CompVis LPIPSWithDiscriminator without the perceptual term and learned logvar);
+/// for a VQ first stage z is the quantised code and the quantiser's loss, weighted by
+/// codebook_weight, takes the KL term's place (CompVis VQLPIPSWithDiscriminator);
 /// from `disc_start` on, + λ·(−mean D(x̂)) with the adaptive λ, and D trains on the
 /// hinge loss.
 public final class AutoencoderStep {
     public let config: AutoencoderStageConfig
-    public let model: AutoencoderKL
+    public let model: Autoencoder
     public let trained: AutoencoderWithLoss
     public let arena: ParameterArena
     public let optimizer: Adam
+    /// The frozen LPIPS network of the perceptual term (outside the arena: never trained).
+    public let perceptual: LPIPS?
 
-    public init(config: AutoencoderStageConfig, seed: Int) {
+    /// `perceptual`: LPIPS with its weights, when loss.perceptual_weight > 0.
+    public init(config: AutoencoderStageConfig, seed: Int, perceptual: LPIPS? = nil) {
         self.config = config
-        model = AutoencoderKL(config.model, seed: UInt64(bitPattern: Int64(seed)))
+        self.perceptual = perceptual
+        model = Autoencoder(config.model, kind: config.kind, seed: UInt64(bitPattern: Int64(seed)))
         let disc = config.loss.discEnabled
             ? DiscriminatorLoss(NLayerDiscriminator(inChannels: config.model.outCh, channels: config.loss.discChannels,
                                                     layers: config.loss.discLayers, ParameterInitializer(seed: UInt64(bitPattern: Int64(seed)) &+ 1)))
@@ -65,15 +80,33 @@ public final class AutoencoderStep {
     /// the arena. `noise` is ε for the posterior sample, [N, h, w, embed_dim].
     public func accumulate(_ x: Tensor, noise: Tensor, scale: Float, step: Int) -> AutoencoderLosses {
         let posterior = model.encode(x)
-        let (lastInput, reconstruction) = model.decodeWithLastInput(posterior.sample(noise: noise))
-        let pixels = Float(x.count / x.shape[0])
-        func nll(_ r: Tensor) -> Tensor {
-            (config.loss.reconstruction == "l2" ? mseLoss(r, x) : l1Loss(r, x)).scaled(by: pixels)
+        let latent: Tensor, regulariser: Tensor
+        var losses = AutoencoderLosses()
+        if let quantize = model.quantize {
+            let q = quantize(posterior.mean, beta: Float(config.loss.commitmentBeta))
+            (latent, regulariser) = (q.quantized, q.loss.scaled(by: Float(config.loss.codebookWeight)))
+            (losses.codebook, losses.perplexity) = (Double(q.loss.item), Self.perplexity(q.indices, codes: quantize.codes))
+            (losses.latents, losses.codes) = (posterior.mean.detached(), q.indices)
+        } else {
+            let kl = posterior.kl().mean()
+            (latent, regulariser) = (posterior.sample(noise: noise), kl.scaled(by: Float(config.loss.klWeight)))
+            losses.kl = Double(kl.item)
         }
-        let rec = nll(reconstruction)
-        let kl = posterior.kl().mean()
-        var total = rec + kl.scaled(by: Float(config.loss.klWeight))
-        var losses = AutoencoderLosses(total: Double(total.item), reconstruction: Double(rec.item), kl: Double(kl.item))
+        let (lastInput, reconstruction) = model.decodeWithLastInput(latent, quantized: true)
+        let pixels = Float(x.count / x.shape[0])
+        let perceptualWeight = Float(config.loss.perceptualWeight)
+        // Per pixel, CompVis adds the sample's LPIPS × perceptual_weight to the reconstruction error.
+        func nllParts(_ r: Tensor) -> (loss: Tensor, perceptual: Tensor?) {
+            let base = (config.loss.reconstruction == "l2" ? mseLoss(r, x) : l1Loss(r, x)).scaled(by: pixels)
+            guard let lpips = perceptual, perceptualWeight > 0 else { return (base, nil) }
+            let p = lpips(x, r).mean()
+            return (base + p.scaled(by: perceptualWeight * pixels), p)
+        }
+        func nll(_ r: Tensor) -> Tensor { nllParts(r).loss }
+        let (rec, lpips) = nllParts(reconstruction)
+        losses.perceptual = lpips.map { Double($0.item) } ?? 0
+        var total = rec + regulariser
+        (losses.total, losses.reconstruction) = (Double(total.item), Double(rec.item))
         guard let d = discriminator, step >= config.loss.discStart else {
             total.scaled(by: scale).backward()
             return losses
@@ -114,6 +147,21 @@ public final class AutoencoderStep {
         let nllNorm = lastLayerGradientNorm(nll)
         let gNorm = lastLayerGradientNorm { d($0, tracking: false).mean().scaled(by: -1) }   // a second look, not a batch
         return Float(min(max(nllNorm / (gNorm + 1e-4), 0), 1e4) * config.loss.discWeight)
+    }
+
+    /// exp(−Σ p log p) over the frequencies of `indices` among `codes` codes.
+    public static func perplexity(_ indices: [Int], codes: Int) -> Double {
+        var counts = [Double](repeating: 0, count: codes)
+        for i in indices { counts[i] += 1 }
+        return perplexity(counts: counts)
+    }
+
+    /// exp(−Σ p log p) for code `counts`.
+    public static func perplexity(counts: [Double]) -> Double {
+        let n = counts.reduce(0, +)
+        var entropy = 0.0
+        for c in counts where c > 0 { entropy -= c / n * log(c / n) }
+        return exp(entropy)
     }
 
     private func setTrainable(_ module: Module, _ on: Bool) { for p in module.parameters() { p.requiresGrad = on } }

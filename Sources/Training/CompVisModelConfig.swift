@@ -12,16 +12,19 @@ enum CompVisModelConfig {
 
     static func list(_ values: [Int]) -> String { "[" + values.map(String.init).joined(separator: ", ") + "]" }
 
-    /// AutoencoderKL; `lossOf`: stage 1's own export keeps the discriminator's loss config,
-    /// a LatentDiffusion's first stage gets CompVis's `torch.nn.Identity`.
+    /// AutoencoderKL or VQModel (VQModelInterface as a LatentDiffusion's first stage);
+    /// `lossOf`: stage 1's own export keeps the discriminator's loss config, a
+    /// LatentDiffusion's first stage gets CompVis's `torch.nn.Identity`.
     static func autoencoder(_ config: Config, lossOf stage: AutoencoderStageConfig?) -> [String] {
-        let a = config.autoencoder.model
+        let a = config.autoencoder.model, vq = config.autoencoder.kind == .vq
+        let target = vq ? (stage == nil ? "VQModelInterface" : "VQModel") : "AutoencoderKL"
         var out = ["model:",
                    "  base_learning_rate: \(config.autoencoder.optimizer.baseLR)",
-                   "  target: ldm.models.autoencoder.AutoencoderKL",
+                   "  target: ldm.models.autoencoder.\(target)",
                    "  params:",
-                   "    embed_dim: \(a.embedDim)",
-                   "    monitor: val/rec_loss",
+                   "    embed_dim: \(a.embedDim)"]
+        if vq { out.append("    n_embed: \(a.nEmbed)") }
+        out += ["    monitor: val/rec_loss",
                    "    ddconfig:",
                    "      double_z: \(a.doubleZ)",
                    "      z_channels: \(a.zChannels)",
@@ -35,10 +38,10 @@ enum CompVisModelConfig {
                    "      dropout: 0.0",
                    "    lossconfig:"]
         if let l = stage?.loss, l.discEnabled {
-            out += ["      target: ldm.modules.losses.LPIPSWithDiscriminator",
+            out += ["      target: ldm.modules.losses.\(vq ? "vqperceptual.VQLPIPSWithDiscriminator" : "LPIPSWithDiscriminator")",
                     "      params:",
                     "        disc_start: \(l.discStart)",
-                    "        kl_weight: \(l.klWeight)",
+                    vq ? "        codebook_weight: \(l.codebookWeight)" : "        kl_weight: \(l.klWeight)",
                     "        disc_weight: \(l.discWeight)",
                     "        disc_in_channels: \(a.outCh)",
                     "        disc_num_layers: \(l.discLayers)",

@@ -323,6 +323,8 @@ public struct DistributedConfig: Codable, Equatable, Sendable {
 public struct AutoencoderStageConfig: Codable, Equatable, Sendable {
     /// The reference model's name, for logs and checkpoints.
     public var name = "kl-f4-fmnist"
+    /// kl (AutoencoderKL) or vq (VQModel: model.double_z false, model.n_embed codes).
+    public var kind = AutoencoderKind.kl
     public var model = AutoencoderArchitecture()
     public var loss = AutoencoderLossConfig()
     public var optimizer = OptimizerConfig(baseLR: 4.5e-6, beta1: 0.5, beta2: 0.9)
@@ -332,8 +334,19 @@ public struct AutoencoderStageConfig: Codable, Equatable, Sendable {
 public struct AutoencoderLossConfig: Codable, Equatable, Sendable {
     /// "l1" or "l2", summed over pixels and averaged over the batch.
     public var reconstruction = "l1"
-    /// Weight of the KL term (summed over latent elements, averaged over the batch).
+    /// Weight of the KL term (summed over latent elements, averaged over the batch; kind kl).
     public var klWeight = 1e-6
+    /// Kind vq: weight of the quantiser's loss, and β of its commitment term (CompVis: 1, 0.25).
+    public var codebookWeight = 1.0
+    public var commitmentBeta = 0.25
+    /// Kind vq: every this many steps (0: never), the codes no latent of that step's global
+    /// batch chose are moved onto latents of the batch (dead codes re-seeded).
+    public var reseedDeadCodesEvery = 0
+    /// Weight of the LPIPS term (0: off), added per pixel to the reconstruction error as
+    /// CompVis does; `perceptual_weights` is the file of its VGG16 and head weights
+    /// (safetensors or HDF5, torchvision's and LPIPS's names).
+    public var perceptualWeight = 0.0
+    public var perceptualWeights = ""
     /// The patch discriminator (hinge loss) joins at step `disc_start` when enabled.
     public var discEnabled = false
     public var discStart = 50001
@@ -342,7 +355,9 @@ public struct AutoencoderLossConfig: Codable, Equatable, Sendable {
     public var discChannels = 64
 
     enum CodingKeys: String, CodingKey {
-        case reconstruction, klWeight = "kl_weight", discEnabled = "disc_enabled", discStart = "disc_start"
+        case reconstruction, klWeight = "kl_weight", codebookWeight = "codebook_weight", commitmentBeta = "commitment_beta"
+        case perceptualWeight = "perceptual_weight", perceptualWeights = "perceptual_weights", reseedDeadCodesEvery = "reseed_dead_codes_every"
+        case discEnabled = "disc_enabled", discStart = "disc_start"
         case discWeight = "disc_weight", discLayers = "disc_layers", discChannels = "disc_channels"
     }
 }
@@ -431,5 +446,5 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
 }
 
 extension AutoencoderStageConfig {
-    enum CodingKeys: String, CodingKey { case name, model, loss, optimizer, training }
+    enum CodingKeys: String, CodingKey { case name, kind, model, loss, optimizer, training }
 }

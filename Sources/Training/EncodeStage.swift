@@ -18,7 +18,7 @@ public struct FrozenStage<Model: Module> {
 
     /// Rank 0 resolves `path` (errors name `option`); every rank builds the model from the
     /// recorded config and the checkpoint's index and loads its weights.
-    static func load(_ path: String, option: String, kind: String, communicator comm: Communicator,
+    static func load(_ path: String, option: String, kind: (Config) -> String, communicator comm: Communicator,
                      build: (Config, HDF5File, String) throws -> Model) throws -> FrozenStage {
         var chosen = "", problem = ""
         if comm.isRoot { do { chosen = try CheckpointStore.resolve(path) } catch { problem = "\(error)" } }
@@ -29,25 +29,25 @@ public struct FrozenStage<Model: Module> {
         let config = try ConfigLoader.load(yamlText: try index.stringAttribute("config") ?? "", source: chosen)
         let model = try build(config, index, chosen)
         let store = CheckpointStore(runDirectory: path, communicator: comm, say: { _ in })
-        _ = try store.load(chosen, into: CheckpointTensor.parameterViews(ParameterArena(model)), expectedKind: kind)
+        _ = try store.load(chosen, into: CheckpointTensor.parameterViews(ParameterArena(model)), expectedKind: kind(config))
         for p in model.parameters() { p.requiresGrad = false }
         return FrozenStage(model: model, config: config, checkpoint: chosen, identity: try CheckpointStore.identity(of: chosen))
     }
 }
 
 /// A frozen stage-1 autoencoder.
-public typealias FrozenAutoencoder = FrozenStage<AutoencoderKL>
+public typealias FrozenAutoencoder = FrozenStage<Autoencoder>
 
-extension FrozenStage where Model == AutoencoderKL {
+extension FrozenStage where Model == Autoencoder {
     /// `path`: a run or step directory, or a safetensors file with CompVis keys (an
-    /// AutoencoderKL's or a LatentDiffusion's `first_stage_model.*`). A file exported by
+    /// AutoencoderKL's or VQModel's, or a LatentDiffusion's `first_stage_model.*`). A file exported by
     /// ldm-train carries its config and the identity of the checkpoint it came from;
     /// another file is read as the architecture of `config` says, and is identified by
     /// its name and CRC-32.
     public static func load(_ path: String, config fallback: Config? = nil, communicator comm: Communicator) throws -> FrozenAutoencoder {
         guard path.hasSuffix(".safetensors") else {
-            return try load(path, option: "--autoencoder", kind: "autoencoder-kl", communicator: comm) { config, _, _ in
-                AutoencoderKL(config.autoencoder.model, seed: 0)
+            return try load(path, option: "--autoencoder", kind: { $0.autoencoder.kind.checkpointKind }, communicator: comm) { config, _, _ in
+                Autoencoder(config.autoencoder.model, kind: config.autoencoder.kind, seed: 0)
             }
         }
         var problem = ""
@@ -56,7 +56,7 @@ extension FrozenStage where Model == AutoencoderKL {
             let file = try SafeTensorsFile.open(path)
             var config = fallback ?? Config()
             if let yaml = file.metadata["config"] { config = try ConfigLoader.load(yamlText: yaml, source: path) }
-            let model = AutoencoderKL(config.autoencoder.model, seed: 0)
+            let model = Autoencoder(config.autoencoder.model, kind: config.autoencoder.kind, seed: 0)
             _ = try Interchange.load(path, into: model.stateTensors(), target: .autoencoder, partial: false)
             for p in model.parameters() { p.requiresGrad = false }
             let identity = try file.metadata["checkpoint"]

@@ -41,10 +41,10 @@ public struct ImageTask {
     public let config: TaskConfig
     public let autoencoder: AutoencoderArchitecture
     /// Inpainting's encoder and the cache's scale factor.
-    let encoder: AutoencoderKL?
+    let encoder: Autoencoder?
     let scaleFactor: Float
 
-    public init(_ config: TaskConfig, autoencoder: AutoencoderArchitecture, encoder: AutoencoderKL?, scaleFactor: Double) {
+    public init(_ config: TaskConfig, autoencoder: AutoencoderArchitecture, encoder: Autoencoder?, scaleFactor: Double) {
         precondition(config.kind != .generation, "generation has no image condition")
         precondition(config.kind != .inpainting || encoder != nil, "inpainting encodes the masked image")
         (self.config, self.autoencoder, self.encoder, self.scaleFactor) = (config, autoencoder, encoder, Float(scaleFactor))

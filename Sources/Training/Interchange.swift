@@ -6,8 +6,9 @@ import Storage
 
 /// Which CompVis module an exported file is a state_dict of.
 public enum ExportLayout: String, CaseIterable, Sendable {
-    /// `ldm.models.autoencoder.AutoencoderKL`: `encoder.*`, `decoder.*`, `quant_conv.*`,
-    /// `post_quant_conv.*`, and with a discriminator `loss.discriminator.*` and `loss.logvar`.
+    /// `ldm.models.autoencoder.AutoencoderKL` or `VQModel`: `encoder.*`, `decoder.*`,
+    /// `quant_conv.*`, (VQ) `quantize.embedding.weight`, `post_quant_conv.*`, and with a
+    /// discriminator `loss.discriminator.*` and `loss.logvar`.
     case autoencoder
     /// The trainable part of stage 2 alone: `model.diffusion_model.*` (the UNet) and
     /// `cond_stage_model.*` (τθ).
@@ -51,13 +52,13 @@ public enum Interchange {
         var tensors: [SafeTensor]
         let layout: ExportLayout
         switch kind {
-        case "autoencoder-kl":
+        case AutoencoderKind.kl.checkpointKind, AutoencoderKind.vq.checkpointKind:
             layout = asked ?? .autoencoder
             guard layout == .autoencoder else { throw DataError("\(directory) is an autoencoder: it exports as --layout autoencoder only") }
             guard !ema else { throw DataError("\(directory) is an autoencoder, which keeps no EMA weights: leave out --ema") }
             let trained = try loadAutoencoder(directory, config: config)
             tensors = safeTensors(trained.trained.stateTensors() + trained.buffers)
-            if trained.discriminator != nil {   // CompVis's learned output log-variance; SwiftLDM's loss holds it at 0
+            if trained.discriminator != nil && config.autoencoder.kind == .kl {   // CompVis's learned output log-variance; SwiftLDM's loss holds it at 0
                 tensors.append(SafeTensor(key: "loss.logvar", shape: [], values: [0]))
             }
         case "latent-diffusion":
@@ -104,7 +105,7 @@ public enum Interchange {
         let trained = AutoencoderStep(config: config.autoencoder, seed: 0)
         let store = CheckpointStore(runDirectory: directory, communicator: SingleProcess(), say: { _ in })
         _ = try store.load(directory, into: CheckpointTensor.parameterViews(trained.arena),
-                           optional: CheckpointTensor.bufferViews(trained.buffers), expectedKind: "autoencoder-kl")
+                           optional: CheckpointTensor.bufferViews(trained.buffers), expectedKind: config.autoencoder.kind.checkpointKind)
         return trained
     }
 
@@ -157,6 +158,9 @@ public enum Interchange {
     /// `to_logits`.
     public enum Target: Sendable {
         case autoencoder, diffusion
+        /// LPIPS: torchvision's VGG16 `features.*` and the heads; a whole VGG16's
+        /// `classifier.*` and the LPIPS package's `scaling_layer.*` are not read.
+        case perceptual
     }
 
     /// Fills `state` (CompVis keys) from the safetensors file at `path`. Every missing,
@@ -179,8 +183,9 @@ public enum Interchange {
         case .diffusion:
             let others = keys.filter { $0.hasPrefix(firstStagePrefix) || scheduleKeys.contains($0) || $0.hasPrefix(unusedLogitsKey) }
             (result.otherParts, keys) = (others.count, keys.subtracting(others))
-        default:
-            break
+        case .perceptual:
+            let others = keys.filter { $0.hasPrefix("classifier.") || $0.hasPrefix("scaling_layer.") }
+            (result.otherParts, keys) = (others.count, keys.subtracting(others))
         }
         var misShaped: [String] = [], fills: [(StateTensor, String)] = []
         for s in state {
@@ -208,6 +213,30 @@ public enum Interchange {
             result.loaded += 1
         }
         return result
+    }
+
+    /// LPIPS's weights from `path`: a safetensors file, or an HDF5 file whose datasets are
+    /// named by the same keys (`features.0.weight`, `lin0.model.1.weight`), each checked
+    /// for presence and shape.
+    public static func loadPerceptual(_ path: String, into lpips: LPIPS) throws {
+        let state = lpips.stateTensors()
+        if path.hasSuffix(".safetensors") {
+            _ = try load(path, into: state, target: .perceptual, partial: false)
+            return
+        }
+        let file: HDF5File
+        do { file = try HDF5File.open(path) } catch {
+            throw DataError("\(path): not a safetensors or HDF5 file of LPIPS weights (\(error))")
+        }
+        let missing = state.filter { !file.exists($0.key) }.map(\.key)
+        guard missing.isEmpty else {
+            throw DataError("\(path) is not a file of LPIPS weights: \(missing.count) missing: " + list(missing))
+        }
+        for s in state {
+            let shape = try file.shape(of: s.key)
+            guard shape == s.shape else { throw DataError("\(path): '\(s.key)' is \(shape), LPIPS's is \(s.shape)") }
+            try file.read(s.key, into: UnsafeMutableBufferPointer(start: s.pointer, count: s.shape.reduce(1, *)))
+        }
     }
 
     static func list(_ names: [String]) -> String {

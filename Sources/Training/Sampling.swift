@@ -92,7 +92,7 @@ public struct LatentSampler {
     }
 
     /// Images [N, R, R, C] in [−1, 1] from scaled latents: D(z / scale_factor).
-    public static func decode(_ latents: Tensor, scaleFactor: Double, autoencoder: AutoencoderKL) -> Tensor {
+    public static func decode(_ latents: Tensor, scaleFactor: Double, autoencoder: Autoencoder) -> Tensor {
         withoutGradient {
             var images: [Tensor] = []
             let n = latents.shape[0]

@@ -18,7 +18,7 @@ public enum TaskEvaluation {
     }
 
     /// Mean metrics over the first `count` test images (every rank takes part).
-    public static func run(task: ImageTask, sampler: LatentSampler, decoder: AutoencoderKL, scaleFactor: Double, test: ImageBatcher,
+    public static func run(task: ImageTask, sampler: LatentSampler, decoder: Autoencoder, scaleFactor: Double, test: ImageBatcher,
                            count: Int, communicator comm: Communicator) throws -> [String: Double] {
         let share = (comm.rank * count / comm.size)..<((comm.rank + 1) * count / comm.size)
         let crop = (top: (test.resolution - test.split.height) / 2, left: (test.resolution - test.split.width) / 2,

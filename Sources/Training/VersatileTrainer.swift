@@ -11,7 +11,7 @@ public typealias FrozenContextEncoders = FrozenStage<ContextEncoders>
 
 extension FrozenStage where Model == ContextEncoders {
     public static func load(_ path: String, communicator comm: Communicator) throws -> FrozenContextEncoders {
-        try load(path, option: "--context-encoders", kind: ContextEncoderTrainer.kind, communicator: comm) { config, index, directory in
+        try load(path, option: "--context-encoders", kind: { _ in ContextEncoderTrainer.kind }, communicator: comm) { config, index, directory in
             ContextEncoders(config.contextEncoders.model,
                             tokenizer: try readTokenizer(index, directory: directory, fits: config.contextEncoders.model.text), seed: 0)
         }

@@ -69,7 +69,7 @@ struct ImageTaskTests {
     func masks(_ side: Int) throws {
         var config = TaskConfig()
         (config.kind, config.maskCoverage) = (.inpainting, [0.15, 0.4])
-        let ae = AutoencoderKL(taskAutoencoder(resolution: side), seed: 1)
+        let ae = Autoencoder(taskAutoencoder(resolution: side), seed: 1)
         let task = ImageTask(config, autoencoder: taskAutoencoder(resolution: side), encoder: ae, scaleFactor: 1)
         let indices = Array(0..<200)
         let m = task.masks(indices, epoch: 3, seed: 7)
@@ -86,7 +86,7 @@ struct ImageTaskTests {
     func inpaintingCondition() throws {
         var config = TaskConfig()
         config.kind = .inpainting
-        let a = taskAutoencoder(), ae = AutoencoderKL(a, seed: 2)
+        let a = taskAutoencoder(), ae = Autoencoder(a, seed: 2)
         let task = ImageTask(config, autoencoder: a, encoder: ae, scaleFactor: 0.5)
         let (x, _) = randomImages(2, side: 32, channels: 1, seed: 9)
         guard case let .masked(_, masks) = task.condition(for: x, indices: [4, 8], epoch: 0, seed: 1) else { Issue.record("not inpainting"); return }

@@ -49,7 +49,7 @@ struct StorageCommandTests {
         #expect(try smokeJob(2, run: run, ["--batch-size", "4", "--steps", "3"], environment: ["LDM_TRACE_SAMPLES": trace + "-a"]).status == 0)
         // Loading the 2-rank checkpoint in a world of one gives exactly what the shards hold.
         let config = try ConfigLoader.load(packageRoot.appendingPathComponent("Launch/configs/fmnist-smoke.yaml").path)
-        let model = AutoencoderKL(config.autoencoder.model, seed: 99)
+        let model = Autoencoder(config.autoencoder.model, seed: 99)
         let arena = ParameterArena(model)
         let store = CheckpointStore(runDirectory: run, communicator: SingleProcess(), say: { _ in })
         _ = try store.restore("auto", tensors: arena.declarationOrder.map {

@@ -72,7 +72,7 @@ struct AutoencoderTests {
     @Test("parameter keys and shapes equal CompVis's for the reference and a tiny config, in state_dict order")
     func keysMatchCompVis() {
         for a in [AutoencoderArchitecture(), tinyArchitecture()] {
-            let model = AutoencoderKL(a, seed: 1)
+            let model = Autoencoder(a, seed: 1)
             let ours = model.namedParameters().map { ($0.key, $0.tensor.shape) }
             let theirs = compVisAutoencoderKeys(a)
             #expect(ours.map(\.0) == theirs.map(\.0))
@@ -83,7 +83,7 @@ struct AutoencoderTests {
     @Test("encode and decode shapes follow f and the channel counts")
     func shapes() {
         let a = tinyArchitecture()
-        let model = AutoencoderKL(a, seed: 2)
+        let model = Autoencoder(a, seed: 2)
         let x = randn([3, 8, 8, 1], 1)
         let posterior = withoutGradient { model.encode(x) }
         #expect(posterior.mean.shape == [3, 4, 4, 2])
@@ -94,12 +94,12 @@ struct AutoencoderTests {
     @Test("the same seed builds the same weights; another seed different ones")
     func seededInit() {
         let a = tinyArchitecture()
-        let p1 = AutoencoderKL(a, seed: 5).parameters(), p2 = AutoencoderKL(a, seed: 5).parameters()
-        let p3 = AutoencoderKL(a, seed: 6).parameters()
+        let p1 = Autoencoder(a, seed: 5).parameters(), p2 = Autoencoder(a, seed: 5).parameters()
+        let p3 = Autoencoder(a, seed: 6).parameters()
         #expect(zip(p1, p2).allSatisfy { $0.scalars == $1.scalars })
         #expect(zip(p1, p3).contains { $0.scalars != $1.scalars })
         // conv weights are U(−1/√fan_in, 1/√fan_in) as PyTorch's default
-        let w = AutoencoderKL(a, seed: 5).namedParameters().first { $0.key == "encoder.down.1.block.0.conv1.weight" }!.tensor
+        let w = Autoencoder(a, seed: 5).namedParameters().first { $0.key == "encoder.down.1.block.0.conv1.weight" }!.tensor
         let bound = 1 / Float(32 * 9).squareRoot()
         #expect(w.scalars.allSatisfy { abs($0) <= bound })
         #expect(w.scalars.map { abs($0) }.max()! > 0.9 * bound)
@@ -107,7 +107,7 @@ struct AutoencoderTests {
 
     @Test("gradient of Σ r ⊙ decode(sample(encode(x))) + KL with respect to x and to parameters")
     func gradients() {
-        let model = AutoencoderKL(tinyArchitecture(), seed: 3)
+        let model = Autoencoder(tinyArchitecture(), seed: 3)
         let noise = randn([2, 4, 4, 2], 9)
         let x = randn([2, 8, 8, 1], 4)
         func forward(_ x: Tensor) -> Tensor {

@@ -43,7 +43,22 @@ class NLayerDiscriminator(nn.Module):
 def autoencoder(params):
     a = dict(params["ddconfig"])
     a["embed_dim"] = params["embed_dim"]
-    return ref.AutoencoderKL(a)
+    ae = ref.AutoencoderKL(a)
+    if "n_embed" in params:   # VQModel: quant_conv z → e, and the codebook
+        ae.quant_conv = nn.Conv2d(a["z_channels"], a["embed_dim"], 1)
+        ae.quantize = nn.Module()
+        ae.quantize.embedding = nn.Embedding(params["n_embed"], a["embed_dim"])
+    return ae
+
+
+def quantized(ae, h):
+    """VectorQuantizer2's nearest code by squared distance, in NCHW."""
+    if not hasattr(ae, "quantize"):
+        return h
+    flat = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+    e = ae.quantize.embedding.weight
+    d = (flat ** 2).sum(1, keepdim=True) + (e ** 2).sum(1) - 2 * flat @ e.t()
+    return e[d.argmin(1)].reshape(h.shape[0], h.shape[2], h.shape[3], h.shape[1]).permute(0, 3, 1, 2)
 
 
 def schedule(p):
@@ -80,15 +95,19 @@ def main(path, config, outputs):
     result = {"tensors": len(sd), "layout": meta["layout"]}
     torch.manual_seed(0)
     with torch.no_grad():
-        if cfg["target"] == "ldm.models.autoencoder.AutoencoderKL":
+        if cfg["target"] in ("ldm.models.autoencoder.AutoencoderKL", "ldm.models.autoencoder.VQModel"):
             ae = autoencoder(p)
             ae.load_state_dict({k: v for k, v in sd.items() if not k.startswith("loss.")}, strict=True)
             x = nchw(out["x"][...])
             moments = ae.quant_conv(ae.encoder(x))
-            mean, logvar = torch.chunk(moments, 2, dim=1)
-            result["mean"] = worst(mean, out["mean"][...])
-            result["logvar"] = worst(torch.clamp(logvar, -30.0, 20.0), out["logvar"][...])
-            result["decoded"] = worst(ae.decoder(ae.post_quant_conv(nchw(out["z"][...]))), out["decoded"][...])
+            if hasattr(ae, "quantize"):
+                result["mean"] = worst(moments, out["mean"][...])
+            else:
+                mean, logvar = torch.chunk(moments, 2, dim=1)
+                result["mean"] = worst(mean, out["mean"][...])
+                result["logvar"] = worst(torch.clamp(logvar, -30.0, 20.0), out["logvar"][...])
+            z = quantized(ae, nchw(out["z"][...]))
+            result["decoded"] = worst(ae.decoder(ae.post_quant_conv(z)), out["decoded"][...])
             if p["lossconfig"]["target"] == "ldm.modules.losses.LPIPSWithDiscriminator":
                 lp = p["lossconfig"]["params"]
                 loss = nn.Module()

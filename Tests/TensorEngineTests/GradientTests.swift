@@ -32,7 +32,7 @@ struct GradientTests {
         for required in ["add", "sub broadcast", "mul broadcast", "div broadcast", "neg", "scale", "exp", "log", "sqrt",
                          "silu", "gelu", "geglu", "sigmoid", "sum axis", "mean axes", "reshape", "permute NHWC to NCHW",
                          "concat channels", "split channels", "slice", "matmul", "batched matmul", "linear",
-                         "conv 3x3 pad 1", "upsample nearest 2x", "group norm", "group norm then SiLU (fused)", "layer norm", "softmax", "attention",
+                         "conv 3x3 pad 1", "upsample nearest 2x", "max pool 2x2", "group norm", "group norm then SiLU (fused)", "layer norm", "softmax", "attention",
                          "embedding", "l1 loss", "mse loss", "KL of diagonal Gaussian", "clamp"] {
             #expect(names.contains(required), "no gradient check for \(required)")
         }

@@ -112,6 +112,7 @@ let opCases: [OpCase] = [
     conv("conv odd sizes", x: [3, 7, 5, 3], w: [5, 3, 3, 3], tinyX: [1, 3, 5, 1], tinyW: [1, 1, 3, 3], padding: Padding2D(1)),
     conv("conv batch 1", x: [1, 6, 6, 2], w: [3, 2, 3, 3], tinyX: [1, 3, 3, 1], tinyW: [1, 1, 3, 3], padding: Padding2D(1)),
     OpCase("upsample nearest 2x", shapes: [[2, 3, 4, 5]], tiny: [[1, 2, 2, 2]]) { upsampleNearest2x($0[0]) },
+    OpCase("max pool 2x2", shapes: [[2, 4, 6, 3]], tiny: [[1, 2, 4, 2]]) { maxPool2x2($0[0]) },
     OpCase("group norm", shapes: [[2, 4, 3, 8], [8], [8]], tiny: [[1, 2, 2, 4], [4], [4]]) {
         groupNorm($0[0], groups: 2, weight: $0[1], bias: $0[2])
     },

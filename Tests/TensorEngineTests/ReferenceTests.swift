@@ -128,7 +128,7 @@ struct ReferenceTests {
         #expect(isClose(attention(query: q, key: k, value: v), Reference.attention(q, k, v), rtol: 1e-4, atol: 1e-5))
     }
 
-    @Test("broadcast add, upsample and slices by hand")
+    @Test("broadcast add, upsample, max pooling and slices by hand")
     func smallExact() {
         let a = Tensor(shape: [2, 1, 3], scalars: [1, 2, 3, 4, 5, 6])
         let b = Tensor(shape: [2, 1], scalars: [10, 20])
@@ -136,6 +136,8 @@ struct ReferenceTests {
         #expect((a + b).scalars == [11, 12, 13, 21, 22, 23, 14, 15, 16, 24, 25, 26])
         let x = Tensor(shape: [1, 1, 2, 1], scalars: [1, 2])
         #expect(upsampleNearest2x(x).scalars == [1, 1, 2, 2, 1, 1, 2, 2])
+        let pooled = Tensor(shape: [1, 2, 2, 2], scalars: [1, 8, 3, 2, 5, 4, 7, 6])   // channel 0: 1, 3, 5, 7; channel 1: 8, 2, 4, 6
+        #expect(maxPool2x2(pooled).scalars == [7, 8])
         let m = Tensor(shape: [2, 3], scalars: [1, 2, 3, 4, 5, 6])
         #expect(m.permuted([1, 0]).scalars == [1, 4, 2, 5, 3, 6])
         #expect(m.slice(axis: 1, 1..<3).scalars == [2, 3, 5, 6])
