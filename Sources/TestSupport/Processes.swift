@@ -1,9 +1,22 @@
 import Foundation
 
+/// The directory every file a test process makes lives under
+/// (`$TMPDIR/swiftldm-tests-<pid>`), removed when the process exits: runs, datasets
+/// and fixtures of many test runs would otherwise pile up in the temporary directory.
+public let testScratch: URL = {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("swiftldm-tests-\(ProcessInfo.processInfo.processIdentifier)")
+    try! FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    atexit { try? FileManager.default.removeItem(atPath: testScratchPath) }
+    return url
+}()
+
+/// `testScratch`'s path for the exit handler, which cannot capture.
+private let testScratchPath = FileManager.default.temporaryDirectory
+    .appendingPathComponent("swiftldm-tests-\(ProcessInfo.processInfo.processIdentifier)").path
+
 /// A fresh temporary directory per test.
 public func temporaryDirectory(_ name: String = #function) -> URL {
-    let url = FileManager.default.temporaryDirectory
-        .appendingPathComponent("swiftldm-tests-\(ProcessInfo.processInfo.processIdentifier)-\(UUID().uuidString.prefix(8))")
+    let url = testScratch.appendingPathComponent("dir-\(UUID().uuidString.prefix(8))")
     try! FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     return url
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Storage
 import Testing
+import TestSupport
 
 /// Runs the release `ldm-train` (built by Launch/test before the tests) in the package root (or `directory`),
 /// with `environment` added to the test's.
@@ -26,7 +27,7 @@ func ldmTrain(_ arguments: [String], in directory: URL = packageRoot, environmen
 }
 
 func temporaryRun() -> String {
-    FileManager.default.temporaryDirectory.appendingPathComponent("swiftldm-run-\(UUID().uuidString.prefix(8))").path
+    testScratch.appendingPathComponent("run-\(UUID().uuidString.prefix(8))").path
 }
 
 /// Every float tensor of a checkpoint directory, by key.

@@ -1,13 +1,14 @@
 import Foundation
 import NN
 import Testing
+import TestSupport
 import Training
 
 /// The package root, for the configs in Launch/configs.
 let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
 func writeTemporary(_ text: String, name: String = "config.yaml") -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftldm-config-\(UUID().uuidString.prefix(8))")
+    let dir = testScratch.appendingPathComponent("config-\(UUID().uuidString.prefix(8))")
     try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     let path = dir.appendingPathComponent(name).path
     try! text.write(toFile: path, atomically: true, encoding: .utf8)

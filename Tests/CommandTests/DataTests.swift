@@ -7,7 +7,7 @@ import Training
 
 /// The prepared dataset, made once per test process from Debian's package.
 let preparedDataset: String = {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("swiftldm-fmnist-\(ProcessInfo.processInfo.processIdentifier).h5").path
+    let path = testScratch.appendingPathComponent("fashion-mnist.h5").path
     try! FashionMNIST.prepare(source: FashionMNIST.defaultSource, out: path)
     return path
 }()

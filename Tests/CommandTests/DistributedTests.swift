@@ -1,6 +1,7 @@
 import Foundation
 import Storage
 import Testing
+import TestSupport
 
 /// A job started through Launch/mpirun-local (the way users start ranks; `launcher`:
 /// another script of Launch/ with its arguments), with a time limit, in the package
@@ -12,8 +13,8 @@ func mpirunLocal(_ ranks: Int, _ arguments: [String], timeout: Double = 300, env
     let p = processWithSignalsUnblocked(packageRoot.appendingPathComponent(launcher).path, ["-n", String(ranks)] + arguments,
                                         environment: ProcessInfo.processInfo.environment.merging(environment) { $1 })
     p.currentDirectoryURL = directory
-    let outFile = FileManager.default.temporaryDirectory.appendingPathComponent("mpirun-\(UUID().uuidString).out")
-    let errFile = FileManager.default.temporaryDirectory.appendingPathComponent("mpirun-\(UUID().uuidString).err")
+    let outFile = testScratch.appendingPathComponent("mpirun-\(UUID().uuidString).out")
+    let errFile = testScratch.appendingPathComponent("mpirun-\(UUID().uuidString).err")
     FileManager.default.createFile(atPath: outFile.path, contents: nil)
     FileManager.default.createFile(atPath: errFile.path, contents: nil)
     p.standardOutput = try FileHandle(forWritingTo: outFile)
