@@ -20,10 +20,11 @@ public class CrossAttention: Module {
         (self.heads, self.headChannels) = (heads, headChannels)
     }
 
-    public func callAsFunction(_ x: Tensor, context: Tensor? = nil, keyMask: KeyMask? = nil) -> Tensor {
+    /// `causal` (self-attention only): each token attends to itself and the tokens before it.
+    public func callAsFunction(_ x: Tensor, context: Tensor? = nil, keyMask: KeyMask? = nil, causal: Bool = false) -> Tensor {
         let c = context ?? x
         let (n, t, s) = (x.shape[0], x.shape[1], c.shape[1])
-        if s == 1 && keyMask == nil {
+        if s == 1 && keyMask == nil && !causal {
             // One key: softmax over a single logit is exactly 1 whatever the query, so every
             // position receives that token's value (and to_q's gradient is exactly zero). The
             // class-conditioned UNet's cross-attention is this case: skip q, q·kᵀ and softmax.
@@ -34,7 +35,7 @@ public class CrossAttention: Module {
         func split(_ y: Tensor, _ length: Int) -> Tensor {
             y.reshaped([n, length, heads, headChannels]).permuted([0, 2, 1, 3]).reshaped([n * heads, length, headChannels])
         }
-        let out = attention(query: split(toQ(x), t), key: split(toK(c), s), value: split(toV(c), s), keyMask: keyMask)
+        let out = attention(query: split(toQ(x), t), key: split(toK(c), s), value: split(toV(c), s), keyMask: keyMask, causal: causal)
         return toOut(out.reshaped([n, heads, t, headChannels]).permuted([0, 2, 1, 3]).reshaped([n, t, heads * headChannels]))
     }
 }

@@ -28,24 +28,32 @@ public struct KeyMask: Sendable, Equatable {
 /// y = exp(x − max) / Σ exp(x − max) along the last axis; dx = y ⊙ (dy − Σ dy ⊙ y).
 /// With a key mask, x is [B, T, S] with B = samples × groups (heads of a sample
 /// adjacent) and S = keys: masked keys get y = 0 exactly (and so no gradient).
-public func softmax(_ x: Tensor, keyMask: KeyMask? = nil) -> Tensor {
+/// `causal`: x is [B, T, T] and query t sees keys 0...t only (an autoregressive decoder).
+public func softmax(_ x: Tensor, keyMask: KeyMask? = nil, causal: Bool = false) -> Tensor {
     precondition(x.rank >= 1, "softmax: needs at least one axis, got \(x.shape)")
     let d = x.shape.last!, rows = x.count / max(d, 1)
     let y = Tensor(uninitialized: x.shape)
     let px = x.pointer, py = y.pointer
-    if let mask = keyMask {
-        precondition(x.rank == 3 && d == mask.keys && x.shape[0] % mask.samples == 0,
-                     "softmax: scores \(x.shape) do not fit a mask of \(mask.samples) × \(mask.keys)")
-        let rowsPerSample = rows / mask.samples
+    if keyMask != nil || causal {
+        if let mask = keyMask {
+            precondition(x.rank == 3 && d == mask.keys && x.shape[0] % mask.samples == 0,
+                         "softmax: scores \(x.shape) do not fit a mask of \(mask.samples) × \(mask.keys)")
+        }
+        precondition(!causal || (x.rank == 3 && x.shape[1] == d), "softmax: causal scores must be [B, T, T], got \(x.shape)")
+        let mask = keyMask ?? KeyMask(samples: 1, keys: d, valid: [Bool](repeating: true, count: d))
+        let rowsPerSample = rows / mask.samples, queries = x.rank == 3 ? x.shape[1] : 1
         mask.valid.withUnsafeBufferPointer { valid in
             parallelFor(rows, grain: 64) { range in
                 for r in range {
                     let xi = px + r * d, yi = py + r * d, vi = valid.baseAddress! + (r / rowsPerSample) * d
+                    let visible = causal ? r % queries + 1 : d   // keys past the query are never seen
                     var m = -Float.infinity
-                    for j in 0..<d where vi[j] { m = max(m, xi[j]) }
+                    for j in 0..<visible where vi[j] { m = max(m, xi[j]) }
                     var sum: Float = 0
-                    for j in 0..<d { yi[j] = vi[j] ? fastExp(xi[j] - m) : 0; sum += yi[j] }
-                    let inv = 1 / sum
+                    for j in 0..<d { yi[j] = j < visible && vi[j] ? fastExp(xi[j] - m) : 0; sum += yi[j] }
+                    // A causal row whose visible keys are all masked (padding before a real
+                    // key) has no weight anywhere: it stays zero.
+                    let inv = sum > 0 ? 1 / sum : 0
                     for j in 0..<d { yi[j] *= inv }
                 }
             }
@@ -80,12 +88,14 @@ public func softmax(_ x: Tensor, keyMask: KeyMask? = nil) -> Tensor {
 
 /// softmax(q·kᵀ · scale)·v for q: [B, Tq, D], k: [B, Tk, D], v: [B, Tk, Dv] → [B, Tq, Dv].
 /// `scale` defaults to 1/√D. Composite of matmul, scale and softmax; with a key mask
-/// (B a multiple of its samples), no query attends to a masked key.
-public func attention(query q: Tensor, key k: Tensor, value v: Tensor, scale: Float? = nil, keyMask: KeyMask? = nil) -> Tensor {
+/// (B a multiple of its samples), no query attends to a masked key; `causal`, no query
+/// attends to a later key.
+public func attention(query q: Tensor, key k: Tensor, value v: Tensor, scale: Float? = nil, keyMask: KeyMask? = nil,
+                      causal: Bool = false) -> Tensor {
     precondition(q.rank == 3 && k.rank == 3 && v.rank == 3 && q.shape[0] == k.shape[0] && k.shape[0] == v.shape[0]
                  && q.shape[2] == k.shape[2] && k.shape[1] == v.shape[1],
                  "attention: query \(q.shape), key \(k.shape), value \(v.shape) do not match")
     let s = scale ?? 1 / Float(q.shape[2]).squareRoot()
-    let weights = softmax(matmul(q, k, transposeB: true).scaled(by: s), keyMask: keyMask)
+    let weights = softmax(matmul(q, k, transposeB: true).scaled(by: s), keyMask: keyMask, causal: causal)
     return matmul(weights, v)
 }
