@@ -10,7 +10,7 @@ struct LDMTrain: ParsableCommand {
         commandName: "ldm-train",
         abstract: "Train a two-stage Latent Diffusion Model (autoencoder, then latent diffusion) on CPU ranks.",
         discussion: "Start N ranks on this machine with Launch/mpirun-local -n N ldm-train ...",
-        subcommands: [PipelineCommand.self, Prepare.self, Autoencoder.self, Encode.self, ContextEncodersCommand.self, Diffusion.self, Sample.self,
+        subcommands: [PipelineCommand.self, Prepare.self, Autoencoder.self, Encode.self, ContextEncodersCommand.self, TextAutoencoderCommand.self, EncodeText.self, Diffusion.self, Sample.self,
                       Evaluate.self, Inspect.self, Export.self, Plot.self, Bench.self],
         defaultSubcommand: PipelineCommand.self)
 

@@ -34,6 +34,15 @@ struct TrainingOptions: ParsableArguments {
         }
         return try ConfigLoader.load(config, overrides: sets + overrides)
     }
+
+    /// Loads the config for `stage`'s section and runs the stage `make` builds on every rank
+    /// into `runDir`, resuming as `--resume` says.
+    func run(stage: String, data: String?, runDir: String, _ make: @escaping (Config, RunOptions, Communicator) throws -> Void) throws {
+        let config = try load(stage: stage, data: data)
+        var options = RunOptions(runDirectory: runDir)
+        options.resume = resume
+        try distributed { comm in try make(config, options, comm) }
+    }
 }
 
 struct PipelineCommand: ParsableCommand {
@@ -56,6 +65,7 @@ struct PipelineCommand: ParsableCommand {
         try Training.validate(loaded)
         try validateDiffusion(loaded)
         if loaded.diffusion.diffuser == .multiFlow { try validateContextEncoders(loaded) }
+        if loaded.diffusion.hasTextData { try validateTextAutoencoder(loaded) }
         if loaded.pipeline.lastStage >= .diffusion {   // before stage 1, not after it
             try ImageTask.checkChannels(loaded.diffusion, autoencoder: loaded.autoencoder.model)
         }
@@ -146,10 +156,34 @@ struct ContextEncodersCommand: ParsableCommand {
     @Option(help: "Dataset file (default: the config's data.path).") var data: String?
     @Option(name: .customLong("run-dir"), help: "Run directory.") var runDir = "Checkpoints/context-encoders"
     func run() throws {
-        let config = try training.load(stage: "context_encoders", data: data)
-        var options = RunOptions(runDirectory: runDir)
-        options.resume = training.resume
-        try distributed { comm in try ContextEncoderTrainer(config: config, options: options, communicator: comm).run() }
+        try training.run(stage: "context_encoders", data: data, runDir: runDir) { try ContextEncoderTrainer(config: $0, options: $1, communicator: $2).run() }
+    }
+}
+
+struct TextAutoencoderCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "text-autoencoder",
+        abstract: "Train a multi-flow diffuser's text VAE on the dataset's captions.",
+        discussion: "A transformer encoder to a latent vector and a causal transformer decoder; ends with reconstruction on the test split.")
+    @OptionGroup var training: TrainingOptions
+    @Option(help: "Dataset file (default: the config's data.path).") var data: String?
+    @Option(name: .customLong("run-dir"), help: "Run directory.") var runDir = "Checkpoints/text-autoencoder"
+    func run() throws {
+        try training.run(stage: "text_autoencoder", data: data, runDir: runDir) { try TextAutoencoderTrainer(config: $0, options: $1, communicator: $2).run() }
+    }
+}
+
+struct EncodeText: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "encode-text", abstract: "Write the text latent cache of the captions with a text VAE.")
+    @Option(name: .customLong("text-autoencoder"), help: "Text VAE run directory (its newest valid checkpoint) or step directory.")
+    var textAutoencoder = "Checkpoints/text-autoencoder"
+    @Option(help: "Dataset file (default: the one the text VAE was trained on).") var data: String?
+    @Option(help: "Output directory.") var out = "Datasets/fashion-mnist-text-latents"
+    @Option(help: "Encode only the first N training captions (default: all).") var count: Int?
+    @Option(help: "Threads per rank (default: cores ÷ ranks on this node).") var threads: Int?
+    func run() throws {
+        if let threads { Threads.configure(max(1, threads)) }
+        try distributed { comm in try TextEncodeStage.run(textAutoencoder: textAutoencoder, data: data, out: out, limit: count, communicator: comm) }
     }
 }
 
@@ -179,6 +213,8 @@ struct Diffusion: ParsableCommand {
     var autoencoder = "Checkpoints/autoencoder"
     @Option(name: .customLong("context-encoders"), help: "A multi-flow diffuser: the context-encoders run its contexts come from.")
     var contextEncoders = "Checkpoints/context-encoders"
+    @Option(name: .customLong("text-autoencoder"), help: "A multi-flow diffuser with text flows: the text VAE run of diffusion.text_latents.")
+    var textAutoencoder = "Checkpoints/text-autoencoder"
     @Option(name: .customLong("run-dir"), help: "Run directory.") var runDir = "Checkpoints/diffusion"
     @OptionGroup var initialization: InitOptions
     func run() throws {
@@ -190,7 +226,8 @@ struct Diffusion: ParsableCommand {
         let ae = FileManager.default.fileExists(atPath: autoencoder) ? autoencoder : nil
         try distributed { comm in
             if config.diffusion.diffuser == .multiFlow {
-                try VersatileTrainer(config: config, options: options, autoencoder: ae, contextEncoders: contextEncoders, communicator: comm).run()
+                try VersatileTrainer(config: config, options: options, autoencoder: ae, contextEncoders: contextEncoders,
+                                     textAutoencoder: config.diffusion.hasTextData ? textAutoencoder : nil, communicator: comm).run()
             } else {
                 try DiffusionTrainer(config: config, options: options, autoencoder: ae, communicator: comm).run()
             }
@@ -219,6 +256,12 @@ struct Sample: ParsableCommand {
     @Option(help: "A multi-flow diffuser, dual guidance: the image mixed with each --prompt (one per prompt).") var image: [String] = []
     @Option(help: "Dual guidance: the image context's weight in [0, 1] (the text's is 1 − mix).") var mix: Double?
     @Option(name: .customLong("context-encoders"), help: "A multi-flow diffuser's context-encoders run.") var contextEncoders = "Checkpoints/context-encoders"
+    @Option(name: .customLong("caption-image"), help: "A multi-flow diffuser with text flows: caption this image (repeatable; image→text).")
+    var captionImage: [String] = []
+    @Option(name: .customLong("text-variation"), help: "A multi-flow diffuser with text flows: variations of this caption (repeatable; text→text).")
+    var textVariation: [String] = []
+    @Option(name: .customLong("text-autoencoder"), help: "The text VAE that decodes the text flows' latents.") var textAutoencoder = "Checkpoints/text-autoencoder"
+    @Option(name: .customLong("captions-out"), help: "Write the generated captions here as JSON lines.") var captionsOut: String?
     @Option(help: "ddim or ddpm (default: the config's).") var sampler: SamplerKind?
     @Option(help: "Sampling steps (DDIM; DDPM uses all T).") var steps: Int?
     @Option(help: "DDIM η (0: deterministic).") var eta: Double?
@@ -241,6 +284,7 @@ struct Sample: ParsableCommand {
         (r.prompts, r.promptsFile) = (prompt, promptsFile)
         (r.task, r.inputs, r.masks, r.fromTest) = (task, input, mask, fromTest)
         (r.imageVariations, r.images, r.mix, r.contextEncoders) = (imageVariation, image, mix, contextEncoders)
+        (r.captionImages, r.textVariations, r.textAutoencoder, r.captionsOut) = (captionImage, textVariation, textAutoencoder, captionsOut)
         let imageTask = task != nil || !input.isEmpty || fromTest != nil
         (r.count, r.sampler, r.steps, r.eta, r.guidance, r.seed) = (count ?? (imageTask ? 1 : 8), sampler, steps, eta, guidance, seed)
         (r.useEMA, r.out, r.latentsOut, r.imagesOut) = (!noEMA, out, latentsOut, imagesOut)

@@ -8,8 +8,9 @@ import TensorEngine
 // at the top (`text_model.*`, `vision_model.*`, `text_projection`, `visual_projection`,
 // `logit_scale`).
 
-/// The kinds of context a multi-flow diffuser attends to: one context-layer set each.
-public enum ContextType: String, Codable, Sendable, CaseIterable {
+/// The two kinds of data of Versatile Diffusion: what a multi-flow diffuser denoises
+/// (image latents, text latents) and what it attends to (one context-layer set each).
+public enum Modality: String, Codable, Sendable, CaseIterable {
     case text, image
 }
 
@@ -123,7 +124,7 @@ public final class ContextEncoders: Module {
     public func imageContext(_ images: Tensor) -> Context { Context(tokens: visionModel(images)) }
 
     /// The context of `type` for a batch: captions for text, images for image.
-    public func context(_ type: ContextType, captions: [String], images: Tensor?) -> Context {
+    public func context(_ type: Modality, captions: [String], images: Tensor?) -> Context {
         switch type {
         case .text: return textContext(captions)
         case .image: return imageContext(images!)
@@ -131,7 +132,7 @@ public final class ContextEncoders: Module {
     }
 
     /// The null context of `type` for `count` samples: the empty caption's, or a mid-grey image's.
-    public func nullContext(_ type: ContextType, count: Int) -> Context {
+    public func nullContext(_ type: Modality, count: Int) -> Context {
         switch type {
         case .text: return textContext([String](repeating: "", count: count))
         case .image:
@@ -141,7 +142,7 @@ public final class ContextEncoders: Module {
     }
 
     /// Unit-length embeddings [N, embed_dim] of a context (its real tokens' mean, projected).
-    public func embedding(_ context: Context, of type: ContextType) -> Tensor {
+    public func embedding(_ context: Context, of type: Modality) -> Tensor {
         let projected = (type == .text ? textProjection : visualProjection)(context.pooled)
         return l2Normalized(projected)
     }

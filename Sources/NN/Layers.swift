@@ -56,10 +56,10 @@ public final class Linear: Module {
     public let weight: Tensor
     public let bias: Tensor?
 
-    public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true, _ initializer: ParameterInitializer) {
+    public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true, zeroInit: Bool = false, _ initializer: ParameterInitializer) {
         let bound = 1 / Float(inFeatures).squareRoot()
-        weight = initializer.uniform([outFeatures, inFeatures], bound: bound)
-        self.bias = bias ? initializer.uniform([outFeatures], bound: bound) : nil
+        weight = zeroInit ? constant([outFeatures, inFeatures], 0) : initializer.uniform([outFeatures, inFeatures], bound: bound)
+        self.bias = bias ? (zeroInit ? constant([outFeatures], 0) : initializer.uniform([outFeatures], bound: bound)) : nil
     }
 
     /// x [..., in] → [..., out].

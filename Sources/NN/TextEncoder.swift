@@ -33,10 +33,10 @@ public final class PreNormLayer: Module {
         (norm, self.attention, self.feedForward) = (LayerNorm(dim), attention, feedForward)
     }
 
-    /// x + block(norm(x)); `keyMask` nil: every token is real.
-    func callAsFunction(_ x: Tensor, keyMask: KeyMask?) -> Tensor {
+    /// x + block(norm(x)); `keyMask` nil: every token is real; `causal`: attention looks back only.
+    func callAsFunction(_ x: Tensor, keyMask: KeyMask?, causal: Bool = false) -> Tensor {
         let h = norm(x)
-        return x + (attention.map { $0(h, keyMask: keyMask) } ?? feedForward!(h))
+        return x + (attention.map { $0(h, keyMask: keyMask, causal: causal) } ?? feedForward!(h))
     }
 }
 
@@ -75,11 +75,14 @@ public final class TextTransformer: Module {
     }
 
     /// Token ids [N·L] (L = max_seq_len) with their unpadded lengths → [N, L, width].
-    func callAsFunction(_ ids: [Int], keyMask: KeyMask) -> Tensor {
+    /// `causal`: every position sees only itself and those before it (a decoder);
+    /// `shift` [N, 1, width] is added to every position's embedding (a decoder's latent).
+    func callAsFunction(_ ids: [Int], keyMask: KeyMask?, causal: Bool = false, shift: Tensor? = nil) -> Tensor {
         let n = ids.count / length
         let positions = embedding(posEmb.emb.weight, indices: Array(0..<length)).reshaped([1, length, width])
         var x = embedding(tokenEmb.weight, indices: ids).reshaped([n, length, width]) + positions
-        for layer in attnLayers.layers { x = layer(x, keyMask: keyMask) }
+        if let shift { x = x + shift }
+        for layer in attnLayers.layers { x = layer(x, keyMask: keyMask, causal: causal) }
         return norm(x)
     }
 }

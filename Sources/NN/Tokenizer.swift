@@ -86,6 +86,9 @@ public struct BPETokenizer: Codable, Equatable, Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// What a text is once tokenized and decoded back: itself, unless it was cut to `maxLength`.
+    public func roundTrip(_ text: String) -> String { decode(encode(text).ids) }
+
     /// A batch of texts as `maxLength` tokens each (padded), with each one's length
     /// before padding and how many were truncated.
     public func batch(_ texts: [String]) -> (ids: [Int], lengths: [Int], truncated: Int) {

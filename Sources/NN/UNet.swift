@@ -90,16 +90,89 @@ public final class UNetUpsample: TimestepLayer {
     override public func forward(_ x: Tensor, emb: Tensor, context: Context?) -> Tensor { conv(upsampleNearest2x(x)) }
 }
 
+/// What a UNet's data layers take: image latents [N, s, s, c] (convolutions), or latent
+/// vectors [N, 1, 1, dim] (Versatile Diffusion's "0D" UNet for text latents: fully connected
+/// blocks over a feature map of `points` positions, which its SpatialTransformers see as
+/// `points` tokens).
+public enum DataLayout: Equatable, Sendable {
+    case image
+    case vector(dim: Int, points: Int)
+}
+
+/// input_blocks.0.0 of a vector UNet: the latent vector to `points` positions of model_channels.
+public final class VectorInput: TimestepLayer {
+    let linear: Linear
+    let points: Int
+    override public class var keys: [String: String] { ["linear": ""] }
+    init(_ dim: Int, channels: Int, points: Int, _ initializer: ParameterInitializer) {
+        linear = Linear(dim, points * channels, initializer)
+        self.points = points
+    }
+    override public func forward(_ x: Tensor, emb: Tensor, context: Context?) -> Tensor {
+        let y = linear(x.reshaped([x.shape[0], x.count / x.shape[0]]))
+        return y.reshaped([x.shape[0], 1, points, y.shape[1] / points])
+    }
+}
+
+/// A linear map over a whole [N, 1, P, C] feature map (Versatile Diffusion's
+/// Linear_MultiDim): flattened to P·C features, mapped, back to [N, 1, P, C'].
+func flatLinear(_ layer: Linear, _ x: Tensor) -> Tensor {
+    let (n, p) = (x.shape[0], x.shape[2])
+    let y = layer(x.reshaped([n, x.count / n]))
+    return y.reshaped([n, 1, p, y.shape[1] / p])
+}
+
+/// ResBlock of a vector UNet (Versatile Diffusion's FCBlock): GroupNorm, SiLU, a linear map
+/// over all positions, plus the time embedding; GroupNorm, SiLU, a zero-initialised linear
+/// map; plus the skip (linear when the channels change). Keys as ResBlock's.
+public final class FCResBlock: TimestepLayer {
+    let inNorm: GroupNorm, inLinear: Linear
+    let embLinear: Linear
+    let outNorm: GroupNorm, outLinear: Linear
+    let skipConnection: Linear?
+    override public class var keys: [String: String] {
+        ["inNorm": "in_layers.0", "inLinear": "in_layers.2", "embLinear": "emb_layers.1", "outNorm": "out_layers.0",
+         "outLinear": "out_layers.3"]
+    }
+
+    init(_ channels: Int, _ out: Int, points: Int, embedding: Int, _ initializer: ParameterInitializer) {
+        inNorm = GroupNorm(channels, eps: 1e-5)
+        inLinear = Linear(points * channels, points * out, initializer)
+        embLinear = Linear(embedding, out, initializer)
+        outNorm = GroupNorm(out, eps: 1e-5)
+        outLinear = Linear(points * out, points * out, zeroInit: true, initializer)
+        skipConnection = channels == out ? nil : Linear(points * channels, points * out, initializer)
+    }
+
+    override public func forward(_ x: Tensor, emb: Tensor, context: Context?) -> Tensor {
+        let e = embLinear(silu(emb))
+        let h = flatLinear(inLinear, inNorm(x, thenSiLU: true)) + e.reshaped([e.shape[0], 1, 1, e.shape[1]])
+        return (skipConnection.map { flatLinear($0, x) } ?? x) + flatLinear(outLinear, outNorm(h, thenSiLU: true))
+    }
+}
+
+/// A vector UNet's down- and upsampling positions: a linear map over the feature map
+/// (there is no resolution to change), keeping the block order of the image UNet.
+public final class FCResample: TimestepLayer {
+    let op: Linear
+    init(_ channels: Int, points: Int, _ initializer: ParameterInitializer) { op = Linear(points * channels, points * channels, initializer) }
+    override public func forward(_ x: Tensor, emb: Tensor, context: Context?) -> Tensor { flatLinear(op, x) }
+}
+
 /// The denoiser ε_θ(z_t, t, context) (CompVis openaimodel.UNetModel with
 /// cross-attention conditioning). z_t [N, s, s, in] NHWC, t per sample,
 /// context [N, S, context_dim] → [N, s, s, out].
-public final class UNetModel: Module {
+public final class UNetModel: Module, ContextLayerSet {
     public let architecture: UNetArchitecture
-    let timeEmbed0: Linear, timeEmbed2: Linear
+    public let data: DataLayout
+    /// The time embedding's MLP (nil in a multi-flow diffuser's text UNet, which uses the image UNet's).
+    let timeEmbed0: Linear?, timeEmbed2: Linear?
     let inputBlocks: [[TimestepLayer]]
     let middleBlock: [TimestepLayer]
     let outputBlocks: [[TimestepLayer]]
-    let outNorm: GroupNorm, outConv: Conv2D
+    let outNorm: GroupNorm
+    /// The last layer: a 3×3 conv (images) or a linear map to the latent vector.
+    let outConv: Conv2D?, outLinear: Linear?
     /// The `adm` vector's MLP into the time embedding (label_emb.0.0, label_emb.0.2).
     let labelEmb0: Linear?, labelEmb2: Linear?
     /// The keys of the SpatialTransformers (the context layers), in declaration order,
@@ -107,17 +180,33 @@ public final class UNetModel: Module {
     public let slotKeys: [String]
     let slotIndex: [ObjectIdentifier: Int]
     override public class var keys: [String: String] {
-        ["timeEmbed0": "time_embed.0", "timeEmbed2": "time_embed.2", "outNorm": "out.0", "outConv": "out.2",
+        ["timeEmbed0": "time_embed.0", "timeEmbed2": "time_embed.2", "outNorm": "out.0", "outConv": "out.2", "outLinear": "out.2",
          "labelEmb0": "label_emb.0.0", "labelEmb2": "label_emb.0.2"]
     }
 
     /// `contextDim` nil: no context, the SpatialTransformers attend to themselves only;
-    /// `admChannels`: the width of a vector added to the time embedding (`adm`).
-    public init(_ a: UNetArchitecture, contextDim: Int?, admChannels: Int? = nil, _ initializer: ParameterInitializer) {
+    /// `admChannels`: the width of a vector added to the time embedding (`adm`); `data`:
+    /// what the data layers take; `timeEmbedding` false: the embedding comes from elsewhere
+    /// (`forward(_:emb:routes:)`), as a multi-flow diffuser's text UNet takes the image UNet's.
+    public init(_ a: UNetArchitecture, contextDim: Int?, admChannels: Int? = nil, data: DataLayout = .image, timeEmbedding: Bool = true,
+                _ initializer: ParameterInitializer) {
         architecture = a
+        self.data = data
         let mc = a.modelChannels, embedding = 4 * mc
-        timeEmbed0 = Linear(mc, embedding, initializer)
-        timeEmbed2 = Linear(embedding, embedding, initializer)
+        timeEmbed0 = timeEmbedding ? Linear(mc, embedding, initializer) : nil
+        timeEmbed2 = timeEmbedding ? Linear(embedding, embedding, initializer) : nil
+        func resBlock(_ ch: Int, _ out: Int) -> TimestepLayer {
+            switch data {
+            case .image: return ResBlock(ch, out, embedding: embedding, initializer)
+            case let .vector(_, points): return FCResBlock(ch, out, points: points, embedding: embedding, initializer)
+            }
+        }
+        func resample(_ ch: Int, down: Bool) -> TimestepLayer {
+            switch data {
+            case .image: return down ? UNetDownsample(ch, initializer) : UNetUpsample(ch, initializer)
+            case let .vector(_, points): return FCResample(ch, points: points, initializer)
+            }
+        }
         labelEmb0 = admChannels.map { Linear($0, embedding, initializer) }
         labelEmb2 = admChannels.map { _ in Linear(embedding, embedding, initializer) }
         var slots: [(key: String, layer: SpatialTransformer)] = []
@@ -127,33 +216,36 @@ public final class UNetModel: Module {
             slots.append((key, t))
             return t
         }
-        var input: [[TimestepLayer]] = [[InputConv(Conv2D(a.inChannels, mc, kernel: 3, initializer))]]
+        var input: [[TimestepLayer]]
+        switch data {
+        case .image: input = [[InputConv(Conv2D(a.inChannels, mc, kernel: 3, initializer))]]
+        case let .vector(dim, points): input = [[VectorInput(dim, channels: mc, points: points, initializer)]]
+        }
         var skipChannels = [mc], ch = mc, ds = 1
         for (level, mult) in a.channelMult.enumerated() {
             for _ in 0..<a.numResBlocks {
-                var layers: [TimestepLayer] = [ResBlock(ch, mult * mc, embedding: embedding, initializer)]
+                var layers: [TimestepLayer] = [resBlock(ch, mult * mc)]
                 ch = mult * mc
                 if a.attentionResolutions.contains(ds) { layers.append(transformer(ch, at: "input_blocks.\(input.count).1")) }
                 input.append(layers)
                 skipChannels.append(ch)
             }
             if level != a.channelMult.count - 1 {
-                input.append([UNetDownsample(ch, initializer)])
+                input.append([resample(ch, down: true)])
                 skipChannels.append(ch)
                 ds *= 2
             }
         }
         inputBlocks = input
-        middleBlock = [ResBlock(ch, ch, embedding: embedding, initializer), transformer(ch, at: "middle_block.1"),
-                       ResBlock(ch, ch, embedding: embedding, initializer)]
+        middleBlock = [resBlock(ch, ch), transformer(ch, at: "middle_block.1"), resBlock(ch, ch)]
         var output: [[TimestepLayer]] = []
         for (level, mult) in a.channelMult.enumerated().reversed() {
             for i in 0...a.numResBlocks {
-                var layers: [TimestepLayer] = [ResBlock(ch + skipChannels.removeLast(), mc * mult, embedding: embedding, initializer)]
+                var layers: [TimestepLayer] = [resBlock(ch + skipChannels.removeLast(), mc * mult)]
                 ch = mc * mult
                 if a.attentionResolutions.contains(ds) { layers.append(transformer(ch, at: "output_blocks.\(output.count).1")) }
                 if level > 0 && i == a.numResBlocks {
-                    layers.append(UNetUpsample(ch, initializer))
+                    layers.append(resample(ch, down: false))
                     ds /= 2
                 }
                 output.append(layers)
@@ -163,7 +255,10 @@ public final class UNetModel: Module {
         slotKeys = slots.map(\.key)
         slotIndex = Dictionary(uniqueKeysWithValues: slots.enumerated().map { (ObjectIdentifier($0.element.layer), $0.offset) })
         outNorm = GroupNorm(ch, eps: 1e-5)
-        outConv = Conv2D(mc, a.outChannels, kernel: 3, zeroInit: true, initializer)
+        switch data {
+        case .image: (outConv, outLinear) = (Conv2D(mc, a.outChannels, kernel: 3, zeroInit: true, initializer), nil)
+        case let .vector(dim, points): (outConv, outLinear) = (nil, Linear(points * mc, dim, zeroInit: true, initializer))
+        }
     }
 
     /// `adm`: [N, adm channels], added to the time embedding through label_emb.
@@ -175,11 +270,24 @@ public final class UNetModel: Module {
     /// attends to its context; several, their residuals are mixed by weight (h + Σ wₖ·Δₖ,
     /// Versatile Diffusion's attention mixing); none, the layers attend to themselves.
     public func callAsFunction(_ x: Tensor, timesteps: [Int], routes: [ContextRoute], adm: Tensor? = nil) -> Tensor {
-        var emb = timeEmbed2(silu(timeEmbed0(timestepEmbedding(timesteps, channels: architecture.modelChannels))))
+        var emb = timeEmbedding(timesteps)
         if let adm, let labelEmb0, let labelEmb2 { emb = emb + labelEmb2(silu(labelEmb0(adm))) }
+        return forward(x, emb: emb, routes: routes)
+    }
+
+    /// The time embedding [N, 4·model_channels] of `timesteps` (the global layers).
+    public func timeEmbedding(_ timesteps: [Int]) -> Tensor {
+        guard let timeEmbed0, let timeEmbed2 else { preconditionFailure("this UNet takes its time embedding from another") }
+        return timeEmbed2(silu(timeEmbed0(timestepEmbedding(timesteps, channels: architecture.modelChannels))))
+    }
+
+    /// ε̂ of x (an image latent, or a latent vector [N, 1, 1, dim]) with the time embedding given.
+    public func forward(_ x: Tensor, emb: Tensor, routes: [ContextRoute]) -> Tensor {
         func apply(_ layer: TimestepLayer, _ h: Tensor) -> Tensor {
             guard let slot = slotIndex[ObjectIdentifier(layer)], !routes.isEmpty else { return layer.forward(h, emb: emb, context: routes.first?.context) }
-            func output(_ r: ContextRoute) -> Tensor { (r.layers?.layers[slot] ?? layer).forward(h, emb: emb, context: r.context) }
+            func output(_ r: ContextRoute) -> Tensor {
+                ((r.layers.flatMap { $0 === self ? nil : $0 })?.contextLayer(slot) ?? layer).forward(h, emb: emb, context: r.context)
+            }
             if routes.count == 1 { return output(routes[0]) }
             return routes.reduce(h) { mixed, r in mixed + (output(r) - h).scaled(by: r.weight) }
         }
@@ -193,23 +301,38 @@ public final class UNetModel: Module {
             h = concat([h, skips.removeLast()], axis: -1)
             for layer in block { h = apply(layer, h) }
         }
-        return outConv(outNorm(h, thenSiLU: true))
+        let normed = outNorm(h, thenSiLU: true)
+        if let outConv { return outConv(normed) }
+        return outLinear!(normed.reshaped([x.shape[0], normed.count / x.shape[0]])).reshaped(x.shape)
+    }
+
+    public func contextLayer(_ slot: Int) -> SpatialTransformer {
+        for block in inputBlocks + [middleBlock] + outputBlocks {
+            for case let t as SpatialTransformer in block where slotIndex[ObjectIdentifier(t)] == slot { return t }
+        }
+        preconditionFailure("no context layer \(slot)")
     }
 }
 
+/// Context layers by slot (the UNet's SpatialTransformers in declaration order): a UNet's
+/// own, or a set of them alone.
+public protocol ContextLayerSet: AnyObject {
+    func contextLayer(_ slot: Int) -> SpatialTransformer
+}
+
 /// Which context-layer set attends to which context, and with what weight when several
-/// are mixed. `layers` nil: the UNet's own SpatialTransformers.
+/// are mixed. `layers` nil (or the UNet itself): the UNet's own SpatialTransformers.
 public struct ContextRoute {
-    public var layers: ContextLayers?
+    public var layers: ContextLayerSet?
     public var context: Context
     public var weight: Float
-    public init(layers: ContextLayers?, context: Context, weight: Float = 1) { (self.layers, self.context, self.weight) = (layers, context, weight) }
+    public init(layers: ContextLayerSet?, context: Context, weight: Float = 1) { (self.layers, self.context, self.weight) = (layers, context, weight) }
 }
 
 /// A set of context layers: a SpatialTransformer of the same shape at every position
 /// where the UNet has one, keyed as there (`input_blocks.1.1`, `middle_block.1`, ...).
 /// A multi-flow diffuser keeps one set per context type.
-public final class ContextLayers: Module {
+public final class ContextLayers: Module, ContextLayerSet {
     let layers: [SpatialTransformer]
     let slotKeys: [String]
     override public var explicitChildren: [(String, Any)]? { zip(slotKeys, layers).map { ($0, $1 as Any) } }
@@ -228,6 +351,8 @@ public final class ContextLayers: Module {
         layers = ordered.map { $0! }
         slotKeys = unet.slotKeys
     }
+
+    public func contextLayer(_ slot: Int) -> SpatialTransformer { layers[slot] }
 }
 
 /// Sinusoidal embedding of integer timesteps (openaimodel.timestep_embedding):

@@ -122,6 +122,40 @@ public enum LatentCache {
         try FileSystem.checkSpace(for: bytes, at: directory) { DataError("\(directory): cannot write the latent cache: \($0)") }
     }
 
+    /// `checkSpace` on rank 0, its verdict on every rank.
+    public static func checkSpace(_ directory: String, info: Info, ranks: Int, communicator comm: Communicator) throws {
+        var problem = ""
+        if comm.isRoot { do { try checkSpace(directory, info: info, ranks: ranks) } catch { problem = "\(error)" } }
+        problem = try comm.broadcast(problem)
+        guard problem.isEmpty else { throw DataError(problem) }
+    }
+
+    /// Writes the cache with the scale factor that gives the latents stage 2 samples,
+    /// z = mean + exp(logvar/2)·ε, unit variance, computed exactly instead of from samples:
+    /// Var(z) = Var(mean) + E[exp(logvar)], the first by a parallel Welford/Chan merge over
+    /// every rank's rows. Returns the mean and standard deviation of z.
+    public static func writeWithScale(_ directory: String, rows: Rows, info: Info, communicator comm: Communicator) throws -> (mean: Double, std: Double) {
+        var stats = (n: 0.0, mean: 0.0, m2: 0.0), expSum = 0.0
+        for i in rows.mean.indices {   // Welford over the means; E[exp(logvar)] alongside
+            stats.n += 1
+            let d = Double(rows.mean[i]) - stats.mean
+            stats.mean += d / stats.n
+            stats.m2 += d * (Double(rows.mean[i]) - stats.mean)
+            expSum += exp(Double(rows.logvar[i]))
+        }
+        let gathered = try comm.allGather(values: [stats.n, stats.mean, stats.m2, expSum])
+        var total = (n: 0.0, mean: 0.0, m2: 0.0), totalExp = 0.0
+        for r in 0..<comm.size {
+            total = merge(total, (gathered[4 * r], gathered[4 * r + 1], gathered[4 * r + 2]))
+            totalExp += gathered[4 * r + 3]
+        }
+        let std = (total.m2 / total.n + totalExp / total.n).squareRoot()
+        var scaled = info
+        scaled.scaleFactor = 1 / std
+        try write(directory, rows: rows, info: scaled, communicator: comm)
+        return (total.mean, std)
+    }
+
     /// Reads a cache's attributes and checks its shapes.
     public static func info(_ directory: String) throws -> Info {
         let index: HDF5File

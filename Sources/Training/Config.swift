@@ -13,12 +13,14 @@ public struct Config: Codable, Equatable, Sendable {
     public var diffusion = DiffusionStageConfig()
     /// Versatile Diffusion's frozen text and image encoders (a multi-flow diffuser's contexts).
     public var contextEncoders = ContextEncodersStageConfig()
+    /// Versatile Diffusion's text VAE (the latents of a multi-flow diffuser's text flows).
+    public var textAutoencoder = TextAutoencoderStageConfig()
     public var distributed = DistributedConfig()
     public var pipeline = PipelineConfig()
 
     public init() {}
     enum CodingKeys: String, CodingKey {
-        case seed, data, autoencoder, diffusion, contextEncoders = "context_encoders", distributed, pipeline
+        case seed, data, autoencoder, diffusion, contextEncoders = "context_encoders", textAutoencoder = "text_autoencoder", distributed, pipeline
     }
 }
 
@@ -76,6 +78,8 @@ public enum PipelineStage: String, Codable, Sendable, CaseIterable, Comparable {
     case prepare, autoencoder, encode
     /// A multi-flow diffuser's context encoders (skipped for a single-flow model).
     case contextEncoders = "context_encoders"
+    /// A multi-flow diffuser's text VAE and the text latent cache (skipped without text data flows).
+    case textAutoencoder = "text_autoencoder"
     case diffusion, sample
     public static func < (a: Self, b: Self) -> Bool { allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)! }
 }
@@ -129,11 +133,19 @@ public struct DiffusionStageConfig: Codable, Equatable, Sendable {
     public var flows = [FlowConfig(context: .text), FlowConfig(context: .image)]
     /// multi_flow: the learning rate of each parameter group is the stage's × this.
     public var lrMultipliers = GroupMultipliers()
+    /// multi_flow with text data flows: the text latent cache (`ldm-train encode-text`).
+    public var textLatents = "Datasets/fashion-mnist-text-latents"
+    /// multi_flow with text data flows: the positions the text UNet spreads a text latent
+    /// over (Versatile Diffusion's `second_dim`); its SpatialTransformers see them as tokens.
+    public var textPoints = 4
 
     enum CodingKeys: String, CodingKey {
         case name, latents, model, conditioning, task, schedule, prediction, pUncond = "p_uncond", emaDecay = "ema_decay", optimizer, training, sampling
-        case diffuser, flows, lrMultipliers = "lr_multipliers"
+        case diffuser, flows, lrMultipliers = "lr_multipliers", textLatents = "text_latents", textPoints = "text_points"
     }
+
+    /// The text data flows need a text VAE, its latent cache and the text UNet.
+    public var hasTextData: Bool { diffuser == .multiFlow && flows.contains { $0.data == .text } }
 }
 
 extension DiffusionStageConfig {
@@ -159,10 +171,12 @@ public enum DiffuserKind: String, Codable, Sendable, CaseIterable {
     case multiFlow = "multi_flow"
 }
 
-/// One flow of a multi-flow diffuser (`diffusion.flows[i]`): image data attending to
-/// this context type.
+/// One flow of a multi-flow diffuser (`diffusion.flows[i]`): data of one type attending
+/// to context of one type.
 public struct FlowConfig: Codable, Equatable, Sendable {
-    public var context: ContextType
+    /// What it denoises: image latents, or the text VAE's latents of the captions.
+    public var data = Modality.image
+    public var context: Modality
     /// Its loss is multiplied by this.
     public var weight = 1.0
     /// Consecutive optimizer steps it takes each turn of the schedule.
@@ -170,8 +184,10 @@ public struct FlowConfig: Codable, Equatable, Sendable {
     /// Probability of its null context in training (nil: diffusion.p_uncond).
     public var pUncond: Double?
 
-    public init(context: ContextType) { self.context = context }
-    enum CodingKeys: String, CodingKey, CaseIterable { case context, weight, steps, pUncond = "p_uncond" }
+    public init(data: Modality = .image, context: Modality) { (self.data, self.context) = (data, context) }
+    enum CodingKeys: String, CodingKey, CaseIterable { case data, context, weight, steps, pUncond = "p_uncond" }
+
+    public var flow: Flow { Flow(data: data, context: context) }
 
     public init(from decoder: Swift.Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -181,7 +197,8 @@ public struct FlowConfig: Codable, Equatable, Sendable {
             throw DecodingError.dataCorrupted(.init(codingPath: c.codingPath, debugDescription: "unknown key '\(key)' in a flow",
                                                     underlyingError: UnknownKey(key: key, known: CodingKeys.allCases.map(\.stringValue))))
         }
-        context = try c.decode(ContextType.self, forKey: .context)
+        context = try c.decode(Modality.self, forKey: .context)
+        data = try c.decodeIfPresent(Modality.self, forKey: .data) ?? .image
         weight = try c.decodeIfPresent(Double.self, forKey: .weight) ?? 1
         steps = try c.decodeIfPresent(Int.self, forKey: .steps) ?? 1
         pUncond = try c.decodeIfPresent(Double.self, forKey: .pUncond)
@@ -232,6 +249,29 @@ public struct ContextEncodersStageConfig: Codable, Equatable, Sendable {
         return t
     }()
     enum CodingKeys: String, CodingKey { case name, model, optimizer, training }
+}
+
+/// Versatile Diffusion's text VAE as a stage of its own (`text_autoencoder`): trained on
+/// the dataset's captions, then frozen; its latents are what the text flows denoise.
+public struct TextAutoencoderStageConfig: Codable, Equatable, Sendable {
+    public var name = "text-vae-fmnist"
+    public var model = TextAutoencoderArchitecture()
+    /// β of the KL term (per caption, summed over the latent) against the summed token
+    /// negative log-likelihood; small, so the latent keeps the caption (Optimus anneals β low).
+    public var klWeight = 1e-3
+    /// Decoding: 1 takes the most likely token each step (greedy); k > 1 draws among the k most likely.
+    public var topK = 1
+    public var optimizer: OptimizerConfig = {
+        var o = OptimizerConfig(baseLR: 5e-6, beta1: 0.9, beta2: 0.999)
+        (o.weightDecay, o.decoupledWeightDecay, o.warmupSteps, o.lrDecay, o.minLRRatio) = (0.01, true, 100, .cosine, 0.1)
+        return o
+    }()
+    public var training: TrainingConfig = {
+        var t = TrainingConfig()
+        (t.steps, t.batchSize, t.logEvery, t.imageEvery, t.checkpointEvery, t.evalImages) = (1500, 128, 50, 1_000_000, 500, 1000)
+        return t
+    }()
+    enum CodingKeys: String, CodingKey { case name, model, klWeight = "kl_weight", topK = "top_k", optimizer, training }
 }
 
 /// What a latent diffusion model learns (`diffusion.task.kind`).

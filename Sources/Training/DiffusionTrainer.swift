@@ -287,9 +287,12 @@ public func validateDiffusion(_ config: Config) throws {
             throw ConfigError.invalid(path: "diffusion.diffuser", reason: "multi_flow attends to its contexts by cross-attention and generates "
                                       + "images: it needs conditioning.key crossattn and task.kind generation")
         }
-        guard !d.flows.isEmpty, Set(d.flows.map(\.context)).count == d.flows.count else {
-            throw ConfigError.invalid(path: "diffusion.flows", reason: "needs at least one flow and each context type once, got "
-                                      + d.flows.map(\.context.rawValue).joined(separator: ", "))
+        guard !d.flows.isEmpty, Set(d.flows.map(\.flow)).count == d.flows.count else {
+            throw ConfigError.invalid(path: "diffusion.flows", reason: "needs at least one flow and each (data, context) pair once, got "
+                                      + d.flows.map(\.flow.description).joined(separator: ", "))
+        }
+        guard !d.hasTextData || d.textPoints >= 1 else {
+            throw ConfigError.invalid(path: "diffusion.text_points", reason: "must be ≥ 1, got \(d.textPoints)")
         }
         for (i, f) in d.flows.enumerated() where !(f.weight > 0) || f.steps < 1 || !((0..<1).contains(f.pUncond ?? 0)) {
             throw ConfigError.invalid(path: "diffusion.flows[\(i)]", reason: "needs weight > 0, steps ≥ 1 and p_uncond in [0, 1)")

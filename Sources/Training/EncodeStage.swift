@@ -70,9 +70,8 @@ extension FrozenStage where Model == Autoencoder {
 
 /// `ldm-train encode`: every rank encodes a contiguous slice of the train split
 /// with the frozen encoder (posterior mean and log-variance), and the ranks write
-/// the latent cache together, with each row's label and caption. The scale factor is 1/std of the latents stage 2
-/// samples, z = mean + exp(logvar/2)·ε, computed exactly instead of from samples:
-/// Var(z) = Var(mean) + E[exp(logvar)], the first by a parallel Welford/Chan merge.
+/// the latent cache together, with each row's label and caption and the scale factor
+/// that gives the latents stage 2 samples unit variance (`LatentCache.writeWithScale`).
 public enum EncodeStage {
     @discardableResult
     /// `config`: the architecture of an autoencoder given as a safetensors file that does not carry its own.
@@ -89,13 +88,9 @@ public enum EncodeStage {
         let (h, c) = (a.latentSize, a.embedDim), per = h * h * c
         var planned = LatentCache.Info()   // refused before any encoding when it cannot be written
         (planned.count, planned.channels, planned.height, planned.width) = (n, c, h, h)
-        var problem = ""
-        if comm.isRoot { do { try LatentCache.checkSpace(out, info: planned, ranks: comm.size) } catch { problem = "\(error)" } }
-        problem = try comm.broadcast(problem)
-        guard problem.isEmpty else { throw DataError(problem) }
+        try LatentCache.checkSpace(out, info: planned, ranks: comm.size, communicator: comm)
         say("encode: \(n) images of \(dataPath) with \(ae.checkpoint) on \(comm.size) rank(s) → \(out)")
         var mean = [Float](repeating: 0, count: rows.count * per), logvar = mean
-        var stats = (n: 0.0, mean: 0.0, m2: 0.0), expSum = 0.0
         let start = Date()
         var b = rows.lowerBound
         while b < rows.upperBound {
@@ -113,32 +108,18 @@ public enum EncodeStage {
             }
             b += indices.count
         }
-        for i in mean.indices {   // Welford over the means; E[exp(logvar)] alongside
-            stats.n += 1
-            let d = Double(mean[i]) - stats.mean
-            stats.mean += d / stats.n
-            stats.m2 += d * (Double(mean[i]) - stats.mean)
-            expSum += exp(Double(logvar[i]))
-        }
         let seconds = Date().timeIntervalSince(start)
-        let gathered = try comm.allGather(values: [stats.n, stats.mean, stats.m2, expSum])
-        var total = (n: 0.0, mean: 0.0, m2: 0.0), totalExp = 0.0
-        for r in 0..<comm.size {
-            total = LatentCache.merge(total, (gathered[4 * r], gathered[4 * r + 1], gathered[4 * r + 2]))
-            totalExp += gathered[4 * r + 3]
-        }
-        let std = (total.m2 / total.n + totalExp / total.n).squareRoot()
-        var info = LatentCache.Info()
-        (info.count, info.channels, info.height, info.width, info.factor) = (n, c, h, h, a.factor)
-        (info.scaleFactor, info.autoencoder, info.dataset, info.split) = (1 / std, ae.identity, dataPath, "train")
-        try LatentCache.write(out, rows: LatentCache.Rows(start: rows.lowerBound, mean: mean, logvar: logvar,
-                                                          labels: rows.map { split.labels[$0] }, captions: try split.captions(Array(rows)),
-                                                          sourceIndex: rows.map { Int64($0) }),
-                              info: info, communicator: comm)
+        var info = planned
+        (info.factor, info.autoencoder, info.dataset, info.split) = (a.factor, ae.identity, dataPath, "train")
+        let stats = try LatentCache.writeWithScale(out, rows: LatentCache.Rows(start: rows.lowerBound, mean: mean, logvar: logvar,
+                                                                               labels: rows.map { split.labels[$0] },
+                                                                               captions: try split.captions(Array(rows)),
+                                                                               sourceIndex: rows.map { Int64($0) }),
+                                                   info: info, communicator: comm)
         let slowest = try comm.allGather(values: [seconds]).max()!
         let rate = Double(n) / slowest
         say(String(format: "encode: %d latents %d×%d×%d, mean %.4f, std %.4f → scale_factor %.5f; %.0f img/s over %d rank(s)",
-                   n, c, h, h, total.mean, std, 1 / std, rate, comm.size))
+                   n, c, h, h, stats.mean, stats.std, 1 / stats.std, rate, comm.size))
         return (n, rate)
     }
 }

@@ -13,12 +13,15 @@ public enum Pipeline {
     public struct Layout: Sendable {
         public var autoencoderRun: String
         public var diffusionRun: String
-        /// A multi-flow diffuser's context encoders.
+        /// A multi-flow diffuser's context encoders, and its text VAE (text flows).
         public var contextEncodersRun: String
-        /// Runs under `checkpoints/autoencoder`, `checkpoints/context-encoders` and `checkpoints/<diffusion>`.
+        public var textAutoencoderRun: String
+        /// Runs under `checkpoints/autoencoder`, `checkpoints/context-encoders`,
+        /// `checkpoints/text-autoencoder` and `checkpoints/<diffusion>`.
         public init(checkpoints: String = "Checkpoints", diffusion: String = "diffusion") {
             autoencoderRun = checkpoints + "/autoencoder"
             contextEncodersRun = checkpoints + "/context-encoders"
+            textAutoencoderRun = checkpoints + "/text-autoencoder"
             diffusionRun = checkpoints + "/" + diffusion
         }
     }
@@ -37,13 +40,15 @@ public enum Pipeline {
         }
         guard config.pipeline.lastStage > .prepare else { return }
         // 2. autoencoder
-        let steps = config.autoencoder.training.steps
-        if let done = completedStep(layout.autoencoderRun), done >= steps {
-            say("== autoencoder: complete at step \(done) in \(layout.autoencoderRun), skipped")
-        } else {
-            say("== autoencoder → \(layout.autoencoderRun)")
-            try AutoencoderTrainer(config: config, options: RunOptions(runDirectory: layout.autoencoderRun), communicator: comm).run()
+        /// Trains a stage into `run` unless it is complete at its configured steps.
+        func train(_ name: String, _ run: String, steps: Int, _ make: (RunOptions) throws -> Void) throws {
+            if let done = completedStep(run), done >= steps { return say("== \(name): complete at step \(done) in \(run), skipped") }
+            say("== \(name) → \(run)")
+            try make(RunOptions(runDirectory: run))
             BufferPool.shared.trim()   // the next stage's tensors have other sizes: give the cached ones back
+        }
+        try train("autoencoder", layout.autoencoderRun, steps: config.autoencoder.training.steps) {
+            try AutoencoderTrainer(config: config, options: $0, communicator: comm).run()
         }
         guard config.pipeline.lastStage > .autoencoder else { return say("== done (pipeline.last_stage: autoencoder): \(layout.autoencoderRun)") }
         // 3. encode, unless the cache holds this autoencoder's latents of the whole split
@@ -62,16 +67,30 @@ public enum Pipeline {
         // 3b. a multi-flow diffuser's context encoders, trained on the dataset's image–caption pairs
         let multiFlow = config.diffusion.diffuser == .multiFlow
         if multiFlow {
-            if let done = completedStep(layout.contextEncodersRun), done >= config.contextEncoders.training.steps {
-                say("== context encoders: complete at step \(done) in \(layout.contextEncodersRun), skipped")
-            } else {
-                say("== context encoders → \(layout.contextEncodersRun)")
-                try ContextEncoderTrainer(config: config, options: RunOptions(runDirectory: layout.contextEncodersRun), communicator: comm).run()
-                BufferPool.shared.trim()
+            try train("context encoders", layout.contextEncodersRun, steps: config.contextEncoders.training.steps) {
+                try ContextEncoderTrainer(config: config, options: $0, communicator: comm).run()
             }
         }
         guard config.pipeline.lastStage > .contextEncoders else {
             return say("== done (pipeline.last_stage: context_encoders): \(multiFlow ? layout.contextEncodersRun : "nothing to do for a single-flow model")")
+        }
+        // 3c. text flows: the text VAE on the captions, then the text latent cache of the same rows
+        let textData = config.diffusion.hasTextData
+        if textData {
+            try train("text autoencoder", layout.textAutoencoderRun, steps: config.textAutoencoder.training.steps) {
+                try TextAutoencoderTrainer(config: config, options: $0, communicator: comm).run()
+            }
+            let vae = try CheckpointStore.identity(of: try CheckpointStore.resolve(layout.textAutoencoderRun))
+            if let cache = try? LatentCache.info(config.diffusion.textLatents), cache.autoencoder == vae, cache.count == wanted {
+                say("== encode text: \(config.diffusion.textLatents) holds the text latents of \(vae), skipped")
+            } else {
+                say("== encode text → \(config.diffusion.textLatents)")
+                try TextEncodeStage.run(textAutoencoder: layout.textAutoencoderRun, data: config.data.path, out: config.diffusion.textLatents,
+                                        limit: wanted, communicator: comm)
+            }
+        }
+        guard config.pipeline.lastStage > .textAutoencoder else {
+            return say("== done (pipeline.last_stage: text_autoencoder): \(textData ? config.diffusion.textLatents : "no text data flows")")
         }
         // 4. diffusion, never continued or kept on latents of another autoencoder
         if let stale = try trainedOnOtherLatents(layout.diffusionRun, autoencoder: identity) {
@@ -86,7 +105,7 @@ public enum Pipeline {
             let options = RunOptions(runDirectory: layout.diffusionRun)
             if multiFlow {
                 try VersatileTrainer(config: config, options: options, autoencoder: layout.autoencoderRun, contextEncoders: layout.contextEncodersRun,
-                                     communicator: comm).run()
+                                     textAutoencoder: textData ? layout.textAutoencoderRun : nil, communicator: comm).run()
             } else {
                 try DiffusionTrainer(config: config, options: options, autoencoder: layout.autoencoderRun, communicator: comm).run()
             }
@@ -102,7 +121,7 @@ public enum Pipeline {
             if config.diffusion.task.kind != .generation {   // an image task: one result for each of the first test images
                 (requests[0].fromTest, requests[0].count) = (config.diffusion.sampling.perClass, 1)
             } else if multiFlow {   // each flow: the prompts' grid, and variations of the first test images
-                let flows = config.diffusion.flows.map(\.context)
+                let flows = config.diffusion.flows.filter { $0.data == .image }.map(\.context)
                 var variations = request
                 (variations.fromTest, variations.out, variations.imagesOut) = (8, "\(layout.diffusionRun)/variations.png", "\(layout.diffusionRun)/variations.h5")
                 requests = (flows.contains(.text) ? [request] : []) + (flows.contains(.image) ? [variations] : [])

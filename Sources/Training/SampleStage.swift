@@ -35,6 +35,11 @@ public enum SampleStage {
         /// A multi-flow diffuser: dual guidance, one image per prompt, and the image context's weight.
         public var images: [String] = []
         public var mix: Double?
+        /// A multi-flow diffuser with text flows: images to caption (image→text), captions
+        /// to vary (text→text), the text VAE that decodes them, and a JSON-lines output.
+        public var captionImages: [String] = [], textVariations: [String] = []
+        public var textAutoencoder = "Checkpoints/text-autoencoder"
+        public var captionsOut: String?
         public var useEMA = true
         public var out: String?
         public var latentsOut: String?
@@ -52,8 +57,9 @@ public enum SampleStage {
         if try TrainedDiffusion.config(resolved).diffusion.diffuser == .multiFlow {
             return try VersatileSampleStage.run(r, directory: resolved, say: say)
         }
-        if !r.imageVariations.isEmpty || !r.images.isEmpty || r.mix != nil {
-            throw SamplingError(description: "\(resolved) is a single-flow model: --image-variation, --image and --mix are for a multi-flow "
+        if !r.imageVariations.isEmpty || !r.images.isEmpty || r.mix != nil || !r.captionImages.isEmpty || !r.textVariations.isEmpty {
+            throw SamplingError(description: "\(resolved) is a single-flow model: --image-variation, --image, --mix, --caption-image and "
+                                + "--text-variation are for a multi-flow "
                                 + "(Versatile Diffusion) diffuser")
         }
         let trained = try TrainedDiffusion.load(r.diffusion, useEMA: r.useEMA)

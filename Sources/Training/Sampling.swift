@@ -52,17 +52,19 @@ public struct LatentSampler {
         }
     }
 
-    /// Scaled latents [count, s, s, c] from `predict`, with classifier-free guidance when
-    /// `conditional` (w = 1: the conditional prediction alone; w = 0: the null one).
-    public func sample(count n: Int, firstIndex: Int = 0, conditional: Bool, predict: @escaping Predictor) -> Tensor {
-        TensorEngine.concat(stride(from: 0, to: max(n, 1), by: Self.chunk).map { start in
-            sampleChunk(rows: start..<min(n, start + Self.chunk), firstIndex: firstIndex, conditional: conditional, predict: predict)
+    /// Scaled latents [count, s, s, c] (or [count] + `shape`, e.g. a text latent's [1, 1, dim])
+    /// from `predict`, with classifier-free guidance when `conditional` (w = 1: the
+    /// conditional prediction alone; w = 0: the null one).
+    public func sample(count n: Int, firstIndex: Int = 0, shape: [Int]? = nil, conditional: Bool, predict: @escaping Predictor) -> Tensor {
+        let a = stage.model
+        let shape = shape ?? [a.imageSize, a.imageSize, a.latentChannels]
+        return TensorEngine.concat(stride(from: 0, to: max(n, 1), by: Self.chunk).map { start in
+            sampleChunk(rows: start..<min(n, start + Self.chunk), firstIndex: firstIndex, shape: shape, conditional: conditional, predict: predict)
         }, axis: 0)
     }
 
-    private func sampleChunk(rows: Range<Int>, firstIndex: Int, conditional: Bool, predict: @escaping Predictor) -> Tensor {
-        let a = stage.model
-        let shape = [a.imageSize, a.imageSize, a.latentChannels], per = shape.reduce(1, *)
+    private func sampleChunk(rows: Range<Int>, firstIndex: Int, shape: [Int], conditional: Bool, predict: @escaping Predictor) -> Tensor {
+        let per = shape.reduce(1, *)
         let n = rows.count
         func noise(_ step: Int) -> Tensor {
             let t = Tensor(uninitialized: [n] + shape)
@@ -114,13 +116,14 @@ public struct LatentSampler {
     }
 }
 
-/// The latents [count, s, s, c] of samples drawn in contiguous shares by every rank
-/// (`sample` draws the samples of a range), gathered on rank 0 (nil on the others).
-/// Sample i's noise depends on i alone, so the result is the same at any world size.
-func sampleShared(count: Int, stage: DiffusionStageConfig, communicator comm: Communicator, sample: (Range<Int>) throws -> Tensor) throws -> Tensor? {
+/// The latents [count, s, s, c] (or [count] + `shape`) of samples drawn in contiguous
+/// shares by every rank (`sample` draws the samples of a range), gathered on rank 0 (nil
+/// on the others). Sample i's noise depends on i alone, so the result is the same at any world size.
+func sampleShared(count: Int, stage: DiffusionStageConfig, shape: [Int]? = nil, communicator comm: Communicator,
+                  sample: (Range<Int>) throws -> Tensor) throws -> Tensor? {
     let share = { (r: Int) in (r * count / comm.size)..<((r + 1) * count / comm.size) }
     let mine = share(comm.rank), widest = (0..<comm.size).map { share($0).count }.max()!
-    let a = stage.model, per = a.imageSize * a.imageSize * a.latentChannels
+    let a = stage.model, shape = shape ?? [a.imageSize, a.imageSize, a.latentChannels], per = shape.reduce(1, *)
     var values = [Float](repeating: 0, count: widest * per)
     if !mine.isEmpty {
         let latents = try sample(mine)
@@ -130,7 +133,7 @@ func sampleShared(count: Int, stage: DiffusionStageConfig, communicator comm: Co
     guard comm.isRoot else { return nil }
     var scalars: [Float] = []
     for r in 0..<comm.size { scalars += gathered[(r * widest * per)..<((r * widest + share(r).count) * per)] }
-    return Tensor(shape: [count, a.imageSize, a.imageSize, a.latentChannels], scalars: scalars)
+    return Tensor(shape: [count] + shape, scalars: scalars)
 }
 
 /// Copies `source` into the arena's values for the duration of `body` (sampling

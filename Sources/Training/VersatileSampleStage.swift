@@ -8,7 +8,9 @@ import TensorEngine
 /// `ldm-train sample` for a multi-flow diffuser: text-to-image (`--prompt`), image
 /// variation (`--image-variation F.png`, or the first `--from-test N` test images) and
 /// dual guidance (`--prompt T --image F.png --mix r`: one image per prompt, the image
-/// context weighted r and the text 1 − r in every context layer).
+/// context weighted r and the text 1 − r in every context layer); with text flows,
+/// captions of images (`--caption-image F.png`) and variations of captions
+/// (`--text-variation TEXT`), decoded by the text VAE.
 enum VersatileSampleStage {
     /// A multi-flow checkpoint loaded for sampling, with the frozen parts it needs.
     struct Loaded {
@@ -23,7 +25,14 @@ enum VersatileSampleStage {
         init(_ r: SampleStage.Request, directory: String) throws {
             let index = try HDF5File.open("\(directory)/index.h5")
             config = try TrainedDiffusion.config(directory)
-            diffuser = VersatileDiffuser(config.diffusion.model, seed: 0)
+            var textData: (dim: Int, points: Int)?
+            if config.diffusion.hasTextData {
+                guard let dim = Int(try index.stringAttribute("text_latent_dim") ?? "") else {
+                    throw DataError("\(directory)/index.h5 has no text_latent_dim: not a checkpoint of a diffuser with text flows")
+                }
+                textData = (dim, config.diffusion.textPoints)
+            }
+            diffuser = VersatileDiffuser(config.diffusion.model, textData: textData, seed: 0)
             let arena = ParameterArena(diffuser)
             let store = CheckpointStore(runDirectory: r.diffusion, communicator: SingleProcess(), say: { _ in })
             _ = try store.load(directory, into: CheckpointTensor.parameterViews(arena, group: r.useEMA ? "ema" : "params"),
@@ -42,12 +51,12 @@ enum VersatileSampleStage {
             self.directory = directory
         }
 
-        /// Throws unless the checkpoint trained a flow with this context.
-        func requireFlow(_ context: ContextType, for option: String) throws {
-            let trained = stage.flows.map(\.context)
-            guard trained.contains(context) else {
-                throw SamplingError(description: "\(directory) has no \(Flow(context: context)) flow (it trained "
-                                    + trained.map { Flow(context: $0).description }.joined(separator: ", ") + "): \(option) needs one")
+        /// Throws unless the checkpoint trained a flow with this context (and data type).
+        func requireFlow(_ context: Modality, data: Modality = .image, for option: String) throws {
+            let trained = stage.flows.map(\.flow), wanted = Flow(data: data, context: context)
+            guard trained.contains(wanted) else {
+                throw SamplingError(description: "\(directory) has no \(wanted) flow (it trained "
+                                    + trained.map(\.description).joined(separator: ", ") + "): \(option) needs one")
             }
         }
     }
@@ -61,6 +70,9 @@ enum VersatileSampleStage {
         guard r.count >= 1 else { throw SamplingError(description: "--count must be positive, got \(r.count)") }
         let sampling = m.stage.sampling(r.sampler, steps: r.steps, eta: r.eta, guidance: r.guidance, seed: r.seed)
         let sampler = try VersatileSampler(diffuser: m.diffuser, encoders: m.encoders.model, stage: m.stage, sampling: sampling)
+        if !r.captionImages.isEmpty || !r.textVariations.isEmpty {
+            return try runText(r, m, sampler: sampler, say: say)
+        }
         let e = m.encoders.config.contextEncoders.model
         var prompts = r.prompts
         if let file = r.promptsFile { prompts += try SampleStage.readPrompts(file) }
@@ -144,6 +156,46 @@ enum VersatileSampleStage {
             try SampleStage.writeLatents(latents, conditions: conditions, scaleFactor: m.scaleFactor, autoencoder: m.autoencoder.identity,
                                          factor: m.autoencoder.config.autoencoder.model.factor, source: directory, to: dir)
             say("wrote \(dir)")
+        }
+    }
+
+    /// Captions of images (image→text) or variations of captions (text→text): printed, and
+    /// written as JSON lines to `--captions-out`.
+    static func runText(_ r: SampleStage.Request, _ m: Loaded, sampler: VersatileSampler, say: (String) -> Void) throws {
+        guard r.captionImages.isEmpty || r.textVariations.isEmpty, r.prompts.isEmpty, r.imageVariations.isEmpty, r.images.isEmpty,
+              r.mix == nil, r.fromTest == nil else {
+            throw SamplingError(description: "give --caption-image F.png or --text-variation TEXT, without other inputs")
+        }
+        let captioning = !r.captionImages.isEmpty
+        try m.requireFlow(captioning ? .image : .text, data: .text, for: captioning ? "--caption-image" : "--text-variation")
+        if let empty = r.textVariations.firstIndex(where: { $0.trimmingCharacters(in: .whitespaces).isEmpty }) {
+            throw SamplingError(description: "--text-variation \(empty + 1) is empty: give a caption to vary (the empty caption is the null context)")
+        }
+        let index = try HDF5File.open("\(m.directory)/index.h5")
+        let vae = try FrozenTextAutoencoder.load(r.textAutoencoder, communicator: SingleProcess())
+        let wanted = try index.stringAttribute("text_autoencoder") ?? ""
+        guard vae.identity == wanted else {
+            throw DataError("\(m.directory) was trained on text latents of \(wanted), but --text-autoencoder \(r.textAutoencoder) is \(vae.identity)")
+        }
+        let scale = Double(try index.stringAttribute("text_scale_factor") ?? "") ?? 1
+        let e = m.encoders.config.contextEncoders.model
+        let inputs = captioning ? r.captionImages : r.textVariations
+        let request: VersatileSampler.Request = captioning
+            ? .image(try readImages(r.captionImages, side: e.imageSize, channels: e.inChannels, role: "--caption-image").repeatingRows(r.count))
+            : .text(r.textVariations.repeatingRows(r.count))
+        let contexts = sampler.contexts(request), flow = Flow(data: .text, context: captioning ? .image : .text)
+        say("sample: \(contexts.count) captions, \(flow) flow from \(m.directory) (\(r.useEMA ? "EMA" : "trained") weights), "
+            + "\(sampler.sampler.sampling.sampler) \(sampler.sampler.sampling.steps) steps, guidance \(sampler.sampler.sampling.guidance), "
+            + "seed \(sampler.sampler.sampling.seed), decoded by \(vae.checkpoint)")
+        let latents = sampler.sample(contexts, rows: 0..<contexts.count, data: .text)
+        let captions = TextFlowData.decode(latents, vae: vae, scaleFactor: scale, seed: sampler.sampler.sampling.seed)
+        for (i, c) in captions.enumerated() { say("\(inputs[i / r.count]) → \(c)") }
+        if let path = r.captionsOut {
+            let lines = captions.enumerated().map { i, c in jsonLine(["flow": flow.name, "input": inputs[i / r.count], "input_index": i / r.count, "caption": c]) }
+            do { try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8) } catch {
+                throw DataError(FileSystem.describe(error, path: path, doing: "write the captions"))
+            }
+            say("wrote \(path)")
         }
     }
 

@@ -50,14 +50,14 @@ public struct FlowSchedule: Sendable {
         preconditionFailure("unreachable")
     }
 
-    /// How many of the steps 0...step train a flow with this context (the bias-correction
-    /// step of its context layers, which only those steps update).
-    public func updates(of context: ContextType, through step: Int) -> Int {
-        let per = flows.filter { $0.context == context }.reduce(0) { $0 + $1.steps }
+    /// How many of the steps 0...step train a flow `trains` picks (the bias-correction
+    /// step of layers only those flows update: a data type's, a context type's).
+    public func updates(through step: Int, of trains: (FlowConfig) -> Bool) -> Int {
+        let per = flows.filter(trains).reduce(0) { $0 + $1.steps }
         let full = (step + 1) / period, rest = (step + 1) % period
         var partial = 0, k = 0
         for f in flows {
-            if f.context == context { partial += max(0, min(f.steps, rest - k)) }
+            if trains(f) { partial += max(0, min(f.steps, rest - k)) }
             k += f.steps
         }
         return full * per + partial
@@ -65,11 +65,13 @@ public struct FlowSchedule: Sendable {
 }
 
 /// Stage 2 as Versatile Diffusion trains it: one diffuser, several flows. Each
-/// optimizer step trains the flow the schedule names: image data attending to the
-/// frozen encoders' text context (the row's caption) or image context (the row's own
-/// image, as VD's image variation learns), each with its loss weight and its null
-/// context for guidance (the empty caption, a mid-grey image). Only the flow's
-/// parameters are stepped; every group has its learning-rate multiplier.
+/// optimizer step trains the flow the schedule names: the row's image latent or its
+/// caption's text latent, attending to the frozen encoders' text context (the row's
+/// caption) or image context (the row's own image, as VD's image variation learns),
+/// each with its loss weight and its null context for guidance (the empty caption, a
+/// mid-grey image). Only the flow's parameters are stepped (the global layers, its data
+/// type's data layers, its context type's context layers); every group has its
+/// learning-rate multiplier.
 public final class VersatileTrainer: TrainingStage {
     let config: Config
     let options: RunOptions
@@ -85,11 +87,15 @@ public final class VersatileTrainer: TrainingStage {
     let images: (train: ImageBatcher, test: ImageBatcher)
     let autoencoder: FrozenAutoencoder?
     let schedule: FlowSchedule
-    /// Runs of the arena by parameter group (and, for context layers, their context type).
-    let runs: [(range: Range<Int>, group: ParameterGroup, context: ContextType?)]
+    /// Runs of the arena by parameter group and modality (data or context type).
+    let runs: [(range: Range<Int>, group: ParameterGroup, modality: Modality?)]
+    /// The text flows' latents and decoder (nil without text data flows).
+    let text: TextFlowData?
     var stageConfig: DiffusionStageConfig { config.diffusion }
 
-    public init(config: Config, options: RunOptions, autoencoder path: String?, contextEncoders: String, communicator: Communicator) throws {
+    /// `textAutoencoder`: the text VAE run whose latents `diffusion.text_latents` holds (text data flows only).
+    public init(config: Config, options: RunOptions, autoencoder path: String?, contextEncoders: String, textAutoencoder: String? = nil,
+                communicator: Communicator) throws {
         try validateDiffusion(config)
         (self.config, self.options, comm) = (config, options, communicator)
         log = RunLog(runDirectory: options.runDirectory, isRoot: communicator.isRoot)
@@ -115,21 +121,22 @@ public final class VersatileTrainer: TrainingStage {
         images = (try ImageBatcher(split: train, resolution: e.imageSize, flip: false, seed: config.seed),
                   try ImageBatcher(split: test, resolution: e.imageSize, flip: false, seed: config.seed))
         autoencoder = try path.map { try cacheAutoencoder($0, cache: cache, latents: s.latents, communicator: communicator) }
-        diffuser = VersatileDiffuser(a, seed: UInt64(bitPattern: Int64(config.seed)))
+        text = s.hasTextData ? try TextFlowData(stage: s, imageCache: cache, textAutoencoder: textAutoencoder, communicator: communicator) : nil
+        diffuser = VersatileDiffuser(a, textData: text.map { ($0.cache.info.channels, s.textPoints) }, seed: UInt64(bitPattern: Int64(config.seed)))
         arenaStorage = ParameterArena(diffuser)
         adam = Adam(arenaStorage, s.optimizer.adam)
         emaStorage = EMA(arenaStorage, decay: s.emaDecay)
         objective = DiffusionObjective(schedule: s.schedule.schedule, prediction: s.prediction)
         schedule = FlowSchedule(s.flows)
-        var runs: [(range: Range<Int>, group: ParameterGroup, context: ContextType?)] = []
+        var runs: [(range: Range<Int>, group: ParameterGroup, modality: Modality?)] = []
         let entries = arenaStorage.entries
         for (i, entry) in entries.enumerated() {
-            let (group, context) = diffuser.group(of: entry.key)
+            let (group, modality) = diffuser.group(of: entry.key)
             let end = i + 1 < entries.count ? entries[i + 1].offset : arenaStorage.count
-            if let last = runs.last, last.group == group, last.context == context, last.range.upperBound == entry.offset {
+            if let last = runs.last, last.group == group, last.modality == modality, last.range.upperBound == entry.offset {
                 runs[runs.count - 1].range = last.range.lowerBound..<end
             } else {
-                runs.append((entry.offset..<end, group, context))
+                runs.append((entry.offset..<end, group, modality))
             }
         }
         self.runs = runs
@@ -137,9 +144,14 @@ public final class VersatileTrainer: TrainingStage {
 
     @discardableResult
     public func run() throws -> [String: Double] {
-        let extra = ["autoencoder": cache.info.autoencoder, "scale_factor": String(cache.info.scaleFactor), "context_encoders": encoders.identity]
-        let inputs = ["latent_cache": "written \(cache.info.created), \(cache.info.count) rows", "dataset": images.train.split.identity,
+        var extra = ["autoencoder": cache.info.autoencoder, "scale_factor": String(cache.info.scaleFactor), "context_encoders": encoders.identity]
+        var inputs = ["latent_cache": "written \(cache.info.created), \(cache.info.count) rows", "dataset": images.train.split.identity,
                       "context_encoders_identity": encoders.identity]
+        if let text {
+            (extra["text_autoencoder"], extra["text_scale_factor"]) = (text.cache.info.autoencoder, String(text.cache.info.scaleFactor))
+            extra["text_latent_dim"] = String(text.cache.info.channels)
+            inputs["text_latent_cache"] = "written \(text.cache.info.created), \(text.cache.info.count) rows"
+        }
         return try StageLoop(stage: self, config: config, options: options, communicator: comm, log: log, extraAttributes: extra,
                              inputs: inputs).run()
     }
@@ -157,16 +169,17 @@ public final class VersatileTrainer: TrainingStage {
         var counts: [ParameterGroup: Int] = [:]
         for e in arenaStorage.entries { counts[diffuser.group(of: e.key).group, default: 0] += e.tensor.count }
         let groups = ParameterGroup.allCases.map { "\($0.rawValue) \(counts[$0] ?? 0) (lr × \(stageConfig.lrMultipliers[$0]))" }.joined(separator: ", ")
-        let flows = stageConfig.flows.map { "\(Flow(context: $0.context)) ×\($0.steps) (weight \($0.weight))" }.joined(separator: ", ")
+        let flows = stageConfig.flows.map { "\($0.flow) ×\($0.steps) (weight \($0.weight))" }.joined(separator: ", ")
         return "versatile diffusion \(stageConfig.name): \(diffuser.parameterCount()) parameters (\(groups)); flows \(flows); contexts from "
             + "\(encoders.checkpoint); \(cache.info.count) latents from \(cache.info.autoencoder), scale_factor "
             + String(format: "%.5f", cache.info.scaleFactor)
+            + (text.map { "; text latents (\($0.cache.info.channels)) from \($0.cache.info.autoencoder), scale_factor " + String(format: "%.5f", $0.cache.info.scaleFactor) } ?? "")
     }
 
     func prefetch(_ indices: [Int]) { images.train.prefetch(indices.map { Int(cache.sourceIndex[$0]) }) }
 
     /// The frozen encoders' context of `type` for cached rows `indices`, the null one where `dropped`.
-    func context(_ type: ContextType, rows indices: [Int], dropped: [Bool]) throws -> Context {
+    func context(_ type: Modality, rows indices: [Int], dropped: [Bool]) throws -> Context {
         switch type {
         case .text:
             let captions = zip(indices, dropped).map { $1 ? "" : (cache.captions?[$0] ?? "") }
@@ -181,30 +194,37 @@ public final class VersatileTrainer: TrainingStage {
 
     func microBatch(_ indices: [Int], epoch: Int, scale: Float, step: Int) throws -> [(String, Tally)] {
         let flow = schedule.flow(at: step)
-        let batch = LatentBatch(cache, indices: indices, epoch: epoch, seed: config.seed, timesteps: objective.schedule.timesteps,
-                                pUncond: flow.pUncond ?? stageConfig.pUncond)
+        let batch = LatentBatch(flow.data == .text ? text!.cache : cache, indices: indices, epoch: epoch, seed: config.seed,
+                                timesteps: objective.schedule.timesteps, pUncond: flow.pUncond ?? stageConfig.pUncond)
         let c = try context(flow.context, rows: indices, dropped: batch.dropped)
         let perSample = objective.perSampleLoss(z0: batch.z0, noise: batch.noise, times: batch.times) {
-            diffuser($0, timesteps: $1, contexts: [(flow.context, c, 1)])
+            diffuser($0, data: flow.data, timesteps: $1, contexts: [(flow.context, c, 1)])
         }
         perSample.mean().scaled(by: scale * Float(flow.weight)).backward()
         let losses = perSample.scalars.map(Double.init), n = Double(indices.count)
-        return batch.tallies(losses) + ContextType.allCases.map { type in
-            ("loss_\(type.rawValue)_flow", type == flow.context ? Tally(sum: losses.reduce(0, +), count: n) : Tally())
+        return batch.tallies(losses) + stageConfig.flows.map(\.flow).uniqued().map { f in
+            ("loss_\(f.name)", f == flow.flow ? Tally(sum: losses.reduce(0, +), count: n) : Tally())
         }
     }
 
-    /// The runs of the flow of `step`: the global and data layers and its own context
-    /// layers, each at its group's rate and with its own bias-correction step.
+    /// The runs of the flow of `step`: the global layers, its data type's data layers and
+    /// its context type's context layers, each at its group's rate and with its own
+    /// bias-correction step (the number of steps that have trained it).
     func applyUpdate(lr: Double, step: Int) {
         adam.step += 1
         let flow = schedule.flow(at: step)
         let segments = runs.compactMap { run -> Adam.Segment? in
-            if let context = run.context {
-                guard context == flow.context else { return nil }
-                return Adam.Segment(range: run.range, lr: lr * stageConfig.lrMultipliers[.context], step: schedule.updates(of: context, through: step))
+            let rate = lr * stageConfig.lrMultipliers[run.group]
+            switch (run.group, run.modality) {
+            case let (.data, type?):
+                guard type == flow.data else { return nil }
+                return Adam.Segment(range: run.range, lr: rate, step: schedule.updates(through: step) { $0.data == type })
+            case let (.context, type?):
+                guard type == flow.context else { return nil }
+                return Adam.Segment(range: run.range, lr: rate, step: schedule.updates(through: step) { $0.context == type })
+            default:
+                return Adam.Segment(range: run.range, lr: rate, step: adam.step)
             }
-            return Adam.Segment(range: run.range, lr: lr * stageConfig.lrMultipliers[run.group], step: adam.step)
         }
         adam.update(segments: segments)
     }
@@ -215,7 +235,8 @@ public final class VersatileTrainer: TrainingStage {
         guard let autoencoder else { return }
         let sampler = try VersatileSampler(diffuser: diffuser, encoders: encoders.model, stage: stageConfig, sampling: stageConfig.sampling)
         let k = min(stageConfig.sampling.perClass, 8)
-        for flow in stageConfig.flows.map(\.context) {
+        if let text { try text.writeSamples(step: number, trainer: self) }
+        for flow in stageConfig.flows.filter({ $0.data == .image }).map(\.context).uniqued() {
             let request: VersatileSampler.Request
             var sources: Tensor?
             switch flow {
@@ -239,7 +260,20 @@ public final class VersatileTrainer: TrainingStage {
         }
     }
 
-    func finish() throws -> [String: Double] { [:] }
+    /// With text data flows: captions of test images and variations of test captions,
+    /// judged against the most common caption (EMA weights).
+    func finish() throws -> [String: Double] {
+        guard let text else { return [:] }
+        return try text.evaluate(trainer: self)
+    }
+}
+
+extension Sequence where Element: Hashable {
+    /// The elements in order, each once.
+    func uniqued() -> [Element] {
+        var seen = Set<Element>()
+        return filter { seen.insert($0).inserted }
+    }
 }
 
 extension Array {
@@ -282,7 +316,7 @@ public struct VersatileSampler {
     /// The encoded contexts of a request: per context type used, its weight and the
     /// conditional and null contexts of every sample.
     public struct Contexts {
-        var parts: [(type: ContextType, weight: Float, conditional: Context, null: Context)]
+        var parts: [(type: Modality, weight: Float, conditional: Context, null: Context)]
         public var count: Int { parts[0].conditional.tokens.shape[0] }
     }
 
@@ -304,7 +338,7 @@ public struct VersatileSampler {
 
     public func contexts(_ request: Request) -> Contexts {
         withoutGradient {
-            func part(_ type: ContextType, _ weight: Double, _ c: Context) -> (ContextType, Float, Context, Context) {
+            func part(_ type: Modality, _ weight: Double, _ c: Context) -> (Modality, Float, Context, Context) {
                 (type, Float(weight), c, encoders.nullContext(type, count: c.tokens.shape[0]))
             }
             switch request {
@@ -316,14 +350,15 @@ public struct VersatileSampler {
         }
     }
 
-    /// Scaled latents of the samples `rows` of `contexts` (sample i's noise keyed by i).
-    public func sample(_ contexts: Contexts, rows: Range<Int>) -> Tensor {
-        sampler.sample(count: rows.count, firstIndex: rows.lowerBound, conditional: true) { x, t, chunk, halves in
+    /// Scaled latents of the samples `rows` of `contexts` (sample i's noise keyed by i):
+    /// image latents, or with `data` text the text latents [N, 1, 1, dim].
+    public func sample(_ contexts: Contexts, rows: Range<Int>, data: Modality = .image) -> Tensor {
+        sampler.sample(count: rows.count, firstIndex: rows.lowerBound, shape: diffuser.sampleShape(data), conditional: true) { x, t, chunk, halves in
             let absolute = (rows.lowerBound + chunk.lowerBound)..<(rows.lowerBound + chunk.upperBound)
             let routes = contexts.parts.map { p in
                 (type: p.type, context: Context.joined(halves.map { ($0 ? p.null : p.conditional).rows(absolute) }), weight: p.weight)
             }
-            return diffuser(x, timesteps: t, contexts: routes)
+            return diffuser(x, data: data, timesteps: t, contexts: routes)
         }
     }
 }

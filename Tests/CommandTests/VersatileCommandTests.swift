@@ -9,7 +9,7 @@ import Training
 let versatileSmokeConfig = packageRoot.appendingPathComponent("Launch/configs/fmnist-versatile-smoke.yaml").path
 
 /// The multi-flow smoke recipe run as a user would after the text smoke recipe: it
-/// shares its stage 1 and trains the context encoders and the diffuser.
+/// shares its stage 1 and trains the context encoders, the text VAE and the diffuser.
 let versatileSmoke: (status: Int32, out: String, err: String) = {
     _ = textSmoke
     return try! ldmTrain(["pipeline", "--config", versatileSmokeConfig], in: textSmoke.root)
@@ -17,31 +17,49 @@ let versatileSmoke: (status: Int32, out: String, err: String) = {
 
 var contextEncodersRun: String { textSmoke.root.appendingPathComponent("Checkpoints/fmnist-text-smoke/context-encoders").path }
 var versatileRun: String { textSmoke.root.appendingPathComponent("Checkpoints/fmnist-text-smoke/diffusion-versatile").path }
+var textVAERun: String { textSmoke.root.appendingPathComponent("Checkpoints/fmnist-text-smoke/text-autoencoder").path }
+var textLatentCache: String { textSmoke.root.appendingPathComponent("Datasets/fmnist-text-smoke-text-latents").path }
 
 func versatileJob(_ ranks: Int, run: String, _ extra: [String]) throws -> (status: Int32, out: String, err: String) {
     _ = versatileSmoke
     let r = try mpirunLocal(ranks, ["ldm-train", "diffusion", "--config", versatileSmokeConfig, "--latents", textLatents, "--autoencoder", textAutoencoder,
-                                    "--context-encoders", contextEncodersRun, "--run-dir", run] + extra, directory: textSmoke.root)
+                                    "--context-encoders", contextEncodersRun, "--text-autoencoder", textVAERun, "--run-dir", run] + extra,
+                            directory: textSmoke.root)
     return (r.status, r.out, r.err)
 }
 
 func versatileSample(_ extra: [String], diffusion: String? = nil) throws -> (status: Int32, out: String, err: String) {
     _ = versatileSmoke
     return try ldmTrain(["sample", "--diffusion", diffusion ?? versatileRun, "--autoencoder", textAutoencoder, "--context-encoders", contextEncodersRun,
-                         "--steps", "3", "--count", "2"] + extra, in: textSmoke.root)
+                         "--text-autoencoder", textVAERun, "--steps", "3", "--count", "2"] + extra, in: textSmoke.root)
 }
 
 @Suite("Versatile Diffusion: context encoders and the multi-flow diffuser, trained and sampled", .serialized)
 struct VersatileCommandTests {
-    @Test("the smoke pipeline trains the context encoders (retrieval reported), then one diffuser for text→image and image→image, with a grid per flow and both flows sampled")
+    @Test("the smoke pipeline trains the context encoders (retrieval reported) and the text VAE (reconstruction reported), encodes the captions, then one diffuser for four flows, with a grid or captions per flow and the image flows sampled")
     func pipeline() throws {
         let r = versatileSmoke
         #expect(r.status == 0, "\(r.err)")
         #expect(r.out.contains("== autoencoder: complete at step 4") && r.out.contains("retrieval on 128 test pairs"), "\(r.out)")
-        #expect(r.out.contains("flows text→image ×1 (weight 1.0), image→image ×1 (weight 1.0)"), "\(r.out)")
-        for file in ["samples-text-00000004.png", "samples-image-00000004.png", "samples.png", "variations.png"] {
+        #expect(r.out.contains("reconstruction of 64 test captions from their posterior means: token accuracy")
+                && r.out.contains("encode-text: 512 text latents of 8"), "\(r.out)")
+        #expect(r.out.contains("flows text→image ×1 (weight 1.0), image→image ×1 (weight 1.0), image→text ×1 (weight 1.0), text→text ×1 (weight 1.0)"), "\(r.out)")
+        #expect(r.out.contains("image→text on 32 test images: names the class") && r.out.contains("text→text on their captions: changed"), "\(r.out)")
+        for file in ["samples-text-00000004.png", "samples-image-00000004.png", "samples.png", "variations.png", "samples-image_to_text-00000004.jsonl",
+                     "samples-text_to_text-00000004.jsonl"] {
             #expect(FileManager.default.fileExists(atPath: "\(versatileRun)/\(file)"), "\(file)")
         }
+        let text = try python("""
+            import h5py, json
+            c = h5py.File('\(textLatentCache)/index.h5'); d = json.load(open('\(versatileRun)/complete')); v = json.load(open('\(textVAERun)/complete'))
+            lines = [json.loads(l) for l in open('\(versatileRun)/samples-image_to_text-00000004.jsonl')]
+            k = h5py.File('\(versatileRun)/step-00000004/index.h5')
+            print(c['mean'].shape, c['logvar'].shape, c.attrs['autoencoder'].startswith('step-00000006/'), list(c['source_index'][:3]), c['caption'].asstr()[0] != '',
+                  sorted(x for x in d if x.startswith(('i2t', 't2t'))), sorted(x for x in v if x.startswith('test_')), len(lines), lines[0]['flow'],
+                  'params/diffuser/text/input_blocks/0/0/weight' in k, k.attrs['text_latent_dim'])
+            """)
+        #expect(text == "(512, 8, 1, 1) (512, 8, 1, 1) True [0, 1, 2] True ['i2t_baseline_class_accuracy', 'i2t_baseline_word_f1', 'i2t_class_accuracy', "
+                + "'i2t_word_f1', 't2t_changed', 't2t_class_kept', 't2t_word_f1'] ['test_exact_recovery', 'test_token_accuracy'] 8 image_to_text True 8", "\(text)")
         let check = try python("""
             import h5py, json
             c = json.load(open('\(contextEncodersRun)/complete')); s = h5py.File('\(versatileRun)/samples.h5'); v = h5py.File('\(versatileRun)/variations.h5')
@@ -76,8 +94,58 @@ struct VersatileCommandTests {
         #expect(control > 1e-4, "changing the images changed nothing: \(control)")
     }
 
-    @Test("multi-flow training, 2 ranks: 6 steps straight equal 3 + resume + 3, bitwise (both context-layer sets, moments, EMA)")
-    func exactResume() throws { try checkExactResume(versatileJob, holding: "ema/diffuser/text/middle_block/1/proj_in/weight") }
+    @Test("multi-flow training, 2 ranks: 6 steps straight equal 3 + resume + 3, bitwise (both context-layer sets, the text data layers, moments, EMA)")
+    func exactResume() throws { try checkExactResume(versatileJob, holding: "ema/diffuser/text/input_blocks/0/0/weight") }
+
+    @Test("the text VAE ends with the same weights at 1 and 2 ranks for the same global batch, and resumes bitwise")
+    func textVAE() throws {
+        _ = versatileSmoke
+        func job(_ ranks: Int, _ run: String, _ extra: [String]) throws -> (status: Int32, out: String, err: String) {
+            let r = try mpirunLocal(ranks, ["ldm-train", "text-autoencoder", "--config", versatileSmokeConfig, "--run-dir", run,
+                                            "--set", "text_autoencoder.optimizer.eps=1e-3", "--set", "text_autoencoder.optimizer.base_lr=1e-4"] + extra,
+                                    directory: textSmoke.root)
+            return (r.status, r.out, r.err)
+        }
+        var runs: [[String: [Float]]] = []
+        for (ranks, batch, extra) in [(1, 16, [String]()), (2, 8, []), (2, 8, ["--set", "text_autoencoder.kl_weight=0.5"])] {
+            let run = temporaryRun()
+            let r = try job(ranks, run, ["--batch-size", String(batch)] + extra)
+            #expect(r.status == 0, "\(ranks) ranks: \(r.err)")
+            runs.append(try checkpointTensors(run + "/step-00000006"))
+        }
+        #expect(runs[0]["params/decoder/lm_head/weight"] != nil && runs[0]["params/encoder/to_moments/weight"] != nil)
+        let (worst, key) = worstRelativeDifference(runs[0], runs[1])
+        #expect(worst < 1e-5, "2 × 8: \(key) differs by \(worst)")
+        let (control, _) = worstRelativeDifference(runs[0], runs[2])
+        #expect(control > 1e-4, "changing the KL weight changed nothing: \(control)")
+        let straight = temporaryRun(), resumed = temporaryRun()
+        #expect(try job(2, straight, ["--batch-size", "8", "--steps", "6"]).status == 0)
+        #expect(try job(2, resumed, ["--batch-size", "8", "--steps", "3"]).status == 0)
+        let rest = try job(2, resumed, ["--batch-size", "8", "--steps", "6"])
+        #expect(rest.status == 0 && rest.out.contains("(step 3)"), "\(rest.err)")
+        let a = try checkpointTensors(straight + "/step-00000006"), b = try checkpointTensors(resumed + "/step-00000006")
+        #expect(a.keys.contains("optim/v/decoder/lm_head/weight") && a.keys.filter { a[$0] != b[$0] }.isEmpty)
+    }
+
+    @Test("sample: --caption-image (image→text) and --text-variation (text→text) print captions and write them as JSON lines; the same seed gives the same captions")
+    func textSampling() throws {
+        let out = temporaryDirectory()
+        try writeImage(out.appendingPathComponent("in.png").path, side: 32)
+        func run(_ name: String, _ extra: [String]) throws -> [[String: Any]] {
+            let file = out.appendingPathComponent("\(name).jsonl").path
+            let r = try versatileSample(extra + ["--captions-out", file])
+            #expect(r.status == 0 && r.out.contains(" → "), "\(name): \(r.err)")
+            return try String(contentsOfFile: file, encoding: .utf8).split(separator: "\n").map {
+                try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+            }
+        }
+        let captions = try run("i2t", ["--caption-image", out.appendingPathComponent("in.png").path])
+        #expect(captions.count == 2 && captions.allSatisfy { $0["flow"] as? String == "image_to_text" && $0["caption"] is String && $0["input_index"] as? Int == 0 })
+        let variations = try run("t2t", ["--text-variation", "a white sneaker", "--text-variation", "dark coat", "--seed", "3"])
+        #expect(variations.count == 4 && variations.map { $0["input"] as? String } == ["a white sneaker", "a white sneaker", "dark coat", "dark coat"])
+        let again = try run("t2t-again", ["--text-variation", "a white sneaker", "--text-variation", "dark coat", "--seed", "3"])
+        #expect(again.map { $0["caption"] as? String } == variations.map { $0["caption"] as? String })
+    }
 
     @Test("multi-flow training ends with the same weights at 1 and 2 ranks for the same global batch; a flow's steps leave the other context set untouched")
     func worldSizeInvariance() throws {
@@ -103,12 +171,13 @@ struct VersatileCommandTests {
         #expect(one["optim/m/diffuser/text/middle_block/1/proj_out/weight"]?.contains { $0 != 0 } == true)
     }
 
-    /// A run of 12 steps at a high rate, so that the context layers (zero-initialised
-    /// projections) have moved and the two contexts give different images.
+    /// A run of 12 steps of the two image flows at a high rate, so that the context layers
+    /// (zero-initialised projections) have moved and the two contexts give different images.
     @Test("sample: --prompt (text flow, with its latents), --image-variation (image flow), and dual guidance whose --mix 0 and 1 reproduce the two flows")
     func sampling() throws {
         let out = temporaryDirectory(), trained = out.appendingPathComponent("run").path
-        let t = try versatileJob(1, run: trained, ["--steps", "12", "--set", "diffusion.optimizer.base_lr=2e-4", "--set", "diffusion.training.image_every=100"])
+        let t = try versatileJob(1, run: trained, ["--steps", "12", "--set", "diffusion.optimizer.base_lr=2e-4", "--set", "diffusion.training.image_every=100",
+                                                   "--set", "diffusion.flows=[{context: text}, {context: image}]"])
         #expect(t.status == 0, "\(t.err)")
         try writeImage(out.appendingPathComponent("in.png").path, side: 32)
         func run(_ name: String, _ extra: [String]) throws -> [Float] {
@@ -136,6 +205,7 @@ struct VersatileCommandTests {
 
     @Test("bad input gives one clear error", arguments: [
         "wrong image size", "missing flow", "single-flow model", "unknown flow key", "mix out of range", "image without prompt", "other encoders",
+        "empty caption", "no text flows", "other text VAE",
     ])
     func badInput(_ case_: String) throws {
         let dir = temporaryDirectory()
@@ -154,7 +224,7 @@ struct VersatileCommandTests {
         case "single-flow model":
             try writeImage(dir.appendingPathComponent("in.png").path, side: 32)
             result = try textSample(["--image-variation", dir.appendingPathComponent("in.png").path])
-            expected = "is a single-flow model: --image-variation, --image and --mix are for a multi-flow"
+            expected = "is a single-flow model: --image-variation, --image, --mix, --caption-image and --text-variation are for a multi-flow"
         case "unknown flow key":
             result = try ldmTrain(["diffusion", "--config", versatileSmokeConfig, "--set", "diffusion.flows=[{context: text, wieght: 2}]"])
             expected = "unknown key 'diffusion.flows.0.wieght' (did you mean 'diffusion.flows.0.weight'?)"
@@ -166,6 +236,21 @@ struct VersatileCommandTests {
             try writeImage(dir.appendingPathComponent("in.png").path, side: 32)
             result = try versatileSample(["--image", dir.appendingPathComponent("in.png").path, "--mix", "0.5"])
             expected = "dual guidance takes one --image for each --prompt (0 prompt(s), 1 image(s))"
+        case "empty caption":
+            result = try versatileSample(["--text-variation", "a bag", "--text-variation", " "])
+            expected = "--text-variation 2 is empty: give a caption to vary (the empty caption is the null context)"
+        case "no text flows":
+            let run = dir.appendingPathComponent("image-flows").path
+            #expect(try versatileJob(1, run: run, ["--steps", "1", "--set", "diffusion.flows=[{context: text}, {context: image}]"]).status == 0)
+            try writeImage(dir.appendingPathComponent("in.png").path, side: 32)
+            result = try versatileSample(["--caption-image", dir.appendingPathComponent("in.png").path], diffusion: run)
+            expected = "has no image→text flow (it trained text→image, image→image): --caption-image needs one"
+        case "other text VAE":
+            let other = dir.appendingPathComponent("vae").path
+            #expect(try ldmTrain(["text-autoencoder", "--config", versatileSmokeConfig, "--run-dir", other, "--steps", "2"], in: textSmoke.root).status == 0)
+            result = try ldmTrain(["sample", "--diffusion", versatileRun, "--autoencoder", textAutoencoder, "--context-encoders", contextEncodersRun,
+                                   "--text-autoencoder", other, "--text-variation", "a bag"], in: textSmoke.root)
+            expected = "was trained on text latents of step-00000006/"
         default:
             let other = dir.appendingPathComponent("ce").path
             #expect(try ldmTrain(["context-encoders", "--config", versatileSmokeConfig, "--run-dir", other, "--steps", "2"], in: textSmoke.root).status == 0)
@@ -188,8 +273,8 @@ struct FlowScheduleTests {
         let s = FlowSchedule([text, image])
         #expect((0..<7).map { s.flow(at: $0).context } == [.text, .text, .image, .text, .text, .image, .text])
         for step in 0..<20 {
-            for type in ContextType.allCases {
-                #expect(s.updates(of: type, through: step) == (0...step).filter { s.flow(at: $0).context == type }.count)
+            for type in Modality.allCases {
+                #expect(s.updates(through: step) { $0.context == type } == (0...step).filter { s.flow(at: $0).context == type }.count)
             }
         }
     }

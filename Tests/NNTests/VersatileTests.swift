@@ -106,10 +106,10 @@ struct VersatileTests {
         #expect(Set(textKeys.map { $0.0.replacingOccurrences(of: "diffuser.text.", with: "diffuser.image.") }) == Set(transformerKeys.map(\.0)))
         #expect(d.image.slotKeys == ["input_blocks.3.1", "middle_block.1", "output_blocks.0.1", "output_blocks.1.1"], "\(d.image.slotKeys)")
         #expect(d.group(of: "diffuser.image.time_embed.0.weight") == (.global, nil))
-        #expect(d.group(of: "diffuser.image.input_blocks.1.0.in_layers.2.weight") == (.data, nil))
+        #expect(d.group(of: "diffuser.image.input_blocks.1.0.in_layers.2.weight") == (.data, .image))
         #expect(d.group(of: "diffuser.image.middle_block.1.proj_in.weight") == (.context, .image))
-        #expect(d.group(of: "diffuser.text.output_blocks.4.1.transformer_blocks.0.attn2.to_k.weight") == (.context, .text))
-        #expect(d.group(of: "diffuser.image.middle_block.0.in_layers.0.weight") == (.data, nil))
+        #expect(d.group(of: "diffuser.text.output_blocks.1.1.transformer_blocks.0.attn2.to_k.weight") == (.context, .text))
+        #expect(d.group(of: "diffuser.image.middle_block.0.in_layers.0.weight") == (.data, .image))
     }
 
     @Test("flows: the image context uses the UNet's own layers exactly; the text context uses its own set; mixing weights (1, 0) is the first context alone; each flow's loss reaches only its context layers")
@@ -126,16 +126,17 @@ struct VersatileTests {
         #expect(own.scalars == image.scalars)
         #expect(zip(own.scalars, text.scalars).map { abs($0 - $1) }.max()! > 1e-3)
         #expect(isClose(mixed, text.scalars.map(Double.init), rtol: 1e-4, atol: 1e-5))
-        for flow in [ContextType.text, .image] {
+        for flow in [Modality.text, .image] {
             for p in d.parameters() { p.grad = nil }
             let arena = ParameterArena(d)
             arena.zeroGradients()
             d(x, timesteps: t, contexts: [(flow, c1, 1)]).sum().backward()
-            var touched: [ContextType: Double] = [:]
+            var touched: [Modality: Double] = [:]
             var data = 0.0
             for e in arena.entries {
                 let g = e.tensor.grad!.scalars.reduce(0.0) { $0 + Double(abs($1)) }
-                if let type = d.group(of: e.key).context { touched[type, default: 0] += g } else { data += g }
+                let (group, type) = d.group(of: e.key)
+                if group == .context, let type { touched[type, default: 0] += g } else { data += g }
             }
             #expect(touched[flow]! > 0 && data > 0 && touched[flow == .text ? .image : .text]! == 0, "\(flow): \(touched)")
         }
