@@ -126,8 +126,9 @@ public enum Pipeline {
                 (variations.fromTest, variations.out, variations.imagesOut) = (8, "\(layout.diffusionRun)/variations.png", "\(layout.diffusionRun)/variations.h5")
                 requests = (flows.contains(.text) ? [request] : []) + (flows.contains(.image) ? [variations] : [])
             }
-            if config.diffusion.task.kind == .generation && config.diffusion.sampling.prompts.isEmpty
-                && (config.diffusion.conditioning.kind == .text || (multiFlow && config.diffusion.flows.contains { $0.context == .text })) {
+            let textToImage = config.diffusion.flows.contains { $0.data == .image && $0.context == .text }
+            if !requests.isEmpty && config.diffusion.task.kind == .generation && config.diffusion.sampling.prompts.isEmpty
+                && (multiFlow ? textToImage : config.diffusion.conditioning.kind == .text) {
                 do {   // the training grid's captions
                     let captions = try LatentCache.captions(config.diffusion.latents) ?? []
                     requests[0].prompts = gridRows(config.diffusion, captions: captions, kind: .text).map(\.caption)
