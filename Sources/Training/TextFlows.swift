@@ -81,7 +81,7 @@ struct TextFlowData {
     /// differs from its input and keeps its class.
     func evaluate(trainer t: VersatileTrainer) throws -> [String: Double] {
         let test = t.images.test, e = t.stageConfig.training.evalImages
-        let n = min(e > 0 ? e : 500, test.split.count)
+        let n = e > 0 ? min(e, test.split.count) : test.split.count
         let rows = Array(0..<n), truth = try test.split.captions(rows), labels = test.labels(rows)
         let flows = Set(t.stageConfig.flows.filter { $0.data == .text }.map(\.context))
         var metrics: [String: Double] = [:]
