@@ -19,6 +19,7 @@ struct LDMTrain: ParsableCommand {
     /// config, a missing file) ends the job from rank 0 first, and speaks ("rank r:
     /// ...") only when the job is still running, i.e. when the failure is its own.
     static func main() {
+        Preemption.start()   // before MPI or any library starts a thread: see Preemption
         do {
             var command = try parseAsRoot()
             try command.run()
