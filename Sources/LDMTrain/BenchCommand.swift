@@ -34,15 +34,16 @@ struct Bench: ParsableCommand {
         }
     }
 
-    @Option(help: "autoencoder, unet: config whose model is timed (default: the built-in recipe).") var config: String?
-    @Option(name: .customLong("set"), help: "autoencoder, unet: config override key.path=value (repeatable).") var overrides: [String] = []
+    @Option(help: "Config whose model (autoencoder, unet) and engine settings are timed (default: the built-in recipe).") var config: String?
+    @Option(name: .customLong("set"), help: "Config override key.path=value (repeatable), e.g. engine.winograd=off.") var overrides: [String] = []
 
     func run() throws {
         if let threads { Threads.configure(threads) } else { Threads.configure(Threads.count) }
+        let loaded = try ConfigLoader.load(config, overrides: overrides)
+        Engine.configure(loaded.engine)
         switch target {
         case .ops: try runOps()
         case .autoencoder, .unet:
-            let loaded = try ConfigLoader.load(config, overrides: overrides)
             try loaded.distributed.validate()
             try distributed { comm in
                 if let rounds = scalingRounds {
@@ -79,10 +80,10 @@ struct Bench: ParsableCommand {
         if json {
             try printJSON(t)
         } else {
-            print(String(format: "bench %@: batch %d × %d rank(s), %d thread(s): %.1f ms/step, %.1f img/s (all ranks), "
+            print(String(format: "bench %@: batch %d × %d rank(s), %d thread(s), Winograd %@: %.1f ms/step, %.1f img/s (all ranks), "
                          + "peak RSS %.0f MiB, all-reduce waited on after backward %.1f ms (%.1f%%, overlap %@)",
-                         t.bench, t.batchSize, t.ranks, t.threads, t.stepMs, t.imgPerS, t.peakRssMib, t.exposedCommMs,
-                         100 * t.exposedCommMs / t.stepMs, t.overlap ? "on" : "off"))
+                         t.bench, t.batchSize, t.ranks, t.threads, t.engine.winograd.rawValue, t.stepMs, t.imgPerS, t.peakRssMib,
+                         t.exposedCommMs, 100 * t.exposedCommMs / t.stepMs, t.overlap ? "on" : "off"))
         }
     }
 
@@ -98,7 +99,8 @@ struct Bench: ParsableCommand {
             return
         }
         if !json {
-            print("bench ops: forward + backward, batch \(batchSize), \(Threads.count) thread(s), median of repeats")
+            print("bench ops: forward + backward, batch \(batchSize), \(Threads.count) thread(s), Winograd "
+                  + "\(Engine.options.winograd.rawValue), oneDNN conv layout \(Engine.options.convLayout.rawValue), median of repeats")
             print(pad("model", 12) + pad("op", 46) + pad("shape", 34) + pad("ms", 10) + "rate")
         }
         let timings = OpBenchmark.run(shapes, seconds: seconds) { t in

@@ -32,7 +32,9 @@ struct TrainingOptions: ParsableArguments {
             guard threads > 0 else { throw ValidationError("--threads must be positive, got \(threads)") }
             Threads.configure(threads)
         }
-        return try ConfigLoader.load(config, overrides: sets + overrides)
+        let loaded = try ConfigLoader.load(config, overrides: sets + overrides)
+        Engine.configure(loaded.engine)
+        return loaded
     }
 
     /// Loads the config for `stage`'s section and runs the stage `make` builds on every rank
@@ -62,6 +64,7 @@ struct PipelineCommand: ParsableCommand {
             Threads.configure(threads)
         }
         let loaded = try ConfigLoader.load(config, overrides: (seed.map { ["seed=\($0)"] } ?? []) + overrides)
+        Engine.configure(loaded.engine)
         try Training.validate(loaded)
         try validateDiffusion(loaded)
         if loaded.diffusion.diffuser == .multiFlow { try validateContextEncoders(loaded) }

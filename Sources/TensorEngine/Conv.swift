@@ -12,10 +12,10 @@ public struct Padding2D: Hashable, Sendable {
     public init(_ p: Int) { self.init(top: p, bottom: p, left: p, right: p) }
 }
 
-/// Which activation layout a conv kernel runs in. Tensors are NHWC either way;
-/// `.kernelChoice` lets oneDNN pick for wide 3×3 convs (blocked nChw8c on AVX2, up
-/// to 30% faster) and reorders around the call. Read from LDM_CONV_LAYOUT=nhwc at start.
-public enum ConvLayout: Sendable { case nhwc, kernelChoice }
+/// Which activation layout a oneDNN conv kernel runs in (`EngineOptions.convLayout`).
+/// Tensors are NHWC either way; `.auto` lets oneDNN pick for wide 3×3 convs (blocked
+/// nChw8c on AVX2, up to 30% faster) and reorders around the call.
+public enum ConvLayout: String, Codable, CaseIterable, Sendable { case auto, nhwc }
 
 /// y[n, oh, ow, o] = b[o] + Σ_{c, i, j} x[n, oh·s + i − top, ow·s + j − left, c] · w[o, c, i, j].
 /// x: [N, H, W, C]; weight: [O, C, kH, kW]; bias: [O]; result [N, H', W', O].
@@ -76,15 +76,11 @@ protocol ConvKernels {
 /// run computes the same way): Winograd, the direct single-output kernel or the
 /// window gemm where they apply (NarrowConv.swift), oneDNN's convolution otherwise.
 func convKernels(_ g: ConvGeometry) -> ConvKernels {
-    if useWinograd, let winograd = winogradKernels(g) { return winograd }
+    if let winograd = winogradKernels(g, Engine.options.winograd) { return winograd }
     if SingleOutputConv.applies(to: g) { return SingleOutputConv(g: g) }
     if WindowGemmConv.applies(to: g) { return WindowGemmConv(g: g) }
     return DNNL.conv(g)
 }
-
-/// 3×3 stride-1 pad-1 convolutions with ≥ 32 channels run by Winograd F(4×4, 3×3) or
-/// F(2×2, 3×3) (Winograd.swift) unless LDM_WINOGRAD=0.
-let useWinograd = ProcessInfo.processInfo.environment["LDM_WINOGRAD"] != "0"
 
 /// d[i] += s[i] for i in 0..<n, split across threads.
 func addInPlace(_ d: UnsafeMutablePointer<Float>, _ s: UnsafeMutablePointer<Float>, _ n: Int) {

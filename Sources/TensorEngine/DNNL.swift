@@ -18,11 +18,13 @@ enum DNNL {
         return s!
     }()
     static let lock = NSLock()
-    nonisolated(unsafe) static var convCache: [ConvGeometry: ConvPrimitives] = [:]
+    /// Conv primitives by geometry and whether they keep NHWC (`EngineOptions.convLayout`).
+    nonisolated(unsafe) static var convCache: [ConvKey: ConvPrimitives] = [:]
+    struct ConvKey: Hashable {
+        let geometry: ConvGeometry
+        let nhwcOnly: Bool
+    }
     nonisolated(unsafe) static var matmulCache: [MatmulGeometry: MatmulPrimitive] = [:]
-    /// Activation layout policy of new conv primitives (see `ConvLayout`).
-    nonisolated(unsafe) static var convLayout: ConvLayout =
-        ProcessInfo.processInfo.environment["LDM_CONV_LAYOUT"] == "nhwc" ? .nhwc : .kernelChoice
 
     /// oneDNN failures here are programmer errors (an unsupported shape or layout).
     static func check(_ status: dnnl_status_t, _ what: @autoclosure () -> String) {
@@ -381,10 +383,11 @@ final class ConvPrimitives: ConvKernels {
 extension DNNL {
     /// The cached primitives for a conv geometry.
     static func conv(_ g: ConvGeometry) -> ConvPrimitives {
-        locked {
-            if let p = convCache[g] { return p }
-            let p = ConvPrimitives(g, nhwcOnly: convLayout == .nhwc || !g.prefersBlockedLayout)
-            convCache[g] = p
+        let key = ConvKey(geometry: g, nhwcOnly: Engine.options.convLayout == .nhwc || !g.prefersBlockedLayout)
+        return locked {
+            if let p = convCache[key] { return p }
+            let p = ConvPrimitives(g, nhwcOnly: key.nhwcOnly)
+            convCache[key] = p
             return p
         }
     }

@@ -271,15 +271,14 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
 }
 
 /// The 3×3 stride-1 pad-1 convolutions Winograd serves: enough channels for the matrix
-/// products to dominate the transforms. F(4×4) from 4×4 outputs up, F(2×2) below.
-func winogradKernels(_ g: ConvGeometry) -> ConvKernels? {
-    guard g.kh == 3 && g.kw == 3 && g.stride == 1 && [g.padTop, g.padBottom, g.padLeft, g.padRight].allSatisfy({ $0 == 1 })
+/// products to dominate the transforms. F(4×4) from 4×4 outputs up, F(2×2) below, as
+/// `choice` allows.
+func winogradKernels(_ g: ConvGeometry, _ choice: EngineOptions.Winograd) -> ConvKernels? {
+    guard choice != .off, g.kh == 3 && g.kw == 3 && g.stride == 1 && [g.padTop, g.padBottom, g.padLeft, g.padRight].allSatisfy({ $0 == 1 })
         && g.c >= 32 && g.o >= 32 else { return nil }
-    if winogradTile == 2 || min(g.outH, g.outW) < 4 { return WinogradConv<WinogradF2>(g: g) }
+    if choice == .f2 || min(g.outH, g.outW) < 4 { return WinogradConv<WinogradF2>(g: g) }
     return WinogradConv<WinogradF4>(g: g)
 }
-
-let winogradTile = ProcessInfo.processInfo.environment["LDM_WINOGRAD_TILE"] == "2" ? 2 : 4
 
 /// The six 1-D maps of a variant.
 enum WinogradMap { case bt, b, at, a, g, gt }

@@ -2,6 +2,7 @@ import Datasets
 import Diffusion
 import Foundation
 import NN
+import TensorEngine
 
 /// The whole configuration of a run: what `Launch/configs/*.yaml` holds. Every
 /// field has a default; a YAML file overrides any subset, and `--set a.b=value`
@@ -17,10 +18,14 @@ public struct Config: Codable, Equatable, Sendable {
     public var textAutoencoder = TextAutoencoderStageConfig()
     public var distributed = DistributedConfig()
     public var pipeline = PipelineConfig()
+    /// How the engine computes (Winograd variant, oneDNN's convolution layout): the
+    /// commands that read a config apply it before they compute.
+    public var engine = EngineOptions()
 
     public init() {}
     enum CodingKeys: String, CodingKey {
         case seed, data, autoencoder, diffusion, contextEncoders = "context_encoders", textAutoencoder = "text_autoencoder", distributed, pipeline
+        case engine
     }
 }
 

@@ -20,10 +20,12 @@ public struct ModelTiming: Codable, Sendable {
     public var exposedCommMs: Double
     /// Gradient reduction overlapped with backward (a communication thread).
     public var overlap: Bool
+    /// The engine settings timed (the config's `engine:`).
+    public var engine = Engine.options
 
     enum CodingKeys: String, CodingKey {
         case bench, batchSize = "batch_size", ranks, threads, steps, stepMs = "step_ms", imgPerS = "img_per_s"
-        case peakRssMib = "peak_rss_mib", exposedCommMs = "exposed_comm_ms", overlap
+        case peakRssMib = "peak_rss_mib", exposedCommMs = "exposed_comm_ms", overlap, engine
     }
 }
 

@@ -15,6 +15,8 @@ public struct OpTiming: Codable, Sendable {
     public var gflops: Double?
     /// GB/s for memory-bound ops, nil otherwise.
     public var gbps: Double?
+    /// The engine settings timed (the config's `engine:`).
+    public var engine = Engine.options
 }
 
 /// Times forward + backward of each op shape of the reference models.

@@ -121,3 +121,20 @@ struct AutoencoderCommandTests {
         #expect(tensors.values.allSatisfy { $0.allSatisfy(\.isFinite) })
     }
 }
+
+@Suite("ldm-train bench: the engine settings come from the config")
+struct BenchEngineTests {
+    @Test("bench unet times the config's engine settings and reports them: f4 and oneDNN's layout by default, --set engine.* otherwise")
+    func engineFromConfig() throws {
+        func timed(_ extra: [String]) throws -> [String: String] {
+            let r = try ldmTrain(["bench", "unet"] + smoke + ["--json", "--threads", "1", "--batch-size", "2", "--steps", "1"] + extra)
+            #expect(r.status == 0, "\(r.err)")
+            let line = try #require(r.out.split(separator: "\n").last)
+            let t = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            #expect((t["step_ms"] as? Double).map { $0 > 0 } == true)
+            return try #require(t["engine"] as? [String: String])
+        }
+        #expect(try timed([]) == ["winograd": "f4", "conv_layout": "auto"])
+        #expect(try timed(["--set", "engine.winograd=off", "--set", "engine.conv_layout=nhwc"]) == ["winograd": "off", "conv_layout": "nhwc"])
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import NN
+import TensorEngine
 import Testing
 import TestSupport
 import Training
@@ -121,6 +122,16 @@ struct ConfigTests {
             #expect((c.diffusion.task.kind != .generation) == (name.contains("-sr") || name.contains("inpaint")), "\(name)")
             #expect((c.diffusion.conditioning.kind == .text) == (name.contains("text") || name == "emoji"), "\(name)")
         }
+    }
+
+    @Test("engine settings: f4 and oneDNN's own layout by default, set by file or --set; an unknown choice names its key")
+    func engine() throws {
+        #expect(try ConfigLoader.load(nil).engine == EngineOptions(winograd: .f4, convLayout: .auto))
+        let path = writeTemporary("engine:\n  winograd: off\n")
+        #expect(try ConfigLoader.load(path, overrides: ["engine.conv_layout=nhwc"]).engine == EngineOptions(winograd: .off, convLayout: .nhwc))
+        #expect(try ConfigLoader.load(nil, overrides: ["engine.winograd=f2"]).engine.winograd == .f2)
+        let wrong = #expect(throws: ConfigError.self) { try ConfigLoader.load(nil, overrides: ["engine.winograd=f3"]) }
+        #expect(wrong?.description.contains("'engine.winograd'") == true, "\(String(describing: wrong))")
     }
 
     @Test("the config round-trips through its YAML text (what checkpoints record)")

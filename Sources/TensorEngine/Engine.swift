@@ -1,0 +1,62 @@
+import Foundation
+
+/// How the engine computes what it is asked: settings a run takes from its config
+/// (`engine:`), the same on every rank and for the length of a stage. Every choice
+/// computes the same function; they differ in speed and in rounding.
+public struct EngineOptions: Codable, Equatable, Sendable {
+    /// Which Winograd variant serves the 3×3, stride-1, pad-1 convolutions with ≥ 32
+    /// input and output channels (Winograd.swift).
+    public enum Winograd: String, Codable, CaseIterable, Sendable {
+        /// F(4×4, 3×3) from 4×4 outputs up, F(2×2, 3×3) below: the fastest.
+        case f4
+        /// F(2×2, 3×3) everywhere: about a tenth of F(4×4)'s rounding error.
+        case f2
+        /// No Winograd: those convolutions go to oneDNN.
+        case off
+    }
+
+    public var winograd = Winograd.f4
+    /// The activation layout oneDNN's convolutions run in.
+    public var convLayout = ConvLayout.auto
+
+    public init(winograd: Winograd = .f4, convLayout: ConvLayout = .auto) { (self.winograd, self.convLayout) = (winograd, convLayout) }
+
+    enum CodingKeys: String, CodingKey { case winograd, convLayout = "conv_layout" }
+}
+
+/// The process's engine settings, and a thread's own for the length of a call.
+public enum Engine {
+    nonisolated(unsafe) private static var current = EngineOptions()
+    private static let lock = NSLock()
+
+    private final class Scoped {
+        let options: EngineOptions
+        init(_ options: EngineOptions) { self.options = options }
+    }
+    private static let scopedKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { if let p = $0 { Unmanaged<Scoped>.fromOpaque(p).release() } }
+        return key
+    }()
+
+    /// The settings the calling thread's next operations use.
+    public static var options: EngineOptions {
+        if let p = pthread_getspecific(scopedKey) { return Unmanaged<Scoped>.fromOpaque(p).takeUnretainedValue().options }
+        return lock.withLock { current }
+    }
+
+    /// The process's settings from the next operation on.
+    public static func configure(_ options: EngineOptions) { lock.withLock { current = options } }
+
+    /// Runs `body` with `options` on this thread only (other threads keep theirs): for
+    /// comparing the choices side by side in one process.
+    public static func withOptions<R>(_ options: EngineOptions, _ body: () throws -> R) rethrows -> R {
+        let outer = pthread_getspecific(scopedKey)
+        pthread_setspecific(scopedKey, Unmanaged.passRetained(Scoped(options)).toOpaque())
+        defer {
+            if let p = pthread_getspecific(scopedKey) { Unmanaged<Scoped>.fromOpaque(p).release() }
+            pthread_setspecific(scopedKey, outer)
+        }
+        return try body()
+    }
+}
