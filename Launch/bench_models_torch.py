@@ -145,12 +145,12 @@ REFERENCE_AUTOENCODER = dict(in_channels=1, out_ch=1, resolution=32, ch=64, ch_m
 
 
 class AutoencoderTraining(nn.Module):
-    """The autoencoder's loss on one batch as a forward (so DDP can wrap it): L1 summed
-    over pixels and averaged over the batch, plus 1e-6 × KL."""
+    """The autoencoder's loss on one batch as a forward (so DDP can wrap it): L1 (or L2)
+    summed over pixels and averaged over the batch, plus 1e-6 × KL."""
 
-    def __init__(self, model, x, eps):
+    def __init__(self, model, x, eps, reconstruction="l1"):
         super().__init__()
-        self.model, self.x, self.eps = model, x, eps
+        self.model, self.x, self.eps, self.reconstruction = model, x, eps, reconstruction
 
     def forward(self):
         m, x = self.model, self.x
@@ -159,15 +159,16 @@ class AutoencoderTraining(nn.Module):
         logvar = torch.clamp(logvar, -30.0, 20.0)
         z = mean + torch.exp(0.5 * logvar) * self.eps
         rec = m.decoder(m.post_quant_conv(z))
-        rec_loss = torch.abs(x - rec).sum() / x.shape[0]
+        rec_loss = (torch.abs(x - rec) if self.reconstruction == "l1" else (x - rec) ** 2).sum() / x.shape[0]
         kl = 0.5 * torch.sum(mean ** 2 + torch.exp(logvar) - 1.0 - logvar, dim=[1, 2, 3]).mean()
         return rec_loss + 1e-6 * kl
 
 
-def autoencoder_step(batch, channels_last=False, wrap=lambda m: m, seed=1):
-    """One training step of the reference autoencoder, as SwiftLDM runs it; `wrap`
-    takes the loss module (DistributedDataParallel for the scaling benchmark)."""
-    a = REFERENCE_AUTOENCODER
+def autoencoder_step(batch, channels_last=False, wrap=lambda m: m, seed=1, arch=None, reconstruction="l1"):
+    """One training step of the reference autoencoder (or `arch`, a config's
+    autoencoder.model), as SwiftLDM runs it; `wrap` takes the loss module
+    (DistributedDataParallel for the scaling benchmark)."""
+    a = arch or REFERENCE_AUTOENCODER
     model = AutoencoderKL(a)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.9))
     g = torch.Generator().manual_seed(seed)
@@ -177,7 +178,7 @@ def autoencoder_step(batch, channels_last=False, wrap=lambda m: m, seed=1):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    loss = wrap(AutoencoderTraining(model, x, eps))
+    loss = wrap(AutoencoderTraining(model, x, eps, reconstruction))
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -379,11 +380,11 @@ class ClassEmbedder(nn.Module):
         return self.embedding(labels)[:, None, :]
 
 
-def diffusion_step(batch, encoder, conditions, channels_last, wrap, generator):
-    """One training step of the reference UNet with τθ `encoder` on `conditions`, as
-    SwiftLDM runs it (AdamW, EMA); `wrap` takes the loss module (DistributedDataParallel
-    for scaling)."""
-    a = REFERENCE_UNET
+def diffusion_step(batch, encoder, conditions, channels_last, wrap, generator, arch=None):
+    """One training step of the reference UNet (or `arch`, a config's diffusion.model)
+    with τθ `encoder` on `conditions`, as SwiftLDM runs it (AdamW, EMA); `wrap` takes
+    the loss module (DistributedDataParallel for scaling)."""
+    a = arch or REFERENCE_UNET
     model = UNetModel(a)
     params = list(model.parameters()) + list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
@@ -458,10 +459,11 @@ class TextTransformer(nn.Module):
         return self.norm(x)
 
 
-def unet_text_step(batch, channels_last=False, wrap=lambda m: m, seed=1):
-    """The reference UNet conditioned on max_seq_len tokens through a jointly trained
-    τθ, as `ldm-train bench unet` runs a text model."""
-    a, t = REFERENCE_UNET, TEXT_ENCODER
+def unet_text_step(batch, channels_last=False, wrap=lambda m: m, seed=1, arch=None, text=None):
+    """The reference UNet (or `arch`) conditioned on max_seq_len tokens through a jointly
+    trained τθ (`text`, a config's diffusion.conditioning.text), as `ldm-train bench unet`
+    runs a text model."""
+    a, t = arch or REFERENCE_UNET, text or TEXT_ENCODER
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, t["vocab_size"], (batch, t["max_seq_len"]), generator=g)
-    return diffusion_step(batch, TextTransformer(a["context_dim"], t), ids, channels_last, wrap, g)
+    return diffusion_step(batch, TextTransformer(a["context_dim"], t), ids, channels_last, wrap, g, a)

@@ -1,30 +1,38 @@
 """Whole-model benchmark: a training step of each reference model (forward,
-backward, optimizer; the UNet class-conditioned, and text-conditioned with τθ) in SwiftLDM (`ldm-train bench autoencoder|unet --json`) and in
-PyTorch (Launch/bench_models_torch.py, the same architectures), same batch and
-thread count. The sides never run at once; rounds alternate them, and each side's
+backward, optimizer; the UNet class-conditioned, and text-conditioned with τθ) and of
+the 64×64 RGB emoji recipe's models (Launch/configs/emoji.yaml: the kl-f4 autoencoder
+on 64×64×3 images, the text-conditioned UNet on its 16×16×4 latents) in SwiftLDM
+(`ldm-train bench autoencoder|unet --json`) and in PyTorch
+(Launch/bench_models_torch.py, the same architectures), same batch and thread count. The sides never run at once; rounds alternate them, and each side's
 figure is its best median over the rounds. Run through Launch/bench-models-vs-pytorch.
 """
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
+
+import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BINARY = os.path.join(ROOT, ".build", "release", "ldm-train")
 
 
-# unet-text: the reference UNet with τθ over a full context, as in bench_models_torch.TEXT_ENCODER.
+# unet-text: the reference UNet with τθ over a full context, as in bench_models_torch.TEXT_ENCODER;
+# autoencoder-64 and unet-emoji: the emoji recipe's models, which the PyTorch side reads from the same file.
+EMOJI = "Launch/configs/emoji.yaml"
 SWIFT_SETTINGS = {"unet-text": ["--set", "diffusion.conditioning.kind=text", "--set", "diffusion.conditioning.text.vocab_size=1024",
                                 "--set", "diffusion.conditioning.text.max_seq_len=77", "--set", "diffusion.conditioning.text.n_layer=2",
-                                "--set", "diffusion.conditioning.text.heads=4"]}
+                                "--set", "diffusion.conditioning.text.heads=4"],
+                  "autoencoder-64": ["--config", EMOJI], "unet-emoji": ["--config", EMOJI]}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--model", default="all", choices=["autoencoder", "unet", "unet-text", "all"])
+    parser.add_argument("--model", default="all", choices=["autoencoder", "unet", "unet-text", "autoencoder-64", "unet-emoji", "all"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 3 autoencoder, 10 unet and unet-text)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -36,12 +44,18 @@ def main():
     import bench_models_torch as ref
     torch.set_num_threads(args.threads)
 
-    models = ["autoencoder", "unet", "unet-text"] if args.model == "all" else [args.model]
+    emoji = yaml.safe_load(open(os.path.join(ROOT, EMOJI)))
+    makers = {"autoencoder": ref.autoencoder_step, "unet": ref.unet_step, "unet-text": ref.unet_text_step,
+              "autoencoder-64": functools.partial(ref.autoencoder_step, arch=emoji["autoencoder"]["model"],
+                                                  reconstruction=emoji["autoencoder"]["loss"]["reconstruction"]),
+              "unet-emoji": functools.partial(ref.unet_text_step, arch=emoji["diffusion"]["model"],
+                                              text=emoji["diffusion"]["conditioning"]["text"])}
+    models = list(makers) if args.model == "all" else [args.model]
     print(f"training step at batch {args.batch_size}, {args.threads} thread(s) each side, best median of {args.rounds} alternating rounds")
     print(f"{'model':13}{'swift ms':>10}{'swift img/s':>13}{'torch ms':>10}{'torch img/s':>13}{'torch cl':>10}{'speedup':>9}{'swift RSS':>11}")
     for model in models:
-        steps = args.steps or (3 if model == "autoencoder" else 10)
-        make = {"autoencoder": ref.autoencoder_step, "unet": ref.unet_step, "unet-text": ref.unet_text_step}[model]
+        steps = args.steps or (3 if model.startswith("autoencoder") else 10)
+        make = makers[model]
         ours, theirs, theirs_cl, rss = float("inf"), float("inf"), float("inf"), 0.0
         for r in range(args.rounds):
             out = subprocess.run([BINARY, "bench", model.split("-")[0], "--json", "--steps", str(steps), "--batch-size", str(args.batch_size),

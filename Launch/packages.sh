@@ -20,7 +20,7 @@ LDM_PYPI_CHECK_PACKAGES="safetensors==0.8.0 tensorboard==2.21.0 protobuf==7.36.2
 LDM_EMOJI_PACKAGES="fonts-noto-color-emoji python3-fonttools python3-emoji python3-pil"
 # Side-by-side benchmarks: Debian's PyTorch with the BLAS it recommends (without
 # libopenblas0 its matrix products run on the reference BLAS, ~30x slower).
-LDM_BENCH_PACKAGES="python3-torch libopenblas0"
+LDM_BENCH_PACKAGES="python3-torch python3-yaml libopenblas0"
 
 # ldm_install PACKAGE...: apt-get install whatever of PACKAGE... is not installed.
 ldm_install() {
