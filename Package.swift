@@ -41,10 +41,13 @@ let package = Package(
         .target(name: "Training", dependencies: ["TensorEngine", "NN", "Diffusion", "Distributed", "Storage", "Datasets",
                                                  .product(name: "Yams", package: "Yams")],
                 swiftSettings: kernelSettings),
+        // Op, model and scaling benchmarks (`ldm-train bench`) over the training steps.
+        .target(name: "Benchmarks", dependencies: ["TensorEngine", "NN", "Diffusion", "Distributed", "Training"],
+                swiftSettings: kernelSettings),
         .executableTarget(
             name: "LDMTrain",
             dependencies: [
-                "TensorEngine", "Datasets", "Training",
+                "TensorEngine", "Datasets", "Training", "Benchmarks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -56,7 +59,8 @@ let package = Package(
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "NN", "TensorEngine", "TestSupport"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Distributed", "TestSupport"]),
         .testTarget(name: "ShimTests", dependencies: ["CDNNL", "CMPI", "CHDF5", "Storage"]),
-        .testTarget(name: "CommandTests", dependencies: ["Training", "Datasets", "NN", "TensorEngine", "Storage", "Distributed", "TestSupport"]),
+        .testTarget(name: "CommandTests", dependencies: ["Training", "Benchmarks", "Datasets", "NN", "TensorEngine", "Storage", "Distributed",
+                                                        "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

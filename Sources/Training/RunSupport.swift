@@ -7,7 +7,7 @@ import NN
 
 /// Gradient buckets over `arena` (each parameter reports readiness by its index
 /// in the arena's layout).
-func makeSynchronizer(_ arena: ParameterArena, _ config: DistributedConfig, _ comm: Communicator) -> GradientSynchronizer {
+public func makeSynchronizer(_ arena: ParameterArena, _ config: DistributedConfig, _ comm: Communicator) -> GradientSynchronizer {
     for (i, e) in arena.entries.enumerated() { e.tensor.readyIndex = i }
     return GradientSynchronizer(gradients: arena.gradients.pointer, parameters: arena.entries.map(\.tensor), offsets: arena.entries.map(\.offset),
                                 arenaCount: arena.count, communicator: comm,

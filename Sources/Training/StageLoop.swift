@@ -113,7 +113,7 @@ final class StageLoop {
         Preemption.install()
         defer { Preemption.uninstall() }
         defer { sync.shutDown() }   // its thread keeps the stage's arena alive otherwise
-        ModelBenchmark.resetPeakResident()   // the peak this stage reports is its own, not an earlier stage's
+        PeakMemory.reset()   // the peak this stage reports is its own, not an earlier stage's
         var state = TrainingCursor()
         if let restored = try checkpoints.restore(options.resume, tensors: stateTensors,
                                                   optional: CheckpointTensor.bufferViews(stage.buffers), expectedKind: stage.kind) {
@@ -175,7 +175,7 @@ final class StageLoop {
         let metrics = try stage.finish()
         var fields: [String: Any] = ["step": state.step]
         for (k, v) in metrics { fields[k] = v }
-        let peak = try comm.allGather(values: [ModelBenchmark.peakResidentMiB()]).max()!
+        let peak = try comm.allGather(values: [PeakMemory.residentMiB()]).max()!
         log.say(String(format: "peak resident memory of this stage %.0f MiB (largest rank)", peak))
         fields["peak_rss_mib"] = peak
         log.record(fields)

@@ -3,6 +3,7 @@ import Distributed
 import Foundation
 import NN
 import TensorEngine
+import Training
 
 /// One whole-model benchmark result (`ldm-train bench autoencoder|unet --json`).
 public struct ModelTiming: Codable, Sendable {
@@ -198,29 +199,13 @@ public enum ModelBenchmark {
         }
     }
 
-    /// This process's peak resident set (VmHWM of /proc/self/status). Not getrusage's
-    /// ru_maxrss: Linux carries that over fork and exec, so a process started by a large
-    /// one (the Python side of the PyTorch comparison) would report its parent's peak.
-    /// Starts the peak (VmHWM) afresh at the current resident size (Linux: "5" to clear_refs).
-    static func resetPeakResident() {
-        try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
-    }
-
-    static func peakResidentMiB() -> Double {
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-              let kib = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
-        else { return 0 }
-        return kib / 1024
-    }
-
     /// This rank's medians; with several ranks, img/s is the sum over ranks and the
     /// step time and exposed communication the slowest rank's.
     static func result(_ name: String, batch: Int, times: [Double], exposed: [Double], overlap: Bool,
                        comm: Communicator) throws -> ModelTiming {
         var t = ModelTiming(bench: name, batchSize: batch, ranks: comm.size, threads: Threads.count, steps: times.count,
                             stepMs: median(times), imgPerS: Double(batch) / median(times) * 1000,
-                            peakRssMib: peakResidentMiB(), exposedCommMs: median(exposed), overlap: overlap)
+                            peakRssMib: PeakMemory.residentMiB(), exposedCommMs: median(exposed), overlap: overlap)
         guard comm.size > 1 else { return t }
         t.imgPerS = try comm.sum(t.imgPerS)
         let all = try comm.allGather(values: [t.stepMs, t.exposedCommMs, t.peakRssMib])
