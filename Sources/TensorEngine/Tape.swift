@@ -111,7 +111,10 @@ extension Tensor {
         }
         let tape = Tape.current
         tape.onBackwardStart?()
-        for entry in tape.entries.reversed() {
+        // Each entry leaves the tape before its backward runs, so what its closure keeps
+        // (the op's inputs and output) is freed as soon as that backward is done, unless
+        // an earlier op or the caller still holds it: activations go as backward passes them.
+        while let entry = tape.entries.popLast() {
             if let dOutput = entry.output.grad {
                 entry.backward(dOutput)
                 entry.output.grad = nil
@@ -121,7 +124,6 @@ extension Tensor {
                 if t.pendingUses == 0, let index = t.readyIndex { tape.onGradientReady?(index) }
             }
         }
-        tape.entries.removeAll(keepingCapacity: true)
     }
 
     /// Gives `body` this tensor's gradient buffer. `accumulate` is false when the
