@@ -29,6 +29,24 @@ SWIFT_SETTINGS = {"unet-text": ["--set", "diffusion.conditioning.kind=text", "--
                   "autoencoder-64": ["--config", EMOJI], "unet-emoji": ["--config", EMOJI]}
 
 
+def torch_makers(ref):
+    """The PyTorch training step of each model, by name."""
+    emoji = yaml.safe_load(open(os.path.join(ROOT, EMOJI)))
+    return {"autoencoder": ref.autoencoder_step, "unet": ref.unet_step, "unet-text": ref.unet_text_step,
+            "autoencoder-64": functools.partial(ref.autoencoder_step, arch=emoji["autoencoder"]["model"],
+                                                reconstruction=emoji["autoencoder"]["loss"]["reconstruction"]),
+            "unet-emoji": functools.partial(ref.unet_text_step, arch=emoji["diffusion"]["model"],
+                                            text=emoji["diffusion"]["conditioning"]["text"])}
+
+
+def peak_rss_mib():
+    """This process's peak resident set (VmHWM), as `ldm-train bench` reports its own."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -36,6 +54,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 3 autoencoder, 10 unet and unet-text)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--torch-peak-rss", action="store_true",
+                        help="(internal) run 3 PyTorch steps of --model in this fresh process and print its peak RSS in MiB")
     args = parser.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LDM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -43,16 +63,19 @@ def main():
     import torch
     import bench_models_torch as ref
     torch.set_num_threads(args.threads)
+    makers = torch_makers(ref)
+    if args.torch_peak_rss:
+        step = makers[args.model](args.batch_size, False)
+        for _ in range(3):
+            step()
+        print(peak_rss_mib())
+        return
 
-    emoji = yaml.safe_load(open(os.path.join(ROOT, EMOJI)))
-    makers = {"autoencoder": ref.autoencoder_step, "unet": ref.unet_step, "unet-text": ref.unet_text_step,
-              "autoencoder-64": functools.partial(ref.autoencoder_step, arch=emoji["autoencoder"]["model"],
-                                                  reconstruction=emoji["autoencoder"]["loss"]["reconstruction"]),
-              "unet-emoji": functools.partial(ref.unet_text_step, arch=emoji["diffusion"]["model"],
-                                              text=emoji["diffusion"]["conditioning"]["text"])}
     models = list(makers) if args.model == "all" else [args.model]
-    print(f"training step at batch {args.batch_size}, {args.threads} thread(s) each side, best median of {args.rounds} alternating rounds")
-    print(f"{'model':13}{'swift ms':>10}{'swift img/s':>13}{'torch ms':>10}{'torch img/s':>13}{'torch cl':>10}{'speedup':>9}{'swift RSS':>11}")
+    print(f"training step at batch {args.batch_size}, {args.threads} thread(s) each side, best median of {args.rounds} alternating rounds; "
+          "peak RSS of each side's process (PyTorch's in a fresh one)")
+    print(f"{'model':15}{'swift ms':>10}{'swift img/s':>13}{'torch ms':>10}{'torch img/s':>13}{'torch cl':>10}{'speedup':>9}"
+          f"{'swift RSS':>11}{'torch RSS':>11}{'RSS ratio':>11}")
     for model in models:
         steps = args.steps or (3 if model.startswith("autoencoder") else 10)
         make = makers[model]
@@ -66,10 +89,13 @@ def main():
             theirs = min(theirs, ref.time_steps(make(args.batch_size, False), steps))
             theirs_cl = min(theirs_cl, ref.time_steps(make(args.batch_size, True), steps))
             print(f"  round {r + 1}: swift {row['step_ms']:.1f} ms", file=sys.stderr, flush=True)
+        torch_rss = float(subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-peak-rss", "--model", model,
+                                          "--batch-size", str(args.batch_size), "--threads", str(args.threads)],
+                                         check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         best = min(theirs, theirs_cl)
         img = lambda ms: args.batch_size * 1000 / ms
-        print(f"{model:13}{ours:10.1f}{img(ours):13.1f}{theirs:10.1f}{img(theirs):13.1f}{theirs_cl:10.1f}{best / ours:8.2f}x{rss:9.0f} MiB",
-              flush=True)
+        print(f"{model:15}{ours:10.1f}{img(ours):13.1f}{theirs:10.1f}{img(theirs):13.1f}{theirs_cl:10.1f}{best / ours:8.2f}x"
+              f"{rss:7.0f} MiB{torch_rss:7.0f} MiB{rss / torch_rss:10.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,24 @@ public struct EngineOptions: Codable, Equatable, Sendable {
         case off
     }
 
+    /// What a Winograd convolution's forward keeps for its weight gradient.
+    public enum WinogradInput: String, Codable, CaseIterable, Sendable {
+        /// Its transformed input (α²/m² = 2.25× the input for F(4×4)): no second transform.
+        case keep
+        /// Nothing: backward transforms the input again, which the tape keeps anyway.
+        case recompute
+    }
+
     public var winograd = Winograd.f4
+    public var winogradInput = WinogradInput.keep
     /// The activation layout oneDNN's convolutions run in.
     public var convLayout = ConvLayout.auto
 
-    public init(winograd: Winograd = .f4, convLayout: ConvLayout = .auto) { (self.winograd, self.convLayout) = (winograd, convLayout) }
+    public init(winograd: Winograd = .f4, winogradInput: WinogradInput = .keep, convLayout: ConvLayout = .auto) {
+        (self.winograd, self.winogradInput, self.convLayout) = (winograd, winogradInput, convLayout)
+    }
 
-    enum CodingKeys: String, CodingKey { case winograd, convLayout = "conv_layout" }
+    enum CodingKeys: String, CodingKey { case winograd, winogradInput = "winograd_input", convLayout = "conv_layout" }
 }
 
 /// The process's engine settings, and a thread's own for the length of a call.

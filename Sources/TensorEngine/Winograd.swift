@@ -38,7 +38,7 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
         DNNL.matmul(MatmulGeometry(batch: planes, m: tiles, k: g.c, n: g.o, transposeA: false, transposeB: false,
                                    accumulate: false, strideA: sv, strideB: su, strideC: sm), v.p, u.p, m.p)
         transformOutput(m.p, bias: b, into: y)
-        (saved.u, saved.v) = (u, v)
+        (saved.u, saved.v) = (u, Engine.options.winogradInput == .keep ? v : nil)
     }
 
     /// dV[ξ] = dM[ξ] · U[ξ]ᵀ, then dX = B dV Bᵀ added up over the tiles: the adjoint of

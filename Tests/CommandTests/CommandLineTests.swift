@@ -134,7 +134,8 @@ struct BenchEngineTests {
             #expect((t["step_ms"] as? Double).map { $0 > 0 } == true)
             return try #require(t["engine"] as? [String: String])
         }
-        #expect(try timed([]) == ["winograd": "f4", "conv_layout": "auto"])
-        #expect(try timed(["--set", "engine.winograd=off", "--set", "engine.conv_layout=nhwc"]) == ["winograd": "off", "conv_layout": "nhwc"])
+        #expect(try timed([]) == ["winograd": "f4", "winograd_input": "keep", "conv_layout": "auto"])
+        #expect(try timed(["--set", "engine.winograd=off", "--set", "engine.winograd_input=recompute", "--set", "engine.conv_layout=nhwc"])
+                == ["winograd": "off", "winograd_input": "recompute", "conv_layout": "nhwc"])
     }
 }

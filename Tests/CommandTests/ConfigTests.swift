@@ -126,7 +126,8 @@ struct ConfigTests {
 
     @Test("engine settings: f4 and oneDNN's own layout by default, set by file or --set; an unknown choice names its key")
     func engine() throws {
-        #expect(try ConfigLoader.load(nil).engine == EngineOptions(winograd: .f4, convLayout: .auto))
+        #expect(try ConfigLoader.load(nil).engine == EngineOptions(winograd: .f4, winogradInput: .keep, convLayout: .auto))
+        #expect(try ConfigLoader.load(nil, overrides: ["engine.winograd_input=recompute"]).engine.winogradInput == .recompute)
         let path = writeTemporary("engine:\n  winograd: off\n")
         #expect(try ConfigLoader.load(path, overrides: ["engine.conv_layout=nhwc"]).engine == EngineOptions(winograd: .off, convLayout: .nhwc))
         #expect(try ConfigLoader.load(nil, overrides: ["engine.winograd=f2"]).engine.winograd == .f2)

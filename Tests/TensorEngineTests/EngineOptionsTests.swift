@@ -13,16 +13,17 @@ struct EngineOptionsTests {
     static let winogradCase = (x: [2, 8, 8, 32], w: [40, 32, 3, 3], stride: 1)
     static let layoutCase = (x: [2, 8, 8, 16], w: [24, 16, 3, 3], stride: 2)
 
-    /// y and dL/dx for L = Σ y ⊙ r (a fixed random projection).
-    func run(_ c: (x: [Int], w: [Int], stride: Int), _ options: EngineOptions) -> (y: [Float], dx: [Float]) {
+    /// y, dL/dx and dL/dw for L = Σ y ⊙ r (a fixed random projection).
+    func run(_ c: (x: [Int], w: [Int], stride: Int), _ options: EngineOptions) -> (y: [Float], dx: [Float], dw: [Float]) {
         Engine.withOptions(options) {
             withSeparateTape {
                 let x = randn(c.x, 1), w = randn(c.w, 2, scale: 0.3), b = randn([c.w[0]], 3)
                 x.requiresGrad = true
+                w.requiresGrad = true
                 let y = conv2d(x, weight: w, bias: b, stride: c.stride, padding: Padding2D(1))
                 let r = randn(y.shape, 4)
                 (y * r).sum().backward()
-                return (y.scalars, x.grad!.scalars)
+                return (y.scalars, x.grad!.scalars, w.grad!.scalars)
             }
         }
     }
@@ -38,6 +39,16 @@ struct EngineOptionsTests {
             #expect(zip(r.dx, results[2].dx).allSatisfy { abs($0 - $1) <= 2e-4 * max(1, abs($1)) }, "\(choice): input gradient")
         }
         #expect(results[0].y != results[1].y && results[0].y != results[2].y && results[1].y != results[2].y)
+    }
+
+    @Test("a Winograd forward that keeps its transformed input and one that lets backward recompute it give bitwise the same gradients")
+    func keepOrRecompute() {
+        for variant in [EngineOptions.Winograd.f4, .f2] {
+            let keep = run(Self.winogradCase, EngineOptions(winograd: variant, winogradInput: .keep))
+            let recompute = run(Self.winogradCase, EngineOptions(winograd: variant, winogradInput: .recompute))
+            #expect(keep.y == recompute.y && keep.dx == recompute.dx && keep.dw == recompute.dw, "\(variant)")
+            #expect(keep.dw.contains { $0 != 0 })
+        }
     }
 
     @Test("oneDNN's convolution in NHWC and in its own layout agree; a thread's options leave the process's alone")
