@@ -9,7 +9,7 @@ public struct EngineOptions: Codable, Equatable, Sendable {
     public enum Winograd: String, Codable, CaseIterable, Sendable {
         /// F(4×4, 3×3) from 4×4 outputs up, F(2×2, 3×3) below: the fastest.
         case f4
-        /// F(2×2, 3×3) everywhere: about a tenth of F(4×4)'s rounding error.
+        /// F(2×2, 3×3) everywhere: slower, with less rounding error than F(4×4).
         case f2
         /// No Winograd: those convolutions go to oneDNN.
         case off
