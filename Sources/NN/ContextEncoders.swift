@@ -99,8 +99,7 @@ public final class ContextEncoders: Module {
     public let tokenizer: BPETokenizer
 
     public init(_ a: ContextEncoderArchitecture, tokenizer: BPETokenizer, seed: UInt64) {
-        precondition(tokenizer.vocabularySize <= a.text.vocabSize && tokenizer.maxLength == a.text.maxSeqLen,
-                     "the tokenizer (\(tokenizer.vocabularySize) tokens, length \(tokenizer.maxLength)) does not fit the text encoder")
+        tokenizer.checkFits(a.text, "the text encoder")
         let initializer = ParameterInitializer(seed: seed)
         architecture = a
         textModel = TextTransformer(a.text, width: a.width, initializer)

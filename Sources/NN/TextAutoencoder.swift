@@ -72,8 +72,7 @@ public final class TextAutoencoder: Module {
     public let tokenizer: BPETokenizer
 
     public init(_ a: TextAutoencoderArchitecture, tokenizer: BPETokenizer, seed: UInt64) {
-        precondition(tokenizer.vocabularySize <= a.text.vocabSize && tokenizer.maxLength == a.text.maxSeqLen,
-                     "the tokenizer (\(tokenizer.vocabularySize) tokens, length \(tokenizer.maxLength)) does not fit the text VAE")
+        tokenizer.checkFits(a.text, "the text VAE")
         let initializer = ParameterInitializer(seed: seed)
         architecture = a
         encoder = TextVAEEncoder(a, initializer)

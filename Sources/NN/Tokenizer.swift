@@ -173,3 +173,12 @@ public struct BPETokenizer: Codable, Equatable, Sendable {
 
     public init(json: String) throws { self = try JSONDecoder().decode(BPETokenizer.self, from: Data(json.utf8)) }
 }
+
+extension BPETokenizer {
+    /// Stops, naming `model`, when this tokenizer's vocabulary or length does not fit the
+    /// text transformer `a` it is to feed (a programmer error: stages check configs first).
+    func checkFits(_ a: TextEncoderArchitecture, _ model: String) {
+        precondition(vocabularySize <= a.vocabSize && maxLength == a.maxSeqLen,
+                     "the tokenizer (\(vocabularySize) tokens, length \(maxLength)) does not fit \(model)")
+    }
+}

@@ -152,7 +152,6 @@ public final class AutoencoderTrainer: TrainingStage {
     var kind: String { stageConfig.kind.checkpointKind }
     var arena: ParameterArena { step.arena }
     var optimizer: Adam { step.optimizer }
-    var ema: EMA? { nil }
     var buffers: [StateTensor] { step.buffers }
     var importable: ImportableState? { ImportableState(state: step.trained.stateTensors() + step.buffers, target: .autoencoder) }
     var settings: (training: TrainingConfig, optimizer: OptimizerConfig) { (stageConfig.training, stageConfig.optimizer) }

@@ -66,7 +66,6 @@ public final class ContextEncoderTrainer: TrainingStage {
     static let kind = "context-encoders"
     var arena: ParameterArena { arenaStorage }
     var optimizer: Adam { adam }
-    var ema: EMA? { nil }
     var settings: (training: TrainingConfig, optimizer: OptimizerConfig) { (stageConfig.training, stageConfig.optimizer) }
     var datasetSize: Int { captions.count }
     var summary: String {

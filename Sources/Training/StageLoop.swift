@@ -54,6 +54,10 @@ struct ImportableState {
 }
 
 extension TrainingStage {
+    /// No EMA of the weights unless the stage keeps one.
+    var ema: EMA? { nil }
+    /// Nothing to read ahead unless the stage reads rows from a file.
+    func prefetch(_ indices: [Int]) {}
     /// Every parameter at the stage's rate.
     func applyUpdate(lr: Double, step: Int) { optimizer.update(lr: lr) }
     var buffers: [StateTensor] { [] }

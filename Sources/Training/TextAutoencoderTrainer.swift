@@ -54,7 +54,6 @@ public final class TextAutoencoderTrainer: TrainingStage {
     static let kind = "text-autoencoder"
     var arena: ParameterArena { arenaStorage }
     var optimizer: Adam { adam }
-    var ema: EMA? { nil }
     var settings: (training: TrainingConfig, optimizer: OptimizerConfig) { (stageConfig.training, stageConfig.optimizer) }
     var datasetSize: Int { captions.count }
     var summary: String {
@@ -62,8 +61,6 @@ public final class TextAutoencoderTrainer: TrainingStage {
         return "text VAE \(stageConfig.name): \(model.parameterCount()) parameters, width \(a.width), latent \(a.latentDim), "
             + "\(a.text.nLayer) layers each way, \(model.tokenizer.merges.count) BPE merges, \(captions.count) captions, kl_weight \(stageConfig.klWeight)"
     }
-
-    func prefetch(_ indices: [Int]) {}
 
     func microBatch(_ indices: [Int], epoch: Int, scale: Float, step: Int) throws -> [(String, Tally)] {
         let texts = indices.map { captions[$0] }, d = stageConfig.model.latentDim
