@@ -5,6 +5,8 @@ import Foundation
 import TensorEngine
 import Training
 
+extension Precision: ExpressibleByArgument {}
+
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Time the engine: every conv/matmul shape of the reference models (ops), or whole training steps.",
@@ -22,6 +24,8 @@ struct Bench: ParsableCommand {
     @Option(help: "ops: autoencoder, unet or all.") var model = "all"
     @Option(help: "ops: seconds of measuring per shape.") var seconds = 0.5
     @Option(help: "ops: only shapes whose name contains this text.") var filter: String?
+    @Option(help: "fp32 or bf16: what the convolutions and matrix products compute in (default: the config's autoencoder.training.precision, diffusion.training.precision, or engine.precision for ops).")
+    var precision: Precision?
     @Flag(help: "One JSON object per line.") var json = false
     @Flag(help: "ops: print the shapes as JSON lines without timing them.") var list = false
 
@@ -41,7 +45,13 @@ struct Bench: ParsableCommand {
     func run() throws {
         if let threads { Threads.configure(threads) } else { Threads.configure(Threads.count) }
         let loaded = try ConfigLoader.load(config, overrides: overrides)
-        Engine.configure(loaded.engine)
+        if let reason = precision?.unsupportedReason { throw ValidationError("--precision: \(reason)") }
+        let configured: Precision = switch target {
+        case .ops: loaded.engine.precision
+        case .autoencoder: loaded.autoencoder.training.precision
+        case .unet: loaded.diffusion.training.precision
+        }
+        Engine.configure(loaded.engine.with(precision: precision ?? configured))
         switch target {
         case .ops: try runOps()
         case .autoencoder, .unet:
@@ -81,9 +91,9 @@ struct Bench: ParsableCommand {
         if json {
             try printJSON(t)
         } else {
-            print(String(format: "bench %@: batch %d × %d rank(s), %d thread(s), Winograd %@: %.1f ms/step, %.1f img/s (all ranks), "
+            print(String(format: "bench %@: batch %d × %d rank(s), %d thread(s), %@, Winograd %@: %.1f ms/step, %.1f img/s (all ranks), "
                          + "peak RSS %.0f MiB, all-reduce waited on after backward %.1f ms (%.1f%%, overlap %@)",
-                         t.bench, t.batchSize, t.ranks, t.threads, t.engine.winograd.rawValue, t.stepMs, t.imgPerS, t.peakRssMib,
+                         t.bench, t.batchSize, t.ranks, t.threads, t.engine.precision.rawValue, t.engine.winograd.rawValue, t.stepMs, t.imgPerS, t.peakRssMib,
                          t.exposedCommMs, 100 * t.exposedCommMs / t.stepMs, t.overlap ? "on" : "off"))
         }
     }
@@ -100,7 +110,7 @@ struct Bench: ParsableCommand {
             return
         }
         if !json {
-            print("bench ops: forward + backward, batch \(batchSize), \(Threads.count) thread(s), Winograd "
+            print("bench ops: forward + backward, batch \(batchSize), \(Threads.count) thread(s), \(Engine.options.precision.rawValue), Winograd "
                   + "\(Engine.options.winograd.rawValue), oneDNN conv layout \(Engine.options.convLayout.rawValue), median of repeats")
             print(pad("model", 12) + pad("op", 46) + pad("shape", 34) + pad("ms", 10) + "rate")
         }

@@ -18,11 +18,13 @@ enum DNNL {
         return s!
     }()
     static let lock = NSLock()
-    /// Conv primitives by geometry and whether they keep NHWC (`EngineOptions.convLayout`).
+    /// Conv primitives by geometry, whether they keep NHWC (`EngineOptions.convLayout`)
+    /// and what they multiply in.
     nonisolated(unsafe) static var convCache: [ConvKey: ConvPrimitives] = [:]
     struct ConvKey: Hashable {
         let geometry: ConvGeometry
         let nhwcOnly: Bool
+        let precision: Precision
     }
     nonisolated(unsafe) static var matmulCache: [MatmulGeometry: MatmulPrimitive] = [:]
 
@@ -41,15 +43,15 @@ enum DNNL {
         return body()
     }
 
-    static func desc(_ dims: [Int], tag: dnnl_format_tag_t) -> dnnl_memory_desc_t {
+    static func desc(_ dims: [Int], tag: dnnl_format_tag_t, type: dnnl_data_type_t = dnnl_f32) -> dnnl_memory_desc_t {
         var md = dnnl_memory_desc_t()
-        check(dnnl_memory_desc_init_by_tag(&md, Int32(dims.count), dims.map(Int64.init), dnnl_f32, tag), "memory_desc \(dims)")
+        check(dnnl_memory_desc_init_by_tag(&md, Int32(dims.count), dims.map(Int64.init), type, tag), "memory_desc \(dims)")
         return md
     }
 
-    static func desc(_ dims: [Int], strides: [Int]) -> dnnl_memory_desc_t {
+    static func desc(_ dims: [Int], strides: [Int], type: dnnl_data_type_t = dnnl_f32) -> dnnl_memory_desc_t {
         var md = dnnl_memory_desc_t()
-        check(dnnl_memory_desc_init_by_strides(&md, Int32(dims.count), dims.map(Int64.init), dnnl_f32, strides.map(Int64.init)),
+        check(dnnl_memory_desc_init_by_strides(&md, Int32(dims.count), dims.map(Int64.init), type, strides.map(Int64.init)),
               "memory_desc \(dims) strides \(strides)")
         return md
     }
@@ -246,10 +248,15 @@ final class ActivationPort {
 
 /// Forward, backward-data and backward-weights primitives of one conv geometry.
 /// Activation layouts are left to oneDNN (`any`) unless `nhwcOnly`; the backward
-/// primitives are made on first use (inference never needs them).
+/// primitives are made on first use (inference never needs them). In bf16 the
+/// operands (input, weights, output gradient) are bfloat16 in the kernel's layout,
+/// converted by the reorders that feed it, and every result (output, input and
+/// weight gradients, bias gradient) is float32.
 final class ConvPrimitives: ConvKernels {
     let g: ConvGeometry
     private let nhwcOnly: Bool
+    /// The data type of the operands.
+    private let operand: dnnl_data_type_t
     private var nhwcSrc, nhwcDst, oihwMD, biasMD, anyWeightsMD: dnnl_memory_desc_t
     private let forward: Primitive
     private let forwardWeights: Reorder
@@ -257,13 +264,14 @@ final class ConvPrimitives: ConvKernels {
     private let forwardSrc, forwardDst: ActivationPort
     private let bias: Memory
 
-    init(_ g: ConvGeometry, nhwcOnly: Bool) {
+    init(_ g: ConvGeometry, nhwcOnly: Bool, precision: Precision) {
         (self.g, self.nhwcOnly) = (g, nhwcOnly)
+        operand = precision.dnnlType
         let nhwcSrc = DNNL.desc([g.n, g.c, g.h, g.w], tag: dnnl_nhwc)
         let nhwcDst = DNNL.desc([g.n, g.o, g.outH, g.outW], tag: dnnl_nhwc)
-        var anyWeightsMD = DNNL.desc([g.o, g.c, g.kh, g.kw], tag: dnnl_format_tag_any)
+        var anyWeightsMD = DNNL.desc([g.o, g.c, g.kh, g.kw], tag: dnnl_format_tag_any, type: operand)
         var biasMD = DNNL.desc([g.o], tag: dnnl_a)
-        var src = nhwcOnly ? nhwcSrc : DNNL.desc([g.n, g.c, g.h, g.w], tag: dnnl_format_tag_any)
+        var src = DNNL.desc([g.n, g.c, g.h, g.w], tag: nhwcOnly ? dnnl_nhwc : dnnl_format_tag_any, type: operand)
         var dst = nhwcOnly ? nhwcDst : DNNL.desc([g.n, g.o, g.outH, g.outW], tag: dnnl_format_tag_any)
         var d = dnnl_convolution_desc_t()
         withUnsafeMutablePointer(to: &biasMD) { b in
@@ -313,13 +321,15 @@ final class ConvPrimitives: ConvKernels {
     private var backwardDataKernel: Backward?
     private var backwardWeightsKernel: Backward?
 
-    private func activationDescs() -> (dnnl_memory_desc_t, dnnl_memory_desc_t) {
-        nhwcOnly ? (nhwcSrc, nhwcDst)
-            : (DNNL.desc([g.n, g.c, g.h, g.w], tag: dnnl_format_tag_any), DNNL.desc([g.n, g.o, g.outH, g.outW], tag: dnnl_format_tag_any))
+    /// The input (or its gradient) and output-gradient descriptors of a backward
+    /// primitive, in `src` and `dst`'s data types.
+    private func activationDescs(src srcType: dnnl_data_type_t, dst dstType: dnnl_data_type_t) -> (dnnl_memory_desc_t, dnnl_memory_desc_t) {
+        let tag = nhwcOnly ? dnnl_nhwc : dnnl_format_tag_any
+        return (DNNL.desc([g.n, g.c, g.h, g.w], tag: tag, type: srcType), DNNL.desc([g.n, g.o, g.outH, g.outW], tag: tag, type: dstType))
     }
 
     private func makeBackwardData() -> Backward {
-        var (src, dst) = activationDescs()
+        var (src, dst) = activationDescs(src: dnnl_f32, dst: operand)
         var d = dnnl_convolution_desc_t()
         DNNL.check(dnnl_convolution_backward_data_desc_init(&d, dnnl_convolution_direct, &src, &anyWeightsMD, &dst,
                                                             g.strides, g.padL, g.padR), "\(g) backward-data desc")
@@ -346,11 +356,12 @@ final class ConvPrimitives: ConvKernels {
     }
 
     private func makeBackwardWeights() -> Backward {
-        var (src, dst) = activationDescs()
+        var (src, dst) = activationDescs(src: operand, dst: operand)
+        var weightsMD = DNNL.desc([g.o, g.c, g.kh, g.kw], tag: dnnl_format_tag_any)
         var d = dnnl_convolution_desc_t()
         var biasDesc = biasMD
         withUnsafeMutablePointer(to: &biasDesc) { b in
-            DNNL.check(dnnl_convolution_backward_weights_desc_init(&d, dnnl_convolution_direct, &src, &anyWeightsMD,
+            DNNL.check(dnnl_convolution_backward_weights_desc_init(&d, dnnl_convolution_direct, &src, &weightsMD,
                                                                    g.hasBias ? b : nil, &dst, g.strides, g.padL, g.padR),
                        "\(g) backward-weights desc")
         }
@@ -383,10 +394,11 @@ final class ConvPrimitives: ConvKernels {
 extension DNNL {
     /// The cached primitives for a conv geometry.
     static func conv(_ g: ConvGeometry) -> ConvPrimitives {
-        let key = ConvKey(geometry: g, nhwcOnly: Engine.options.convLayout == .nhwc || !g.prefersBlockedLayout)
+        let options = Engine.options
+        let key = ConvKey(geometry: g, nhwcOnly: options.convLayout == .nhwc || !g.prefersBlockedLayout, precision: options.precision)
         return locked {
             if let p = convCache[key] { return p }
-            let p = ConvPrimitives(g, nhwcOnly: key.nhwcOnly)
+            let p = ConvPrimitives(g, nhwcOnly: key.nhwcOnly, precision: key.precision)
             convCache[key] = p
             return p
         }
@@ -405,6 +417,8 @@ struct MatmulGeometry: Hashable {
     var strideA = 0, strideB = 0, strideC = 0
     /// Adds a bias of n values to every row of c.
     var bias = false
+    /// What a and b hold: float32, or bfloat16 (`BF16`); c and the bias are float32.
+    var operands = Precision.fp32
 }
 
 final class MatmulPrimitive {
@@ -414,8 +428,9 @@ final class MatmulPrimitive {
 
     init(_ g: MatmulGeometry) {
         let (sa, sb, sc) = (g.strideA, g.strideB, g.strideC)
-        var aMD = DNNL.desc([g.batch, g.m, g.k], strides: [sa > 0 ? sa : g.m * g.k] + (g.transposeA ? [1, g.m] : [g.k, 1]))
-        var bMD = DNNL.desc([g.batch, g.k, g.n], strides: [sb > 0 ? sb : g.k * g.n] + (g.transposeB ? [1, g.k] : [g.n, 1]))
+        let type = g.operands.dnnlType
+        var aMD = DNNL.desc([g.batch, g.m, g.k], strides: [sa > 0 ? sa : g.m * g.k] + (g.transposeA ? [1, g.m] : [g.k, 1]), type: type)
+        var bMD = DNNL.desc([g.batch, g.k, g.n], strides: [sb > 0 ? sb : g.k * g.n] + (g.transposeB ? [1, g.k] : [g.n, 1]), type: type)
         var cMD = DNNL.desc([g.batch, g.m, g.n], strides: [sc > 0 ? sc : g.m * g.n, g.n, 1])
         var biasMD = DNNL.desc([1, 1, g.n], strides: [g.n, g.n, 1])
         var d = dnnl_matmul_desc_t()
@@ -431,7 +446,7 @@ final class MatmulPrimitive {
         bias = g.bias ? Memory(biasMD) : nil
     }
 
-    func run(_ pa: UnsafeMutablePointer<Float>, _ pb: UnsafeMutablePointer<Float>, _ pc: UnsafeMutablePointer<Float>,
+    func run(_ pa: UnsafeMutableRawPointer, _ pb: UnsafeMutableRawPointer, _ pc: UnsafeMutablePointer<Float>,
              bias pbias: UnsafeMutablePointer<Float>? = nil) {
         var args = [(DNNL_ARG_SRC, a.bind(pa)), (DNNL_ARG_WEIGHTS, b.bind(pb)), (DNNL_ARG_DST, c.bind(pc))]
         if let bias, let pbias { args.append((DNNL_ARG_BIAS, bias.bind(pbias))) }
@@ -440,8 +455,8 @@ final class MatmulPrimitive {
 }
 
 extension DNNL {
-    /// Runs the cached matmul primitive for `g`.
-    static func matmul(_ g: MatmulGeometry, _ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>,
+    /// Runs the cached matmul primitive for `g`; a and b hold `g.operands`.
+    static func matmul(_ g: MatmulGeometry, _ a: UnsafeMutableRawPointer, _ b: UnsafeMutableRawPointer,
                        _ c: UnsafeMutablePointer<Float>, bias: UnsafeMutablePointer<Float>? = nil) {
         precondition(g.bias == (bias != nil), "matmul \(g): bias pointer and geometry disagree")
         locked {
@@ -450,4 +465,9 @@ extension DNNL {
             p.run(a, b, c, bias: bias)
         }
     }
+}
+
+extension Precision {
+    /// oneDNN's name for the operand type.
+    var dnnlType: dnnl_data_type_t { self == .bf16 ? dnnl_bf16 : dnnl_f32 }
 }

@@ -23,16 +23,36 @@ public struct EngineOptions: Codable, Equatable, Sendable {
         case recompute
     }
 
+    /// What the convolutions and matrix products compute in (stages set their own,
+    /// `training.precision`).
+    public var precision = Precision.fp32
     public var winograd = Winograd.f4
     public var winogradInput = WinogradInput.keep
     /// The activation layout oneDNN's convolutions run in.
     public var convLayout = ConvLayout.auto
 
-    public init(winograd: Winograd = .f4, winogradInput: WinogradInput = .keep, convLayout: ConvLayout = .auto) {
-        (self.winograd, self.winogradInput, self.convLayout) = (winograd, winogradInput, convLayout)
+    public init(precision: Precision = .fp32, winograd: Winograd = .f4, winogradInput: WinogradInput = .keep,
+                convLayout: ConvLayout = .auto) {
+        (self.precision, self.winograd, self.winogradInput, self.convLayout) = (precision, winograd, winogradInput, convLayout)
     }
 
-    enum CodingKeys: String, CodingKey { case winograd, winogradInput = "winograd_input", convLayout = "conv_layout" }
+    /// These settings with `precision` instead of theirs.
+    public func with(precision: Precision) -> EngineOptions {
+        var o = self
+        o.precision = precision
+        return o
+    }
+
+    enum CodingKeys: String, CodingKey { case precision, winograd, winogradInput = "winograd_input", convLayout = "conv_layout" }
+}
+
+/// The number type the convolutions and matrix products multiply in. Tensors,
+/// parameters, optimizer state, gradients and checkpoints are float32 either way.
+public enum Precision: String, Codable, CaseIterable, Sendable {
+    /// float32 throughout.
+    case fp32
+    /// Operands rounded to bfloat16, products summed in float32 (BFloat16.swift).
+    case bf16
 }
 
 /// The process's engine settings, and a thread's own for the length of a call.

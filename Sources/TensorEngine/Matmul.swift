@@ -23,31 +23,34 @@ private func product(_ a: Tensor, _ b: Tensor, transposeA: Bool, transposeB: Boo
     let (batch, rows) = batched ? (lead.reduce(1, *), m) : (1, lead.reduce(1, *) * m)
     let out = Tensor(uninitialized: lead + [m, n])
     precondition(bias == nil || (!batched && bias!.shape == [n]), "matmul: bias \(bias!.shape) does not match \(n) columns")
-    DNNL.matmul(MatmulGeometry(batch: batch, m: rows, k: k, n: n, transposeA: transposeA, transposeB: transposeB,
-                               accumulate: false, bias: bias != nil), a.pointer, b.pointer, out.pointer, bias: bias?.pointer)
+    let multiply = Multiplier(Engine.options.precision)
+    multiply(MatmulGeometry(batch: batch, m: rows, k: k, n: n, transposeA: transposeA, transposeB: transposeB,
+                            accumulate: false, bias: bias != nil), multiply.operand(a), multiply.operand(b), out.pointer,
+             bias: bias?.pointer)
     if Tape.needsGrad(a, b, bias) {
         Tape.record(out, inputs: [a, b, bias]) { dc in
             if let bias, bias.requiresGrad { bias.accumulateGradient(columnSums(dc.pointer, rows: rows, columns: n)) }
             // C = op(A)·op(B)  ⇒  d op(A) = dC·op(B)ᵀ,  d op(B) = op(A)ᵀ·dC.
+            let dcOperand = multiply.operand(dc)
             if a.requiresGrad {
                 a.withGradient { da, accumulate in
                     if transposeA {   // dA, stored K×M, = op(B)·dCᵀ
-                        DNNL.matmul(MatmulGeometry(batch: batch, m: k, k: n, n: rows, transposeA: transposeB,
-                                                   transposeB: true, accumulate: accumulate), b.pointer, dc.pointer, da)
+                        multiply(MatmulGeometry(batch: batch, m: k, k: n, n: rows, transposeA: transposeB, transposeB: true,
+                                                accumulate: accumulate), multiply.operand(b), dcOperand, da)
                     } else {          // dA, stored M×K, = dC·op(B)ᵀ
-                        DNNL.matmul(MatmulGeometry(batch: batch, m: rows, k: n, n: k, transposeA: false,
-                                                   transposeB: !transposeB, accumulate: accumulate), dc.pointer, b.pointer, da)
+                        multiply(MatmulGeometry(batch: batch, m: rows, k: n, n: k, transposeA: false, transposeB: !transposeB,
+                                                accumulate: accumulate), dcOperand, multiply.operand(b), da)
                     }
                 }
             }
             if b.requiresGrad {
                 b.withGradient { db, accumulate in
                     if transposeB {   // dB, stored N×K, = dCᵀ·op(A)
-                        DNNL.matmul(MatmulGeometry(batch: batch, m: n, k: rows, n: k, transposeA: true,
-                                                   transposeB: transposeA, accumulate: accumulate), dc.pointer, a.pointer, db)
+                        multiply(MatmulGeometry(batch: batch, m: n, k: rows, n: k, transposeA: true, transposeB: transposeA,
+                                                accumulate: accumulate), dcOperand, multiply.operand(a), db)
                     } else {          // dB, stored K×N, = op(A)ᵀ·dC
-                        DNNL.matmul(MatmulGeometry(batch: batch, m: k, k: rows, n: n, transposeA: !transposeA,
-                                                   transposeB: false, accumulate: accumulate), a.pointer, dc.pointer, db)
+                        multiply(MatmulGeometry(batch: batch, m: k, k: rows, n: n, transposeA: !transposeA, transposeB: false,
+                                                accumulate: accumulate), multiply.operand(a), dcOperand, db)
                     }
                 }
             }
@@ -62,6 +65,33 @@ public func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil) -> Tensor {
                  "linear: input \(x.shape) does not match weight \(weight.shape) ([out, in])")
     precondition(bias == nil || bias!.shape == [weight.shape[0]], "linear: bias \(bias!.shape) does not match weight \(weight.shape)")
     return product(x, weight, transposeA: false, transposeB: true, bias: bias)
+}
+
+/// Runs products of float32 tensors in one precision: as they are, or through
+/// bfloat16 copies. A backward pass uses its forward's, whatever the engine's options
+/// are by then.
+private struct Multiplier {
+    let precision: Precision
+    init(_ precision: Precision) { self.precision = precision }
+
+    /// A tensor as the product reads it: itself, or its bfloat16 copy (kept alive by `copy`).
+    struct Operand {
+        let pointer: UnsafeMutableRawPointer
+        let copy: BF16Buffer?
+    }
+
+    func operand(_ t: Tensor) -> Operand {
+        guard precision == .bf16 else { return Operand(pointer: UnsafeMutableRawPointer(t.pointer), copy: nil) }
+        let copy = BF16Buffer(t.pointer, count: t.count)
+        return Operand(pointer: UnsafeMutableRawPointer(copy.p), copy: copy)
+    }
+
+    func callAsFunction(_ g: MatmulGeometry, _ a: Operand, _ b: Operand, _ c: UnsafeMutablePointer<Float>,
+                        bias: UnsafeMutablePointer<Float>? = nil) {
+        var g = g
+        g.operands = precision
+        withExtendedLifetime((a, b)) { DNNL.matmul(g, a.pointer, b.pointer, c, bias: bias) }
+    }
 }
 
 /// Σ over rows of a rows × columns matrix → [columns], threads splitting the columns.

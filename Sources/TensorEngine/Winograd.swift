@@ -8,14 +8,19 @@ import Foundation
 /// oneDNN matmul: M[ξ] (tiles × O) = V[ξ] (tiles × C) · U[ξ] (C × O). F(2×2) needs
 /// 16/4 = 4 products per output, F(4×4) 36/16 = 2.25, against 9 for direct convolution.
 /// Every transform is one 1-D map F applied down the columns and then along the rows
-/// (X ↦ F X Fᵀ), on 8 channels at a time (NHWC keeps them contiguous).
+/// (X ↦ F X Fᵀ), on 16 channels at a time (NHWC keeps them contiguous; a float32 vector
+/// of them fills a cache line and an AVX-512 register).
 /// Both backward passes are the adjoints of these steps, sharing dM = A dY Aᵀ and
 /// reusing the forward's U and V:
 ///     dV[ξ] = dM[ξ] · U[ξ]ᵀ,  dX = Σ_tiles B dV Bᵀ;   dU[ξ] = V[ξ]ᵀ · dM[ξ],  dg = Gᵀ dU G.
+/// In bf16 the transforms store U, V and dM (the matrix products' operands) as bfloat16
+/// and the products land in float32; the transforms themselves compute in float32.
 /// The three passes are pre-specialised for both variants: they are reached through the
 /// ConvKernels witness table, which would otherwise run them generically.
 struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
     let g: ConvGeometry
+    /// What U, V and dM are stored as, fixed when the forward runs (its backward follows it).
+    let precision: Precision
     private var m: Int { Variant.m }
     private var alpha: Int { Variant.m + 2 }
     private var planes: Int { alpha * alpha }
@@ -31,12 +36,12 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
     @_specialize(where Variant == WinogradF2)
     func forward(x: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>, b: UnsafeMutablePointer<Float>?,
                  y: UnsafeMutablePointer<Float>) {
-        let (sv, su, sm) = (planeStride(tiles * g.c), planeStride(g.c * g.o), planeStride(tiles * g.o))
-        let u = Scratch(planes * su), v = Scratch(planes * sv), m = Scratch(planes * sm)
-        transformWeights(w, into: u.p)
-        transformInput(x, into: v.p)
+        let (sv, su, sm) = (operandStride(tiles * g.c), operandStride(g.c * g.o), planeStride(tiles * g.o))
+        let u = operandPlanes(su), v = operandPlanes(sv), m = Scratch(planes * sm)
+        transformWeights(w, into: u)
+        transformInput(x, into: v)
         DNNL.matmul(MatmulGeometry(batch: planes, m: tiles, k: g.c, n: g.o, transposeA: false, transposeB: false,
-                                   accumulate: false, strideA: sv, strideB: su, strideC: sm), v.p, u.p, m.p)
+                                   accumulate: false, strideA: sv, strideB: su, strideC: sm, operands: precision), v.raw, u.raw, m.p)
         transformOutput(m.p, bias: b, into: y)
         (saved.u, saved.v) = (u, Engine.options.winogradInput == .keep ? v : nil)
     }
@@ -46,11 +51,11 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
     @_specialize(where Variant == WinogradF4)
     @_specialize(where Variant == WinogradF2)
     func backwardData(dy: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>, dx: UnsafeMutablePointer<Float>) {
-        let (sv, su, sdm) = (planeStride(tiles * g.c), planeStride(g.c * g.o), planeStride(tiles * g.o))
-        let u = saved.u ?? { let u = Scratch(planes * su); transformWeights(w, into: u.p); return u }()
-        let dm = outputGradient(dy), dv = Scratch(planes * sv)
+        let (sdv, su, sdm) = (planeStride(tiles * g.c), operandStride(g.c * g.o), operandStride(tiles * g.o))
+        let u = saved.u ?? { let u = operandPlanes(su); transformWeights(w, into: u); return u }()
+        let dm = outputGradient(dy), dv = Scratch(planes * sdv)
         DNNL.matmul(MatmulGeometry(batch: planes, m: tiles, k: g.o, n: g.c, transposeA: false, transposeB: true,
-                                   accumulate: false, strideA: sdm, strideB: su, strideC: sv), dm.p, u.p, dv.p)
+                                   accumulate: false, strideA: sdm, strideB: su, strideC: sdv, operands: precision), dm.raw, u.raw, dv.p)
         saved.u = nil
         transformInputAdjoint(dv.p, into: dx)
     }
@@ -60,28 +65,29 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
     @_specialize(where Variant == WinogradF2)
     func backwardWeights(x: UnsafeMutablePointer<Float>, dy: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
                          db: UnsafeMutablePointer<Float>?) {
-        let (sv, sdm, sdu) = (planeStride(tiles * g.c), planeStride(tiles * g.o), planeStride(g.c * g.o))
-        let v = saved.v ?? { let v = Scratch(planes * sv); transformInput(x, into: v.p); return v }()
+        let (sv, sdm, sdu) = (operandStride(tiles * g.c), operandStride(tiles * g.o), planeStride(g.c * g.o))
+        let v = saved.v ?? { let v = operandPlanes(sv); transformInput(x, into: v); return v }()
         let dm = outputGradient(dy), du = Scratch(planes * sdu)
         DNNL.matmul(MatmulGeometry(batch: planes, m: g.c, k: tiles, n: g.o, transposeA: true, transposeB: false, accumulate: false,
-                                   strideA: sv, strideB: sdm, strideC: sdu), v.p, dm.p, du.p)
+                                   strideA: sv, strideB: sdm, strideC: sdu, operands: precision), v.raw, dm.raw, du.p)
         (saved.v, saved.dm) = (nil, nil)
-        // dg = Gᵀ dU G for each (c, o), eight outputs o at a time.
+        // dg = Gᵀ dU G for each (c, o), sixteen outputs o at a time, into [C][9][O], then into OIHW.
         let (c, o, plane, alpha) = (g.c, g.o, sdu, alpha)
+        let outputsInner = Scratch(c * 9 * o)
         parallelFor(c, grain: 8) { range in
             withTile { tile, work, result in
                 for cc in range {
-                    for o0 in stride(from: 0, to: o, by: 8) {
-                        let lanes = min(8, o - o0), src = du.p + cc * o + o0
-                        for k in 0..<alpha * alpha { tile[k] = loadLanes(src + k * plane, lanes) }
+                    for o0 in stride(from: 0, to: o, by: WinogradVector.scalarCount) {
+                        let lanes = min(WinogradVector.scalarCount, o - o0), src = du.p + cc * o + o0
+                        for k in 0..<alpha * alpha { tile[k] = loadVector(src + k * plane, lanes) }
                         transform2D(.gt, inner: alpha, outer: 3, tile, work, result)
-                        for k in 0..<9 {
-                            for lane in 0..<lanes { dw[((o0 + lane) * c + cc) * 9 + k] = result[k][lane] }
-                        }
+                        let dst = outputsInner.p + cc * 9 * o + o0
+                        for k in 0..<9 { storeVector(result[k], dst + k * o, lanes) }
                     }
                 }
             }
         }
+        transposeKernel(outputsInner.p, toOIHW: dw)
         if let db {
             let n = g.n * g.outH * g.outW
             for oo in 0..<o { db[oo] = 0 }
@@ -92,33 +98,64 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
     /// dM = A dY Aᵀ, made by the first backward pass that needs it and kept for the other.
     private func outputGradient(_ dy: UnsafeMutablePointer<Float>) -> Scratch {
         if let dm = saved.dm { return dm }
-        let dm = Scratch(planes * planeStride(tiles * g.o))
-        transformOutputGradient(dy, into: dm.p)
+        let dm = operandPlanes(operandStride(tiles * g.o))
+        transformOutputGradient(dy, into: dm)
         saved.dm = dm
         return dm
     }
 
     // MARK: the steps
 
-    /// The distance between consecutive planes ξ of U, V and M: `n` floats rounded up to a
-    /// cache line, plus one line. Packed planes lie a multiple of 4 KiB apart, and the α²
-    /// stores (or loads) of one tile then all land in one L1 set.
+    /// The distance between consecutive float32 planes ξ (M, dV, dU): `n` floats rounded
+    /// up to a cache line, plus one line. Packed planes lie a multiple of 4 KiB apart, and
+    /// the α² stores (or loads) of one tile then all land in one L1 set.
     private func planeStride(_ n: Int) -> Int { (n + 15) / 16 * 16 + 16 }
+
+    /// The same for the planes of the products' operands (U, V, dM), in their elements.
+    private func operandStride(_ n: Int) -> Int {
+        let line = precision == .bf16 ? 32 : 16
+        return (n + line - 1) / line * line + line
+    }
+
+    /// α² operand planes `stride` elements apart.
+    private func operandPlanes(_ stride: Int) -> Scratch {
+        Scratch(precision == .bf16 ? (planes * stride + 1) / 2 : planes * stride)
+    }
+
+    /// The transforms that write operand planes, at the planes' element type.
+    private func transformWeights(_ w: UnsafeMutablePointer<Float>, into u: Scratch) {
+        switch precision {
+        case .fp32: transformWeights(w, into: u.p)
+        case .bf16: transformWeights(w, into: u.bf16)
+        }
+    }
+    private func transformInput(_ x: UnsafeMutablePointer<Float>, into v: Scratch) {
+        switch precision {
+        case .fp32: transformInput(x, into: v.p)
+        case .bf16: transformInput(x, into: v.bf16)
+        }
+    }
+    private func transformOutputGradient(_ dy: UnsafeMutablePointer<Float>, into dm: Scratch) {
+        switch precision {
+        case .fp32: transformOutputGradient(dy, into: dm.p)
+        case .bf16: transformOutputGradient(dy, into: dm.bf16)
+        }
+    }
 
     /// Y = F X Fᵀ for the 1-D map F from `inner` to `outer` values: X is inner × inner
     /// (row-major in `x`), `work` receives F X (outer × inner), `y` the result (outer × outer).
     @inline(__always)
     private func transform2D(_ f: WinogradMap, inner: Int, outer: Int,
-                             _ x: UnsafeMutablePointer<SIMD8<Float>>, _ work: UnsafeMutablePointer<SIMD8<Float>>,
-                             _ y: UnsafeMutablePointer<SIMD8<Float>>) {
+                             _ x: UnsafeMutablePointer<WinogradVector>, _ work: UnsafeMutablePointer<WinogradVector>,
+                             _ y: UnsafeMutablePointer<WinogradVector>) {
         for q in 0..<inner { apply(f, x + q, inner, work + q, inner) }
         for r in 0..<outer { apply(f, work + r * inner, 1, y + r * outer, 1) }
     }
 
     /// One 1-D map of the variant; `f` is a constant at every call, so the switch folds away.
     @inline(__always)
-    private func apply(_ f: WinogradMap, _ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int,
-                       _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    private func apply(_ f: WinogradMap, _ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int,
+                       _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         switch f {
         case .bt: Variant.bt(x, xs, y, ys)
         case .b: Variant.b(x, xs, y, ys)
@@ -131,22 +168,22 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
 
     /// Three α×α tiles of vectors on the stack: input, intermediate and result.
     @inline(__always)
-    private func withTile(_ body: (UnsafeMutablePointer<SIMD8<Float>>, UnsafeMutablePointer<SIMD8<Float>>,
-                                   UnsafeMutablePointer<SIMD8<Float>>) -> Void) {
+    private func withTile(_ body: (UnsafeMutablePointer<WinogradVector>, UnsafeMutablePointer<WinogradVector>,
+                                   UnsafeMutablePointer<WinogradVector>) -> Void) {
         let n = planes
-        withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 3 * n) { buffer in
+        withUnsafeTemporaryAllocation(of: WinogradVector.self, capacity: 3 * n) { buffer in
             let p = buffer.baseAddress!
             body(p, p + n, p + 2 * n)
         }
     }
 
     /// Calls `body(t, n, i, j, ch, lanes, tile, work, result)` for every tile t (sample n,
-    /// tile row i, column j) and every block of up to 8 channels starting at ch, tiles
+    /// tile row i, column j) and every block of up to 16 channels starting at ch, tiles
     /// split across threads, with stack tiles for the transform.
     @inline(__always)
     private func forEachTile(channels: Int, _ body: (_ t: Int, _ n: Int, _ i: Int, _ j: Int, _ ch: Int, _ lanes: Int,
-                                                     UnsafeMutablePointer<SIMD8<Float>>, UnsafeMutablePointer<SIMD8<Float>>,
-                                                     UnsafeMutablePointer<SIMD8<Float>>) -> Void) {
+                                                     UnsafeMutablePointer<WinogradVector>, UnsafeMutablePointer<WinogradVector>,
+                                                     UnsafeMutablePointer<WinogradVector>) -> Void) {
         let (th, tw) = (tilesH, tilesW)
         parallelFor(tiles, grain: 16) { range in
             withTile { tile, work, result in
@@ -154,39 +191,54 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
                     let n = t / (th * tw), i = t / tw % th, j = t % tw
                     var ch = 0
                     while ch < channels {
-                        body(t, n, i, j, ch, min(8, channels - ch), tile, work, result)
-                        ch += 8
+                        body(t, n, i, j, ch, min(WinogradVector.scalarCount, channels - ch), tile, work, result)
+                        ch += WinogradVector.scalarCount
                     }
                 }
             }
         }
     }
 
-    /// U[ξ][c][o] = (G g Gᵀ)[ξ] with g[i][j] = w[o][c][i][j], eight outputs o at a time.
-    private func transformWeights(_ w: UnsafeMutablePointer<Float>, into u: UnsafeMutablePointer<Float>) {
-        let (c, o, plane, alpha) = (g.c, g.o, planeStride(g.c * g.o), alpha)
+    /// U[ξ][c][o] = (G g Gᵀ)[ξ] with g[i][j] = w[o][c][i][j], sixteen outputs o at a time.
+    private func transformWeights<E: PlaneElement>(_ w: UnsafeMutablePointer<Float>, into u: UnsafeMutablePointer<E>) {
+        let (c, o, plane, alpha) = (g.c, g.o, operandStride(g.c * g.o), alpha)
+        let outputsInner = Scratch(c * 9 * o)
+        transposeKernel(w, toOutputsInner: outputsInner.p)
         parallelFor(c, grain: 8) { range in
             withTile { tile, work, result in
                 for cc in range {
-                    for o0 in stride(from: 0, to: o, by: 8) {
-                        let lanes = min(8, o - o0), origin = w + (o0 * c + cc) * 9
-                        for k in 0..<9 {
-                            var v = SIMD8<Float>.zero
-                            for lane in 0..<lanes { v[lane] = origin[lane * 9 * c + k] }
-                            tile[k] = v
-                        }
+                    for o0 in stride(from: 0, to: o, by: WinogradVector.scalarCount) {
+                        let lanes = min(WinogradVector.scalarCount, o - o0), origin = outputsInner.p + cc * 9 * o + o0
+                        for k in 0..<9 { tile[k] = loadVector(origin + k * o, lanes) }
                         transform2D(.g, inner: 3, outer: alpha, tile, work, result)
                         let dst = u + cc * o + o0
-                        for k in 0..<alpha * alpha { storeLanes(result[k], dst + k * plane, lanes) }
+                        for k in 0..<alpha * alpha { E.store(result[k], dst + k * plane, lanes) }
                     }
                 }
             }
+        }
+    }
+
+    /// t[(c·9 + k)·O + o] = w[o][c][k]: the 3×3 kernels with the outputs innermost, so
+    /// that a transform loads sixteen outputs as one vector.
+    private func transposeKernel(_ w: UnsafeMutablePointer<Float>, toOutputsInner t: UnsafeMutablePointer<Float>) {
+        let (c, o) = (g.c, g.o)
+        parallelFor(o, grain: 16) { range in
+            for oo in range { for cc in 0..<c { for k in 0..<9 { t[(cc * 9 + k) * o + oo] = w[(oo * c + cc) * 9 + k] } } }
+        }
+    }
+
+    /// The inverse of `transposeKernel`.
+    private func transposeKernel(_ t: UnsafeMutablePointer<Float>, toOIHW w: UnsafeMutablePointer<Float>) {
+        let (c, o) = (g.c, g.o)
+        parallelFor(o, grain: 16) { range in
+            for oo in range { for cc in 0..<c { for k in 0..<9 { w[(oo * c + cc) * 9 + k] = t[(cc * 9 + k) * o + oo] } } }
         }
     }
 
     /// V[ξ][tile][c] = (Bᵀ d B)[ξ] for every α×α input tile d (zero outside the image).
-    private func transformInput(_ x: UnsafeMutablePointer<Float>, into v: UnsafeMutablePointer<Float>) {
-        let (h, w, c, stride, m, alpha) = (g.h, g.w, g.c, planeStride(tiles * g.c), m, alpha)
+    private func transformInput<E: PlaneElement>(_ x: UnsafeMutablePointer<Float>, into v: UnsafeMutablePointer<E>) {
+        let (h, w, c, stride, m, alpha) = (g.h, g.w, g.c, operandStride(tiles * g.c), m, alpha)
         forEachTile(channels: c) { t, n, i, j, ch, lanes, tile, work, result in
             let top = m * i - 1, left = m * j - 1
             let interior = top >= 0 && top + alpha <= h && left >= 0 && left + alpha <= w
@@ -194,12 +246,12 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
                 for q in 0..<alpha {
                     let yy = top + r, xx = left + q
                     tile[r * alpha + q] = interior || (yy >= 0 && yy < h && xx >= 0 && xx < w)
-                        ? loadLanes(x + ((n * h + yy) * w + xx) * c + ch, lanes) : .zero
+                        ? loadVector(x + ((n * h + yy) * w + xx) * c + ch, lanes) : .zero
                 }
             }
             transform2D(.bt, inner: alpha, outer: alpha, tile, work, result)
             let out = v + t * c + ch
-            for k in 0..<alpha * alpha { storeLanes(result[k], out + k * stride, lanes) }
+            for k in 0..<alpha * alpha { E.store(result[k], out + k * stride, lanes) }
         }
     }
 
@@ -218,16 +270,16 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
                             let t = (n * th + i) * tw + j, top = m * i - 1, left = m * j - 1
                             var ch = 0
                             while ch < c {
-                                let lanes = min(8, c - ch), src = dv + t * c + ch
-                                for k in 0..<alpha * alpha { tile[k] = loadLanes(src + k * stride, lanes) }
+                                let lanes = min(WinogradVector.scalarCount, c - ch), src = dv + t * c + ch
+                                for k in 0..<alpha * alpha { tile[k] = loadVector(src + k * stride, lanes) }
                                 transform2D(.b, inner: alpha, outer: alpha, tile, work, result)
                                 for r in 0..<alpha where top + r >= 0 && top + r < h {
                                     for q in 0..<alpha where left + q >= 0 && left + q < w {
                                         let p = image + ((top + r) * w + left + q) * c + ch
-                                        storeLanes(loadLanes(p, lanes) + result[r * alpha + q], p, lanes)
+                                        storeVector(loadVector(p, lanes) + result[r * alpha + q], p, lanes)
                                     }
                                 }
-                                ch += 8
+                                ch += WinogradVector.scalarCount
                             }
                         }
                     }
@@ -242,30 +294,30 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
         let (h, w, o, stride, m, alpha) = (g.outH, g.outW, g.o, planeStride(tiles * g.o), m, alpha)
         forEachTile(channels: o) { t, n, i, j, ch, lanes, tile, work, result in
             let base = mm + t * o + ch
-            for k in 0..<alpha * alpha { tile[k] = loadLanes(base + k * stride, lanes) }
+            for k in 0..<alpha * alpha { tile[k] = loadVector(base + k * stride, lanes) }
             transform2D(.at, inner: alpha, outer: m, tile, work, result)
-            let b = bias.map { loadLanes($0 + ch, lanes) } ?? .zero
+            let b = bias.map { loadVector($0 + ch, lanes) } ?? .zero
             for r in 0..<min(m, h - m * i) {
                 for q in 0..<min(m, w - m * j) {
-                    storeLanes(result[r * m + q] + b, y + ((n * h + m * i + r) * w + m * j + q) * o + ch, lanes)
+                    storeVector(result[r * m + q] + b, y + ((n * h + m * i + r) * w + m * j + q) * o + ch, lanes)
                 }
             }
         }
     }
 
     /// dM[ξ][tile][o] = (A dY Aᵀ)[ξ], the adjoint of the output transform (zero beyond the output).
-    private func transformOutputGradient(_ dy: UnsafeMutablePointer<Float>, into dm: UnsafeMutablePointer<Float>) {
-        let (h, w, o, stride, m, alpha) = (g.outH, g.outW, g.o, planeStride(tiles * g.o), m, alpha)
+    private func transformOutputGradient<E: PlaneElement>(_ dy: UnsafeMutablePointer<Float>, into dm: UnsafeMutablePointer<E>) {
+        let (h, w, o, stride, m, alpha) = (g.outH, g.outW, g.o, operandStride(tiles * g.o), m, alpha)
         forEachTile(channels: o) { t, n, i, j, ch, lanes, tile, work, result in
             for r in 0..<m {
                 for q in 0..<m {
                     let yy = m * i + r, xx = m * j + q
-                    tile[r * m + q] = yy < h && xx < w ? loadLanes(dy + ((n * h + yy) * w + xx) * o + ch, lanes) : .zero
+                    tile[r * m + q] = yy < h && xx < w ? loadVector(dy + ((n * h + yy) * w + xx) * o + ch, lanes) : .zero
                 }
             }
             transform2D(.a, inner: m, outer: alpha, tile, work, result)
             let out = dm + t * o + ch
-            for k in 0..<alpha * alpha { storeLanes(result[k], out + k * stride, lanes) }
+            for k in 0..<alpha * alpha { E.store(result[k], out + k * stride, lanes) }
         }
     }
 }
@@ -276,8 +328,9 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
 func winogradKernels(_ g: ConvGeometry, _ choice: EngineOptions.Winograd) -> ConvKernels? {
     guard choice != .off, g.kh == 3 && g.kw == 3 && g.stride == 1 && [g.padTop, g.padBottom, g.padLeft, g.padRight].allSatisfy({ $0 == 1 })
         && g.c >= 32 && g.o >= 32 else { return nil }
-    if choice == .f2 || min(g.outH, g.outW) < 4 { return WinogradConv<WinogradF2>(g: g) }
-    return WinogradConv<WinogradF4>(g: g)
+    let precision = Engine.options.precision
+    if choice == .f2 || min(g.outH, g.outW) < 4 { return WinogradConv<WinogradF2>(g: g, precision: precision) }
+    return WinogradConv<WinogradF4>(g: g, precision: precision)
 }
 
 /// The six 1-D maps of a variant.
@@ -289,17 +342,17 @@ protocol WinogradVariant {
     /// Outputs per tile side; the input tile side is m + 2.
     static var m: Int { get }
     /// Bᵀ: α → α.
-    static func bt(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int)
+    static func bt(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int)
     /// B: α → α, the adjoint of Bᵀ.
-    static func b(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int)
+    static func b(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int)
     /// Aᵀ: α → m.
-    static func at(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int)
+    static func at(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int)
     /// A: m → α, the adjoint of Aᵀ.
-    static func a(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int)
+    static func a(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int)
     /// G: 3 → α.
-    static func g(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int)
+    static func g(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int)
     /// Gᵀ: α → 3, the adjoint of G.
-    static func gt(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int)
+    static func gt(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int)
 }
 
 /// F(2×2, 3×3): Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1], G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1],
@@ -307,32 +360,32 @@ protocol WinogradVariant {
 enum WinogradF2: WinogradVariant {
     static var m: Int { 2 }
     @inline(__always)
-    static func bt(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func bt(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (x0, x1, x2, x3) = (x[0], x[xs], x[2 * xs], x[3 * xs])
         (y[0], y[ys], y[2 * ys], y[3 * ys]) = (x0 - x2, x1 + x2, x2 - x1, x1 - x3)
     }
     @inline(__always)
-    static func b(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func b(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (x0, x1, x2, x3) = (x[0], x[xs], x[2 * xs], x[3 * xs])
         (y[0], y[ys], y[2 * ys], y[3 * ys]) = (x0, x1 - x2 + x3, x1 + x2 - x0, -x3)
     }
     @inline(__always)
-    static func at(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func at(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (x0, x1, x2, x3) = (x[0], x[xs], x[2 * xs], x[3 * xs])
         (y[0], y[ys]) = (x0 + x1 + x2, x1 - x2 - x3)
     }
     @inline(__always)
-    static func a(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func a(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (e0, e1) = (x[0], x[xs])
         (y[0], y[ys], y[2 * ys], y[3 * ys]) = (e0, e0 + e1, e0 - e1, -e1)
     }
     @inline(__always)
-    static func g(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func g(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (g0, g1, g2) = (x[0], x[xs], x[2 * xs])
         (y[0], y[ys], y[2 * ys], y[3 * ys]) = (g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2)
     }
     @inline(__always)
-    static func gt(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func gt(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (u0, u1, u2, u3) = (x[0], x[xs], x[2 * xs], x[3 * xs])
         (y[0], y[ys], y[2 * ys]) = (u0 + 0.5 * (u1 + u2), 0.5 * (u1 - u2), 0.5 * (u1 + u2) + u3)
     }
@@ -345,7 +398,7 @@ enum WinogradF2: WinogradVariant {
 enum WinogradF4: WinogradVariant {
     static var m: Int { 4 }
     @inline(__always)
-    static func bt(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func bt(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (x0, x1, x2, x3, x4, x5) = (x[0], x[xs], x[2 * xs], x[3 * xs], x[4 * xs], x[5 * xs])
         let p = x4 - 4 * x2, q = x3 - 4 * x1, r = x4 - x2, s = 2 * (x3 - x1)
         y[0] = 4 * x0 - 5 * x2 + x4
@@ -356,7 +409,7 @@ enum WinogradF4: WinogradVariant {
         y[5 * ys] = 4 * x1 - 5 * x3 + x5
     }
     @inline(__always)
-    static func b(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func b(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (x0, x1, x2, x3, x4, x5) = (x[0], x[xs], x[2 * xs], x[3 * xs], x[4 * xs], x[5 * xs])
         let d12 = x2 - x1, d34 = x3 - x4, s12 = x1 + x2, s34 = x3 + x4
         y[0] = 4 * x0
@@ -367,7 +420,7 @@ enum WinogradF4: WinogradVariant {
         y[5 * ys] = x5
     }
     @inline(__always)
-    static func at(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func at(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (x0, x1, x2, x3, x4, x5) = (x[0], x[xs], x[2 * xs], x[3 * xs], x[4 * xs], x[5 * xs])
         let sum12 = x1 + x2, diff12 = x1 - x2, sum34 = x3 + x4, diff34 = x3 - x4
         y[0] = x0 + sum12 + sum34
@@ -376,7 +429,7 @@ enum WinogradF4: WinogradVariant {
         y[3 * ys] = diff12 + 8 * diff34 + x5
     }
     @inline(__always)
-    static func a(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func a(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (e0, e1, e2, e3) = (x[0], x[xs], x[2 * xs], x[3 * xs])
         let even1 = e0 + e2, odd1 = e1 + e3, even2 = e0 + 4 * e2, odd2 = 2 * e1 + 8 * e3
         y[0] = e0
@@ -387,7 +440,7 @@ enum WinogradF4: WinogradVariant {
         y[5 * ys] = e3
     }
     @inline(__always)
-    static func g(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func g(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (g0, g1, g2) = (x[0], x[xs], x[2 * xs])
         let even1 = g0 + g2, even2 = g0 / 24 + g2 / 6, odd2 = g1 / 12
         y[0] = 0.25 * g0
@@ -398,7 +451,7 @@ enum WinogradF4: WinogradVariant {
         y[5 * ys] = g2
     }
     @inline(__always)
-    static func gt(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ xs: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+    static func gt(_ x: UnsafeMutablePointer<WinogradVector>, _ xs: Int, _ y: UnsafeMutablePointer<WinogradVector>, _ ys: Int) {
         let (u0, u1, u2, u3, u4, u5) = (x[0], x[xs], x[2 * xs], x[3 * xs], x[4 * xs], x[5 * xs])
         let s12 = u1 + u2, d12 = u1 - u2, s34 = u3 + u4, d34 = u3 - u4
         y[0] = 0.25 * u0 - s12 / 6 + s34 / 24
@@ -412,10 +465,45 @@ final class SavedTransforms {
     var u, v, dm: Scratch?
 }
 
-/// A pooled buffer for the duration of one call.
+/// A pooled buffer of `count` floats for the duration of one call.
 final class Scratch {
     let p: UnsafeMutablePointer<Float>
     let count: Int
     init(_ count: Int) { (self.count, p) = (count, BufferPool.shared.take(count: count)) }
     deinit { BufferPool.shared.give(p, count: count) }
+    var raw: UnsafeMutableRawPointer { UnsafeMutableRawPointer(p) }
+    /// The buffer as 2 × `count` bfloat16 values.
+    var bf16: UnsafeMutablePointer<BF16> { raw.bindMemory(to: BF16.self, capacity: 2 * count) }
+}
+
+/// What the transforms store the products' operands as: float32 or bfloat16.
+protocol PlaneElement {
+    /// Stores the first `lanes` values of `v` at `p`.
+    static func store(_ v: WinogradVector, _ p: UnsafeMutablePointer<Self>, _ lanes: Int)
+}
+
+extension Float: PlaneElement {
+    @inline(__always)
+    static func store(_ v: WinogradVector, _ p: UnsafeMutablePointer<Float>, _ lanes: Int) { storeVector(v, p, lanes) }
+}
+
+extension BF16: PlaneElement {}
+
+/// The channels one transform step works on.
+typealias WinogradVector = SIMD16<Float>
+
+/// Up to 16 floats as a vector (the rest zero).
+@inline(__always)
+private func loadVector(_ p: UnsafeMutablePointer<Float>, _ lanes: Int) -> WinogradVector {
+    if lanes == WinogradVector.scalarCount { return UnsafeRawPointer(p).loadUnaligned(as: WinogradVector.self) }
+    var v = WinogradVector.zero
+    for k in 0..<lanes { v[k] = p[k] }
+    return v
+}
+
+/// The first `lanes` floats of a vector.
+@inline(__always)
+private func storeVector(_ v: WinogradVector, _ p: UnsafeMutablePointer<Float>, _ lanes: Int) {
+    if lanes == WinogradVector.scalarCount { UnsafeMutableRawPointer(p).storeBytes(of: v, as: WinogradVector.self); return }
+    for k in 0..<lanes { p[k] = v[k] }
 }

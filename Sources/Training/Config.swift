@@ -474,6 +474,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// Test images for the final evaluation: the autoencoder's PSNR/SSIM, an image
     /// task's metrics against its baseline (0: the whole test split).
     public var evalImages = 0
+    /// What the stage's convolutions and matrix products compute in (fp32, or bf16 on a
+    /// CPU with AVX512-BF16); weights, optimizer state and checkpoints stay float32.
+    public var precision = Precision.fp32
 
     /// Throws for negative steps or a count that must be positive and is not.
     func validate(section: String) throws {
@@ -482,11 +485,12 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             where value < (key == "steps" ? 0 : 1) {
             throw ConfigError.invalid(path: "\(section).\(key)", reason: "must be \(key == "steps" ? "≥ 0" : "positive"), got \(value)")
         }
+        if let reason = precision.unsupportedReason { throw ConfigError.invalid(path: "\(section).precision", reason: reason) }
     }
 
     enum CodingKeys: String, CodingKey {
         case steps, batchSize = "batch_size", accumulate, logEvery = "log_every", imageEvery = "image_every"
-        case checkpointEvery = "checkpoint_every", keep, evalImages = "eval_images"
+        case checkpointEvery = "checkpoint_every", keep, evalImages = "eval_images", precision
     }
 }
 

@@ -25,12 +25,20 @@ public enum ConfigError: Error, CustomStringConvertible, Equatable {
 public enum ConfigLoader {
     /// Loads `path` (nil: the built-in reference recipe, `ReferenceRecipe.yaml`), then
     /// applies `overrides` ("a.b=value", YAML values).
+    /// A run's engine must be able to compute as its config asks (a recorded config, read
+    /// back from a checkpoint, need not: the run reading it brings its own).
     public static func load(_ path: String?, overrides: [String] = []) throws -> Config {
-        guard let path else { return try load(text: ReferenceRecipe.yaml, file: "the built-in reference recipe", overrides: overrides) }
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw ConfigError.unreadable(file: path, reason: "cannot read the config file")
+        let config: Config
+        if let path {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ConfigError.unreadable(file: path, reason: "cannot read the config file")
+            }
+            config = try load(text: text, file: path, overrides: overrides)
+        } else {
+            config = try load(text: ReferenceRecipe.yaml, file: "the built-in reference recipe", overrides: overrides)
         }
-        return try load(text: text, file: path, overrides: overrides)
+        if let reason = config.engine.precision.unsupportedReason { throw ConfigError.invalid(path: "engine.precision", reason: reason) }
+        return config
     }
 
     /// YAML `text` (named `file` in errors) over the defaults, then `overrides`.
@@ -51,8 +59,9 @@ public enum ConfigLoader {
             }
             node = try set(node, keyPath.split(separator: ".").map(String.init), value, done: [], file: "--set")
         }
+        let config: Config
         do {
-            return try YAMLDecoder().decode(Config.self, from: node)
+            config = try YAMLDecoder().decode(Config.self, from: node)
         } catch let DecodingError.typeMismatch(type, context) {
             throw ConfigError.wrongType(file: path, path: dotted(context.codingPath), expected: describe(type))
         } catch let DecodingError.dataCorrupted(context) {
@@ -64,6 +73,7 @@ public enum ConfigLoader {
         } catch let DecodingError.valueNotFound(type, context) {
             throw ConfigError.wrongType(file: path, path: dotted(context.codingPath), expected: describe(type))
         }
+        return config
     }
 
     /// A config from YAML text (what a checkpoint records), named `source` in errors.

@@ -112,6 +112,14 @@ final class StageLoop {
     @discardableResult
     func run() throws -> [String: Double] {
         guard try comm.all(log.problem.isEmpty) else { throw DataError(try comm.broadcast(log.problem)) }
+        // Every rank computes in the stage's precision or none starts (nodes can differ).
+        let precision = stage.settings.training.precision
+        guard try comm.all(precision.isSupported) else {
+            throw ConfigError.invalid(path: "training.precision", reason: precision.unsupportedReason ?? "bf16 is not supported on some rank's CPU")
+        }
+        let outerEngine = Engine.options
+        Engine.configure(outerEngine.with(precision: precision))
+        defer { Engine.configure(outerEngine) }
         let lock = try RunLock.acquire(options.runDirectory, communicator: comm, say: { self.log.say($0) })
         defer { lock?.release() }
         Preemption.install()
@@ -133,7 +141,7 @@ final class StageLoop {
         let lr = o.effectiveLR(globalBatch: plan.globalBatch)
         log.say("\(stage.summary); \(comm.size) rank(s) × batch \(plan.perRankBatch) × accumulate \(plan.accumulate) = global batch "
                 + "\(plan.globalBatch); lr = \(o.baseLR) × \(o.scaleLR ? plan.globalBatch : 1) = \(lr)\(o.decayDescription); steps \(state.step) → \(t.steps), "
-                + "\(Threads.count) thread(s) per rank")
+                + "\(Threads.count) thread(s) per rank, \(precision.rawValue) compute")
         var window: [(String, Tally)] = [], windowSteps = 0, windowStart = Date(), stepSeconds: [Double] = [], windowExposed = 0.0
         var windowGradientNorm = 0.0
         let runStart = Date(), firstStep = state.step

@@ -60,11 +60,14 @@ struct AutoencoderCommandTests {
         #expect(!second.out.contains("step 2/4"))
     }
 
-    @Test("stopping at step 2 and resuming to 4 gives bitwise the weights and moments of a straight run to 4")
-    func exactResume() throws {
+    @Test("stopping at step 2 and resuming to 4 gives bitwise the weights and moments of a straight run to 4, in fp32 and in bf16",
+          arguments: ["fp32", "bf16"])
+    func exactResume(_ precision: String) throws {
         let straight = temporaryRun(), resumed = temporaryRun()
-        let common = ["autoencoder"] + smoke + ["--data", preparedDataset, "--set", "autoencoder.training.eval_images=100"]
-        #expect(try ldmTrain(common + ["--run-dir", straight]).status == 0)
+        let common = ["autoencoder"] + smoke + ["--data", preparedDataset, "--set", "autoencoder.training.eval_images=100",
+                                                "--set", "autoencoder.training.precision=\(precision)"]
+        let first = try ldmTrain(common + ["--run-dir", straight])
+        #expect(first.status == 0 && first.out.contains("\(precision) compute"), "\(first.err)")
         #expect(try ldmTrain(common + ["--run-dir", resumed, "--steps", "2"]).status == 0)
         let rest = try ldmTrain(common + ["--run-dir", resumed, "--steps", "4"])
         #expect(rest.status == 0 && rest.out.contains("(step 2)"), "\(rest.err)")
@@ -80,6 +83,7 @@ struct AutoencoderCommandTests {
         (["--steps=-1"], "autoencoder.training.steps"),
         (["--set", "autoencoder.model.ch_mul=[1]"], "did you mean 'autoencoder.model.ch_mult'"),
         (["--set", "autoencoder.training.batch_size=lots"], "'autoencoder.training.batch_size' should be an integer"),
+        (["--set", "autoencoder.training.precision=fp16"], "'autoencoder.training.precision' should be"),
         (["--config", "/nonexistent.yaml"], "/nonexistent.yaml"),
         (["--resume", "/nonexistent/step-00000003"], "/nonexistent/step-00000003"),
     ])
@@ -124,7 +128,7 @@ struct AutoencoderCommandTests {
 
 @Suite("ldm-train bench: the engine settings come from the config")
 struct BenchEngineTests {
-    @Test("bench unet times the config's engine settings and reports them: f4 and oneDNN's layout by default, --set engine.* otherwise")
+    @Test("bench unet times the config's engine settings and reports them: fp32, f4 and oneDNN's layout by default; --set engine.*, the stage's precision and --precision otherwise")
     func engineFromConfig() throws {
         func timed(_ extra: [String]) throws -> [String: String] {
             let r = try ldmTrain(["bench", "unet"] + smoke + ["--json", "--threads", "1", "--batch-size", "2", "--steps", "1"] + extra)
@@ -134,8 +138,11 @@ struct BenchEngineTests {
             #expect((t["step_ms"] as? Double).map { $0 > 0 } == true)
             return try #require(t["engine"] as? [String: String])
         }
-        #expect(try timed([]) == ["winograd": "f4", "winograd_input": "keep", "conv_layout": "auto"])
+        #expect(try timed([]) == ["precision": "fp32", "winograd": "f4", "winograd_input": "keep", "conv_layout": "auto"])
         #expect(try timed(["--set", "engine.winograd=off", "--set", "engine.winograd_input=recompute", "--set", "engine.conv_layout=nhwc"])
-                == ["winograd": "off", "winograd_input": "recompute", "conv_layout": "nhwc"])
+                == ["precision": "fp32", "winograd": "off", "winograd_input": "recompute", "conv_layout": "nhwc"])
+        #expect(try timed(["--set", "diffusion.training.precision=bf16"])["precision"] == "bf16")
+        #expect(try timed(["--set", "diffusion.training.precision=bf16", "--precision", "fp32"])["precision"] == "fp32")
+        #expect(try timed(["--precision", "bf16"])["precision"] == "bf16")
     }
 }

@@ -135,6 +135,18 @@ struct ConfigTests {
         #expect(wrong?.description.contains("'engine.winograd'") == true, "\(String(describing: wrong))")
     }
 
+    @Test("precision: fp32 for every stage and the engine by default; each stage sets its own; an unknown one names its key")
+    func precision() throws {
+        let defaults = try ConfigLoader.load(nil)
+        #expect(defaults.engine.precision == .fp32 && defaults.autoencoder.training.precision == .fp32
+                && defaults.diffusion.training.precision == .fp32)
+        let c = try ConfigLoader.load(writeTemporary("autoencoder:\n  training:\n    precision: bf16\n"),
+                                      overrides: ["engine.precision=bf16"])
+        #expect(c.autoencoder.training.precision == .bf16 && c.diffusion.training.precision == .fp32 && c.engine.precision == .bf16)
+        let wrong = #expect(throws: ConfigError.self) { try ConfigLoader.load(nil, overrides: ["diffusion.training.precision=fp16"]) }
+        #expect(wrong?.description.contains("'diffusion.training.precision'") == true, "\(String(describing: wrong))")
+    }
+
     @Test("the config round-trips through its YAML text (what checkpoints record)")
     func roundTrip() throws {
         let c = try ConfigLoader.load(nil, overrides: ["seed=5", "autoencoder.model.ch_mult=[1, 1, 2, 2]",
