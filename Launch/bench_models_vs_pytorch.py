@@ -54,6 +54,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 3 autoencoder, 10 unet and unet-text)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"],
+                        help="SwiftLDM's compute precision; both: fp32 and bf16 alternately, with their ratio (PyTorch is fp32)")
     parser.add_argument("--torch-peak-rss", action="store_true",
                         help="(internal) run 3 PyTorch steps of --model in this fresh process and print its peak RSS in MiB")
     args = parser.parse_args()
@@ -74,28 +76,36 @@ def main():
     models = list(makers) if args.model == "all" else [args.model]
     print(f"training step at batch {args.batch_size}, {args.threads} thread(s) each side, best median of {args.rounds} alternating rounds; "
           "peak RSS of each side's process (PyTorch's in a fresh one)")
-    print(f"{'model':15}{'swift ms':>10}{'swift img/s':>13}{'torch ms':>10}{'torch img/s':>13}{'torch cl':>10}{'speedup':>9}"
+    print(f"{'model':20}{'swift ms':>10}{'swift img/s':>13}{'torch ms':>10}{'torch img/s':>13}{'torch cl':>10}{'speedup':>9}"
           f"{'swift RSS':>11}{'torch RSS':>11}{'RSS ratio':>11}")
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     for model in models:
         steps = args.steps or (3 if model.startswith("autoencoder") else 10)
         make = makers[model]
-        ours, theirs, theirs_cl, rss = float("inf"), float("inf"), float("inf"), 0.0
+        ours = {p: float("inf") for p in precisions}
+        rss = {p: 0.0 for p in precisions}
+        theirs, theirs_cl = float("inf"), float("inf")
         for r in range(args.rounds):
-            out = subprocess.run([BINARY, "bench", model.split("-")[0], "--json", "--steps", str(steps), "--batch-size", str(args.batch_size),
-                                  "--threads", str(args.threads)] + SWIFT_SETTINGS.get(model, []),
-                                 check=True, capture_output=True, text=True, cwd=ROOT).stdout
-            row = json.loads(out.strip().splitlines()[-1])
-            ours, rss = min(ours, row["step_ms"]), max(rss, row["peak_rss_mib"])
+            for precision in precisions:
+                out = subprocess.run([BINARY, "bench", model.split("-")[0], "--json", "--steps", str(steps), "--batch-size", str(args.batch_size),
+                                      "--threads", str(args.threads), "--precision", precision] + SWIFT_SETTINGS.get(model, []),
+                                     check=True, capture_output=True, text=True, cwd=ROOT).stdout
+                row = json.loads(out.strip().splitlines()[-1])
+                ours[precision], rss[precision] = min(ours[precision], row["step_ms"]), max(rss[precision], row["peak_rss_mib"])
+                print(f"  round {r + 1}: swift {precision} {row['step_ms']:.1f} ms", file=sys.stderr, flush=True)
             theirs = min(theirs, ref.time_steps(make(args.batch_size, False), steps))
             theirs_cl = min(theirs_cl, ref.time_steps(make(args.batch_size, True), steps))
-            print(f"  round {r + 1}: swift {row['step_ms']:.1f} ms", file=sys.stderr, flush=True)
         torch_rss = float(subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-peak-rss", "--model", model,
                                           "--batch-size", str(args.batch_size), "--threads", str(args.threads)],
                                          check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         best = min(theirs, theirs_cl)
         img = lambda ms: args.batch_size * 1000 / ms
-        print(f"{model:15}{ours:10.1f}{img(ours):13.1f}{theirs:10.1f}{img(theirs):13.1f}{theirs_cl:10.1f}{best / ours:8.2f}x"
-              f"{rss:7.0f} MiB{torch_rss:7.0f} MiB{rss / torch_rss:10.2f}x", flush=True)
+        for precision in precisions:
+            name = model if len(precisions) == 1 else f"{model} {precision}"
+            print(f"{name:20}{ours[precision]:10.1f}{img(ours[precision]):13.1f}{theirs:10.1f}{img(theirs):13.1f}{theirs_cl:10.1f}"
+                  f"{best / ours[precision]:8.2f}x{rss[precision]:7.0f} MiB{torch_rss:7.0f} MiB{rss[precision] / torch_rss:10.2f}x", flush=True)
+        if len(precisions) == 2:
+            print(f"{model}: bf16 steps {ours['fp32'] / ours['bf16']:.2f}x the fp32 steps", flush=True)
 
 
 if __name__ == "__main__":
