@@ -220,20 +220,15 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
     }
 
     /// t[(c·9 + k)·O + o] = w[o][c][k]: the 3×3 kernels with the outputs innermost, so
-    /// that a transform loads sixteen outputs as one vector.
+    /// that a transform loads sixteen outputs as one vector. w is an O × 9C matrix, t its
+    /// transpose.
     private func transposeKernel(_ w: UnsafeMutablePointer<Float>, toOutputsInner t: UnsafeMutablePointer<Float>) {
-        let (c, o) = (g.c, g.o)
-        parallelFor(o, grain: 16) { range in
-            for oo in range { for cc in 0..<c { for k in 0..<9 { t[(cc * 9 + k) * o + oo] = w[(oo * c + cc) * 9 + k] } } }
-        }
+        transposeMatrix(w, rows: g.o, columns: 9 * g.c, into: t)
     }
 
     /// The inverse of `transposeKernel`.
     private func transposeKernel(_ t: UnsafeMutablePointer<Float>, toOIHW w: UnsafeMutablePointer<Float>) {
-        let (c, o) = (g.c, g.o)
-        parallelFor(o, grain: 16) { range in
-            for oo in range { for cc in 0..<c { for k in 0..<9 { w[(oo * c + cc) * 9 + k] = t[(cc * 9 + k) * o + oo] } } }
-        }
+        transposeMatrix(t, rows: 9 * g.c, columns: g.o, into: w)
     }
 
     /// V[ξ][tile][c] = (Bᵀ d B)[ξ] for every α×α input tile d (zero outside the image).
@@ -491,6 +486,21 @@ extension BF16: PlaneElement {}
 
 /// The channels one transform step works on.
 typealias WinogradVector = SIMD16<Float>
+
+/// dst = srcᵀ for a rows × columns matrix, in 16 × 16 blocks (each block's reads and
+/// writes then stay within 16 cache lines), block rows split across threads.
+private func transposeMatrix(_ src: UnsafeMutablePointer<Float>, rows: Int, columns: Int, into dst: UnsafeMutablePointer<Float>) {
+    let block = 16
+    parallelFor((rows + block - 1) / block, grain: 4) { blockRows in
+        for br in blockRows {
+            let r0 = br * block, r1 = min(r0 + block, rows)
+            for c0 in stride(from: 0, to: columns, by: block) {
+                let c1 = min(c0 + block, columns)
+                for r in r0..<r1 { for c in c0..<c1 { dst[c * rows + r] = src[r * columns + c] } }
+            }
+        }
+    }
+}
 
 /// Up to 16 floats as a vector (the rest zero).
 @inline(__always)
