@@ -58,28 +58,12 @@ extension Precision {
     }
 }
 
-/// A pooled buffer of `count` bfloat16 values for the length of a call.
-final class BF16Buffer {
-    let p: UnsafeMutablePointer<BF16>
-    private let floats: Int
-    init(count: Int) {
-        floats = (count + 1) / 2
-        p = UnsafeMutableRawPointer(BufferPool.shared.take(count: floats)).bindMemory(to: BF16.self, capacity: count)
-    }
-    /// The bfloat16 rounding of `count` floats at `src`.
-    convenience init(_ src: UnsafePointer<Float>, count: Int) {
-        self.init(count: count)
-        BF16.convert(src, p, count: count)
-    }
-    deinit { BufferPool.shared.give(UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self), count: floats) }
-}
-
 extension Tensor {
     /// Each value rounded to the nearest bfloat16 (ties to even), kept as float32: what a
     /// bf16 product reads of this tensor. No gradient flows through it.
     public func roundedToBF16() -> Tensor {
-        let rounded = BF16Buffer(pointer, count: count), out = Tensor(uninitialized: shape)
-        for i in 0..<count { out.pointer[i] = rounded.p[i].float }
+        let rounded = Scratch(roundingToBF16: pointer, count: count), out = Tensor(uninitialized: shape)
+        for i in 0..<count { out.pointer[i] = rounded.bf16[i].float }
         return out
     }
 }

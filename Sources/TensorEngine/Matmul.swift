@@ -77,13 +77,13 @@ private struct Multiplier {
     /// A tensor as the product reads it: itself, or its bfloat16 copy (kept alive by `copy`).
     struct Operand {
         let pointer: UnsafeMutableRawPointer
-        let copy: BF16Buffer?
+        let copy: Scratch?
     }
 
     func operand(_ t: Tensor) -> Operand {
         guard precision == .bf16 else { return Operand(pointer: UnsafeMutableRawPointer(t.pointer), copy: nil) }
-        let copy = BF16Buffer(t.pointer, count: t.count)
-        return Operand(pointer: UnsafeMutableRawPointer(copy.p), copy: copy)
+        let copy = Scratch(roundingToBF16: t.pointer, count: t.count)
+        return Operand(pointer: copy.raw, copy: copy)
     }
 
     func callAsFunction(_ g: MatmulGeometry, _ a: Operand, _ b: Operand, _ c: UnsafeMutablePointer<Float>,

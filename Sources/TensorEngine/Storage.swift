@@ -31,6 +31,25 @@ public final class TensorStorage: @unchecked Sendable {
     }
 }
 
+/// A pooled buffer for the duration of one call: `count` floats, or twice as many
+/// bfloat16 values.
+final class Scratch {
+    let p: UnsafeMutablePointer<Float>
+    let count: Int
+    init(_ count: Int) { (self.count, p) = (count, BufferPool.shared.take(count: count)) }
+    /// Room for `count` bfloat16 values.
+    convenience init(bf16Count count: Int) { self.init((count + 1) / 2) }
+    /// The bfloat16 rounding of `count` floats at `src`.
+    convenience init(roundingToBF16 src: UnsafePointer<Float>, count: Int) {
+        self.init(bf16Count: count)
+        BF16.convert(src, bf16, count: count)
+    }
+    deinit { BufferPool.shared.give(p, count: count) }
+    var raw: UnsafeMutableRawPointer { UnsafeMutableRawPointer(p) }
+    /// The buffer as 2 × `count` bfloat16 values.
+    var bf16: UnsafeMutablePointer<BF16> { raw.bindMemory(to: BF16.self, capacity: 2 * count) }
+}
+
 /// A caching allocator keyed by exact size. A training step allocates the same
 /// sizes every step; reusing them avoids mmap/munmap and page faults on buffers
 /// of tens of MiB, which glibc would otherwise hand back to the kernel each time.

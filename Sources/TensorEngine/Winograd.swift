@@ -119,7 +119,7 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
 
     /// α² operand planes `stride` elements apart.
     private func operandPlanes(_ stride: Int) -> Scratch {
-        Scratch(precision == .bf16 ? (planes * stride + 1) / 2 : planes * stride)
+        precision == .bf16 ? Scratch(bf16Count: planes * stride) : Scratch(planes * stride)
     }
 
     /// The transforms that write operand planes, at the planes' element type.
@@ -458,17 +458,6 @@ enum WinogradF4: WinogradVariant {
 /// The transforms one conv call keeps between its passes (WinogradConv.saved).
 final class SavedTransforms {
     var u, v, dm: Scratch?
-}
-
-/// A pooled buffer of `count` floats for the duration of one call.
-final class Scratch {
-    let p: UnsafeMutablePointer<Float>
-    let count: Int
-    init(_ count: Int) { (self.count, p) = (count, BufferPool.shared.take(count: count)) }
-    deinit { BufferPool.shared.give(p, count: count) }
-    var raw: UnsafeMutableRawPointer { UnsafeMutableRawPointer(p) }
-    /// The buffer as 2 × `count` bfloat16 values.
-    var bf16: UnsafeMutablePointer<BF16> { raw.bindMemory(to: BF16.self, capacity: 2 * count) }
 }
 
 /// What the transforms store the products' operands as: float32 or bfloat16.
