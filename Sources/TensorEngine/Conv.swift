@@ -36,28 +36,48 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
     let y = Tensor(uninitialized: [g.n, g.outH, g.outW, g.o])
     kernels.forward(x: x.pointer, w: weight.pointer, b: bias?.pointer, y: y.pointer)
     if Tape.needsGrad(x, weight, bias) {
-        Tape.record(y, inputs: [x, weight, bias]) { dy in
-            if x.requiresGrad {
-                x.withGradient { dx, accumulate in
+        let weightsNeedGrad = weight.requiresGrad || bias?.requiresGrad == true
+        let input = weightsNeedGrad && kernels.readsInputForWeights ? SavedInput(x) : nil   // else only x's gradient slot is kept
+        Tape.record(y, inputs: [x, weight, bias]) { [slot = x.slot] dy in
+            if slot.requiresGrad {
+                slot.withGradient { dx, accumulate in
                     if accumulate {
-                        let tmp = Tensor(uninitialized: x.shape)
+                        let tmp = Tensor(uninitialized: slot.shape)
                         kernels.backwardData(dy: dy.pointer, w: weight.pointer, dx: tmp.pointer)
-                        addInPlace(dx, tmp.pointer, x.count)
+                        addInPlace(dx, tmp.pointer, tmp.count)
                     } else {
                         kernels.backwardData(dy: dy.pointer, w: weight.pointer, dx: dx)
                     }
                 }
             }
-            if weight.requiresGrad || bias?.requiresGrad == true {
+            if weightsNeedGrad {
                 let dw = Tensor(uninitialized: weight.shape)
                 let db = bias.map { Tensor(uninitialized: $0.shape) }
-                kernels.backwardWeights(x: x.pointer, dy: dy.pointer, dw: dw.pointer, db: db?.pointer)
+                let x = input?.values()
+                kernels.backwardWeights(x: x?.pointer, dy: dy.pointer, dw: dw.pointer, db: db?.pointer)
+                withExtendedLifetime(x) {}
                 weight.accumulateGradient(dw)
                 if let bias, let db { bias.accumulateGradient(db) }
             }
         }
     }
     return y
+}
+
+/// An input a backward reads: the tensor, or how to make it again when its producer
+/// left a way (`Tensor.remake`), so that the tensor itself is freed after the forward.
+enum SavedInput {
+    case kept(Tensor)
+    case remade(() -> Tensor)
+
+    init(_ x: Tensor) { self = x.remake.map { .remade($0) } ?? .kept(x) }
+
+    func values() -> Tensor {
+        switch self {
+        case let .kept(x): x
+        case let .remade(make): make()
+        }
+    }
 }
 
 /// The three passes of a convolution for one geometry.
@@ -67,9 +87,23 @@ protocol ConvKernels {
                  y: UnsafeMutablePointer<Float>)
     /// dx = conv_transpose(dy, w) (overwrites dx).
     func backwardData(dy: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>, dx: UnsafeMutablePointer<Float>)
-    /// dw = Σ x ⋆ dy in OIHW and db = Σ dy (both overwritten).
-    func backwardWeights(x: UnsafeMutablePointer<Float>, dy: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
+    /// dw = Σ x ⋆ dy in OIHW and db = Σ dy (both overwritten). x is nil when
+    /// `readsInputForWeights` is false.
+    func backwardWeights(x: UnsafeMutablePointer<Float>?, dy: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
                          db: UnsafeMutablePointer<Float>?)
+    var readsInputForWeights: Bool { get }
+}
+
+extension ConvKernels {
+    /// Whether the weight gradient reads the input x (so the conv's backward keeps x),
+    /// asked after the forward: Winograd may keep its transform of x instead.
+    var readsInputForWeights: Bool { true }
+
+    /// The input a weight gradient reads.
+    func input(_ x: UnsafeMutablePointer<Float>?) -> UnsafeMutablePointer<Float> {
+        guard let x else { preconditionFailure("conv backward: the weight gradient of \(Self.self) needs its input") }
+        return x
+    }
 }
 
 /// The kernels of a geometry, a rule on the geometry alone (so every rank and every
@@ -89,12 +123,5 @@ func addInPlace(_ d: UnsafeMutablePointer<Float>, _ s: UnsafeMutablePointer<Floa
 
 extension Tensor {
     /// Adds `g` (same shape) into this tensor's gradient, taking it over when there is none.
-    func accumulateGradient(_ g: Tensor) {
-        guard requiresGrad else { return }
-        if let existing = grad {
-            addInPlace(existing.pointer, g.pointer, count)
-        } else {
-            grad = g
-        }
-    }
+    func accumulateGradient(_ g: Tensor) { slot.accumulate(g) }
 }

@@ -373,12 +373,12 @@ final class ConvPrimitives: ConvKernels {
     }
 
     /// dw = Σ x ⋆ dy in OIHW and db = Σ dy (both overwritten).
-    func backwardWeights(x: UnsafeMutablePointer<Float>, dy: UnsafeMutablePointer<Float>,
+    func backwardWeights(x: UnsafeMutablePointer<Float>?, dy: UnsafeMutablePointer<Float>,
                          dw: UnsafeMutablePointer<Float>, db: UnsafeMutablePointer<Float>?) {
         DNNL.locked {
             let k = backwardWeightsKernel ?? makeBackwardWeights()
             backwardWeightsKernel = k
-            k.src.input(x) { src in
+            k.src.input(input(x)) { src in
                 k.dst.input(dy) { diffDst in
                     var args = [(DNNL_ARG_SRC, src), (DNNL_ARG_DIFF_DST, diffDst),
                                 (DNNL_ARG_DIFF_WEIGHTS, k.weights.from.bind(k.buffer.pointer))]

@@ -67,13 +67,40 @@ private func broadcastBackward(_ t: Tensor, isA: Bool, plan: BroadcastPlan, dOut
     }
 }
 
+/// dT (+)= sign · dOut, summed over the axes `t` is broadcast along: the gradient of
+/// a sum or a difference, which reads neither operand, so neither is kept for it.
+private func sumBackward(_ t: GradientSlot, isA: Bool, plan: BroadcastPlan, dOut: Tensor, sign: Float) {
+    guard t.requiresGrad else { return }
+    let pg = dOut.pointer, n = plan.rowLength, inner = isA ? plan.aInner : plan.bInner
+    if t.count == dOut.count {   // full size: the same layout as dOut
+        t.withGradient { d, accumulate in
+            parallelFor(dOut.count, grain: 65536) { r in
+                if accumulate { for i in r { d[i] += sign * pg[i] } } else { for i in r { d[i] = sign * pg[i] } }
+            }
+        }
+        return
+    }
+    t.withZeroedGradient { d in
+        plan.forEachRow { o, ao, bo in
+            let dst = d + (isA ? ao : bo), g = pg + o
+            if inner == 1 {
+                for i in 0..<n { dst[i] += sign * g[i] }
+            } else {
+                var s: Float = 0
+                for i in 0..<n { s += g[i] }
+                dst[0] += sign * s
+            }
+        }
+    }
+}
+
 /// a + b with broadcasting.
 public func + (a: Tensor, b: Tensor) -> Tensor {
     let (out, plan) = broadcastMap(a, b, "add") { $0 + $1 }
     if Tape.needsGrad(a, b) {
-        Tape.record(out, inputs: [a, b]) { g in
-            broadcastBackward(a, isA: true, plan: plan, dOut: g, a: a, b: b) { g, _, _ in g }
-            broadcastBackward(b, isA: false, plan: plan, dOut: g, a: a, b: b) { g, _, _ in g }
+        Tape.record(out, inputs: [a, b]) { [sa = a.slot, sb = b.slot] g in
+            sumBackward(sa, isA: true, plan: plan, dOut: g, sign: 1)
+            sumBackward(sb, isA: false, plan: plan, dOut: g, sign: 1)
         }
     }
     return out
@@ -83,9 +110,9 @@ public func + (a: Tensor, b: Tensor) -> Tensor {
 public func - (a: Tensor, b: Tensor) -> Tensor {
     let (out, plan) = broadcastMap(a, b, "sub") { $0 - $1 }
     if Tape.needsGrad(a, b) {
-        Tape.record(out, inputs: [a, b]) { g in
-            broadcastBackward(a, isA: true, plan: plan, dOut: g, a: a, b: b) { g, _, _ in g }
-            broadcastBackward(b, isA: false, plan: plan, dOut: g, a: a, b: b) { g, _, _ in -g }
+        Tape.record(out, inputs: [a, b]) { [sa = a.slot, sb = b.slot] g in
+            sumBackward(sa, isA: true, plan: plan, dOut: g, sign: 1)
+            sumBackward(sb, isA: false, plan: plan, dOut: g, sign: -1)
         }
     }
     return out
@@ -128,8 +155,13 @@ public func / (a: Tensor, b: Tensor) -> Tensor {
 /// over it (not closures), so each specialises into a vectorised loop.
 protocol PointwiseFunction {
     func value(_ x: Float) -> Float
+    /// Reads only the operand `derivativeReads` names; the other argument is a copy of it.
     func derivative(_ x: Float, _ y: Float) -> Float
+    /// What the backward keeps: x, y, or nothing (a constant slope).
+    static var derivativeReads: PointwiseOperand { get }
 }
+
+enum PointwiseOperand { case input, output, neither }
 
 /// y = f(x) elementwise; backward dx (+)= dy ⊙ f'(x, y).
 @inline(__always)
@@ -138,14 +170,15 @@ private func pointwise<F: PointwiseFunction>(_ x: Tensor, _ f: F) -> Tensor {
     let px = x.pointer, py = out.pointer
     parallelFor(x.count, grain: 65536) { r in for i in r { py[i] = f.value(px[i]) } }
     if Tape.needsGrad(x) {
-        Tape.record(out, inputs: [x]) { g in
-            let pg = g.pointer
-            x.withGradient { dx, accumulate in
-                parallelFor(x.count, grain: 65536) { r in
+        let kept: Tensor? = switch F.derivativeReads { case .input: x; case .output: out; case .neither: nil }
+        Tape.record(out, inputs: [x]) { [slot = x.slot] g in
+            let pg = g.pointer, v = kept?.pointer ?? pg   // the operand f' reads
+            slot.withGradient { dx, accumulate in
+                parallelFor(slot.count, grain: 65536) { r in
                     if accumulate {
-                        for i in r { dx[i] += pg[i] * f.derivative(px[i], py[i]) }
+                        for i in r { dx[i] += pg[i] * f.derivative(v[i], v[i]) }
                     } else {
-                        for i in r { dx[i] = pg[i] * f.derivative(px[i], py[i]) }
+                        for i in r { dx[i] = pg[i] * f.derivative(v[i], v[i]) }
                     }
                 }
             }
@@ -155,28 +188,34 @@ private func pointwise<F: PointwiseFunction>(_ x: Tensor, _ f: F) -> Tensor {
 }
 
 private struct Affine: PointwiseFunction {       // s·x + c
+    static let derivativeReads = PointwiseOperand.neither
     let s: Float, c: Float
     @inline(__always) func value(_ x: Float) -> Float { s * x + c }
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { s }
 }
 private struct Exp: PointwiseFunction {
+    static let derivativeReads = PointwiseOperand.output
     @inline(__always) func value(_ x: Float) -> Float { fastExp(x) }
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { y }
 }
 private struct Log: PointwiseFunction {
+    static let derivativeReads = PointwiseOperand.input
     @inline(__always) func value(_ x: Float) -> Float { logf(x) }
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { 1 / x }
 }
 private struct Sqrt: PointwiseFunction {
+    static let derivativeReads = PointwiseOperand.output
     @inline(__always) func value(_ x: Float) -> Float { vectorizableSquareRoot(x) }
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { 0.5 / y }
 }
 private struct Sigmoid: PointwiseFunction {
+    static let derivativeReads = PointwiseOperand.output
     @inline(__always) func value(_ x: Float) -> Float { 1 / (1 + fastExp(-x)) }
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { y * (1 - y) }
 }
 /// SiLU(x) = x·σ(x); d/dx = σ(x)·(1 + x·(1 − σ(x))). Also used by the fused GroupNorm.
 struct SiLU: PointwiseFunction {
+    static let derivativeReads = PointwiseOperand.input
     @inline(__always) func value(_ x: Float) -> Float { x / (1 + fastExp(-x)) }
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float {
         let s = 1 / (1 + fastExp(-x))
@@ -185,6 +224,7 @@ struct SiLU: PointwiseFunction {
 }
 /// GELU(x) = x·Φ(x) with the exact normal CDF (PyTorch's default); d/dx = Φ(x) + x·φ(x).
 private struct GELU: PointwiseFunction {
+    static let derivativeReads = PointwiseOperand.input
     @inline(__always) func value(_ x: Float) -> Float { 0.5 * x * (1 + fastErf(x * 0.70710678)) }
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { valueAndDerivative(x).derivative }
     /// Both from one erf and one exponential: e^(−(x/√2)²) = e^(−x²/2) is φ(x)·√(2π).
@@ -232,6 +272,7 @@ public func geglu(_ h: Tensor) -> Tensor {
 
 /// max(x, 0) for slope 0, else x for x > 0 and slope·x below (LeakyReLU).
 private struct LeakyReLU: PointwiseFunction {
+    static let derivativeReads = PointwiseOperand.input
     let slope: Float
     @inline(__always) func value(_ x: Float) -> Float { x > 0 ? x : slope * x }
     @inline(__always) func derivative(_ x: Float, _ y: Float) -> Float { x > 0 ? 1 : slope }

@@ -23,17 +23,29 @@ public struct EngineOptions: Codable, Equatable, Sendable {
         case recompute
     }
 
+    /// What a convolution's backward keeps of an input that is cheap to make again:
+    /// the output of a GroupNorm (with its SiLU) or of an upsampling.
+    public enum ConvInput: String, Codable, CaseIterable, Sendable {
+        /// The input itself.
+        case keep
+        /// How to make it from what its producer keeps anyway (the norm's input and
+        /// statistics, the upsampling's source): one more elementwise pass in backward.
+        case recompute
+    }
+
     /// What the convolutions and matrix products compute in (stages set their own,
     /// `training.precision`).
     public var precision = Precision.fp32
     public var winograd = Winograd.f4
     public var winogradInput = WinogradInput.keep
+    public var convInput = ConvInput.recompute
     /// The activation layout oneDNN's convolutions run in.
     public var convLayout = ConvLayout.auto
 
     public init(precision: Precision = .fp32, winograd: Winograd = .f4, winogradInput: WinogradInput = .keep,
-                convLayout: ConvLayout = .auto) {
-        (self.precision, self.winograd, self.winogradInput, self.convLayout) = (precision, winograd, winogradInput, convLayout)
+                convInput: ConvInput = .recompute, convLayout: ConvLayout = .auto) {
+        (self.precision, self.winograd, self.winogradInput, self.convInput, self.convLayout)
+            = (precision, winograd, winogradInput, convInput, convLayout)
     }
 
     /// These settings with `precision` instead of theirs.
@@ -43,7 +55,9 @@ public struct EngineOptions: Codable, Equatable, Sendable {
         return o
     }
 
-    enum CodingKeys: String, CodingKey { case precision, winograd, winogradInput = "winograd_input", convLayout = "conv_layout" }
+    enum CodingKeys: String, CodingKey {
+        case precision, winograd, winogradInput = "winograd_input", convInput = "conv_input", convLayout = "conv_layout"
+    }
 }
 
 /// The number type the convolutions and matrix products multiply in. Tensors,

@@ -60,8 +60,9 @@ struct SingleOutputConv: ConvKernels {
         DNNL.conv(g).backwardData(dy: dy, w: w, dx: dx)
     }
 
-    func backwardWeights(x: UnsafeMutablePointer<Float>, dy: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
+    func backwardWeights(x: UnsafeMutablePointer<Float>?, dy: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
                          db: UnsafeMutablePointer<Float>?) {
+        let x = input(x)
         // Each thread sums its run of output rows into its own tap-major partial (the
         // three input rows a row reads stay in cache); the partials are added in order,
         // so the result does not depend on timing.
@@ -187,8 +188,9 @@ struct WindowGemmConv: ConvKernels {
         forEachWindow { p, kk, source in if let source { dx[source] += dcols[p * k + kk] } }
     }
 
-    func backwardWeights(x: UnsafeMutablePointer<Float>, dy: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
+    func backwardWeights(x: UnsafeMutablePointer<Float>?, dy: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
                          db: UnsafeMutablePointer<Float>?) {
+        let x = input(x)
         let k = window, colsT = BufferPool.shared.take(count: pixels * k), dwT = BufferPool.shared.take(count: k * g.o)
         defer {
             BufferPool.shared.give(colsT, count: pixels * k)

@@ -18,33 +18,31 @@ public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, ep
     let cg = c / groups, count = Float(hw * cg)
     let mean = Tensor(uninitialized: [n, groups]), rstd = Tensor(uninitialized: [n, groups])
     let y = Tensor(uninitialized: x.shape)
-    let px = x.pointer, py = y.pointer, pm = mean.pointer, pr = rstd.pointer, pw = weight.pointer, pb = bias.pointer
+    let px = x.pointer, pm = mean.pointer, pr = rstd.pointer, pw = weight.pointer, pb = bias.pointer
+    let apply = GroupNormApply(x: px, weight: pw, bias: pb, mean: pm, rstd: pr, hw: hw, c: c, groups: groups, thenSiLU: thenSiLU)
     parallelFor(n) { samples in
-        var sums = [Float](repeating: 0, count: c), scale = [Float](repeating: 0, count: c), shift = scale
+        var sums = [Float](repeating: 0, count: c), shifts = sums
         for s in samples {
             let xs = px + s * hw * c
             channelSums(xs, hw, c, into: &sums, shift: nil)
             for g in 0..<groups { pm[s * groups + g] = sums[(g * cg)..<((g + 1) * cg)].reduce(0, +) / count }
-            for ch in 0..<c { scale[ch] = pm[s * groups + ch / cg] }
-            channelSums(xs, hw, c, into: &sums, shift: scale, squared: true)   // two-pass variance
+            for ch in 0..<c { shifts[ch] = pm[s * groups + ch / cg] }
+            channelSums(xs, hw, c, into: &sums, shift: shifts, squared: true)   // two-pass variance
             for g in 0..<groups {
                 let v = sums[(g * cg)..<((g + 1) * cg)].reduce(0, +) / count
                 pr[s * groups + g] = 1 / sqrtf(v + eps)
             }
-            for ch in 0..<c {
-                let g = s * groups + ch / cg
-                scale[ch] = pw[ch] * pr[g]
-                shift[ch] = pb[ch] - pm[g] * scale[ch]
+            apply(sample: s, into: y.pointer)
+        }
+    }
+    if Tape.needsGrad(x, weight, bias), Engine.options.convInput == .recompute {
+        // A conv's backward may make y again from what this op keeps anyway, instead of keeping y.
+        y.remake = { [x, weight, bias, mean, rstd] in
+            withExtendedLifetime((x, weight, bias, mean, rstd)) {
+                let y = Tensor(uninitialized: x.shape)
+                parallelFor(n) { samples in for s in samples { apply(sample: s, into: y.pointer) } }
+                return y
             }
-            let ys = py + s * hw * c
-            scale.withUnsafeBufferPointer { a in shift.withUnsafeBufferPointer { b in
-                if thenSiLU {
-                    let f = SiLU()
-                    for p in 0..<hw { let xi = xs + p * c, yi = ys + p * c; for ch in 0..<c { yi[ch] = f.value(xi[ch] * a[ch] + b[ch]) } }
-                } else {
-                    for p in 0..<hw { let xi = xs + p * c, yi = ys + p * c; for ch in 0..<c { yi[ch] = xi[ch] * a[ch] + b[ch] } }
-                }
-            } }
         }
     }
     if Tape.needsGrad(x, weight, bias) {
@@ -63,11 +61,7 @@ public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, ep
                     let xs = px + s * hw * c
                     var gs = pg + s * hw * c
                     if thenSiLU {
-                        for ch in 0..<c {
-                            let g = s * groups + ch / cg
-                            a[ch] = pw[ch] * pr[g]
-                            b[ch] = pb[ch] - pm[g] * a[ch]
-                        }
+                        apply.coefficients(sample: s, scale: &a, shift: &b)
                         let f = SiLU()
                         for p in 0..<hw {
                             let xi = xs + p * c, gi = gs + p * c, di = dNorm + p * c
@@ -142,6 +136,39 @@ private func channelDotSums(_ u: UnsafeMutablePointer<Float>, _ v: UnsafeMutable
     sums.withUnsafeMutableBufferPointer { s in
         for ch in 0..<c { s[ch] = 0 }
         for p in 0..<positions { let a = u + p * c, b = v + p * c; for ch in 0..<c { s[ch] += a[ch] * b[ch] } }
+    }
+}
+
+/// y = x·scale[c] + shift[c] for one sample, scale and shift from its group's
+/// statistics, then SiLU if asked: the forward's output, and the same values again when
+/// a backward makes them anew.
+private struct GroupNormApply {
+    let x, weight, bias, mean, rstd: UnsafeMutablePointer<Float>
+    let hw, c, groups: Int
+    let thenSiLU: Bool
+
+    /// The per-channel scale and shift of sample `s`.
+    func coefficients(sample s: Int, scale: inout [Float], shift: inout [Float]) {
+        let cg = c / groups
+        for ch in 0..<c {
+            let g = s * groups + ch / cg
+            scale[ch] = weight[ch] * rstd[g]
+            shift[ch] = bias[ch] - mean[g] * scale[ch]
+        }
+    }
+
+    func callAsFunction(sample s: Int, into y: UnsafeMutablePointer<Float>) {
+        var scale = [Float](repeating: 0, count: c), shift = scale
+        coefficients(sample: s, scale: &scale, shift: &shift)
+        let xs = x + s * hw * c, ys = y + s * hw * c, c = c
+        scale.withUnsafeBufferPointer { a in shift.withUnsafeBufferPointer { b in
+            if thenSiLU {
+                let f = SiLU()
+                for p in 0..<hw { let xi = xs + p * c, yi = ys + p * c; for ch in 0..<c { yi[ch] = f.value(xi[ch] * a[ch] + b[ch]) } }
+            } else {
+                for p in 0..<hw { let xi = xs + p * c, yi = ys + p * c; for ch in 0..<c { yi[ch] = xi[ch] * a[ch] + b[ch] } }
+            }
+        } }
     }
 }
 

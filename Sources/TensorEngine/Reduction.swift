@@ -22,9 +22,9 @@ extension Tensor {
             }
         }
         if Tape.needsGrad(self) {
-            Tape.record(out, inputs: [self]) { [self] g in
+            Tape.record(out, inputs: [self]) { [slot] g in
                 let pg = g.pointer
-                withZeroedGradient { d in
+                slot.withZeroedGradient { d in
                     plan.forEachRow { o, _, bo in
                         let dx = d + o, y = pg + bo
                         if ib == 1 { for i in 0..<n { dx[i] += y[i] } } else { let s = y[0]; for i in 0..<n { dx[i] += s } }

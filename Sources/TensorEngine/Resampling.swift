@@ -6,23 +6,18 @@ public func upsampleNearest2x(_ x: Tensor) -> Tensor {
     precondition(x.rank == 4, "upsampleNearest2x: input \(x.shape) is not [N, H, W, C]")
     let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
     let y = Tensor(uninitialized: [n, 2 * h, 2 * w, c])
-    let px = x.pointer, py = y.pointer
-    parallelFor(n * h) { range in
-        for row in range {   // row = sample · h + i
-            let src = px + row * w * c
-            for a in 0..<2 {
-                let dst = py + (row * 2 + a) * 2 * w * c
-                for j in 0..<w {
-                    (dst + 2 * j * c).update(from: src + j * c, count: c)
-                    (dst + (2 * j + 1) * c).update(from: src + j * c, count: c)
-                }
-            }
+    upsample(x, into: y)
+    if Tape.needsGrad(x), Engine.options.convInput == .recompute {   // a conv after it may keep x (¼ the size) instead
+        y.remake = { [x] in
+            let y = Tensor(uninitialized: [n, 2 * h, 2 * w, c])
+            upsample(x, into: y)
+            return y
         }
     }
     if Tape.needsGrad(x) {
-        Tape.record(y, inputs: [x]) { dy in
+        Tape.record(y, inputs: [x]) { [slot = x.slot] dy in
             let pg = dy.pointer
-            x.withGradient { dx, accumulate in
+            slot.withGradient { dx, accumulate in
                 parallelFor(n * h) { range in
                     for row in range {
                         let d = dx + row * w * c, top = pg + row * 2 * 2 * w * c, bottom = top + 2 * w * c
@@ -67,15 +62,33 @@ public func maxPool2x2(_ x: Tensor) -> Tensor {
         }
     }
     if Tape.needsGrad(x) {
-        Tape.record(y, inputs: [x]) { dy in
+        Tape.record(y, inputs: [x]) { [slot = x.slot] dy in
             let pg = dy.pointer
-            x.withGradient { dx, accumulate in
-                if !accumulate { dx.update(repeating: 0, count: x.count) }
+            slot.withGradient { dx, accumulate in
+                if !accumulate { dx.update(repeating: 0, count: slot.count) }
                 for i in 0..<winners.count { dx[Int(winners[i])] += pg[i] }
             }
         }
     }
     return y
+}
+
+/// y = x with every pixel repeated over a 2×2 block.
+private func upsample(_ x: Tensor, into y: Tensor) {
+    let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    let px = x.pointer, py = y.pointer
+    parallelFor(n * h) { range in
+        for row in range {   // row = sample · h + i
+            let src = px + row * w * c
+            for a in 0..<2 {
+                let dst = py + (row * 2 + a) * 2 * w * c
+                for j in 0..<w {
+                    (dst + 2 * j * c).update(from: src + j * c, count: c)
+                    (dst + (2 * j + 1) * c).update(from: src + j * c, count: c)
+                }
+            }
+        }
+    }
 }
 
 /// Rows of `table` [V, D] picked by `indices` (shape `indexShape`) → [indexShape..., D].

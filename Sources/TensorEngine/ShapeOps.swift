@@ -12,9 +12,9 @@ extension Tensor {
         precondition(resolved.reduce(1, *) == count, "cannot reshape \(shape) to \(newShape)")
         let out = Tensor(shape: resolved, storage: storage)
         if Tape.needsGrad(self) {
-            Tape.record(out, inputs: [self]) { [self] g in
-                let pg = g.pointer
-                withGradient { d, accumulate in
+            Tape.record(out, inputs: [self]) { [slot] g in
+                let pg = g.pointer, count = slot.count
+                slot.withGradient { d, accumulate in
                     if accumulate { for i in 0..<count { d[i] += pg[i] } } else { d.update(from: pg, count: count) }
                 }
             }
@@ -33,10 +33,10 @@ extension Tensor {
         if Tape.needsGrad(self) {
             var inverse = [Int](repeating: 0, count: rank)
             for (i, d) in dims.enumerated() { inverse[d] = i }
-            Tape.record(out, inputs: [self]) { [self] g in
+            Tape.record(out, inputs: [self]) { [slot] g in
                 let gStrides = contiguousStrides(outShape)
-                withGradient { d, accumulate in
-                    permuteCopy(from: g.pointer, to: d, outShape: shape,
+                slot.withGradient { d, accumulate in
+                    permuteCopy(from: g.pointer, to: d, outShape: slot.shape,
                                 sourceStrides: inverse.map { gStrides[$0] }, accumulate: accumulate)
                 }
             }
@@ -56,9 +56,9 @@ extension Tensor {
         let src = pointer, dst = out.pointer, rowIn = shape[ax] * inner, rowOut = range.count * inner
         for o in 0..<outer { (dst + o * rowOut).update(from: src + o * rowIn + range.lowerBound * inner, count: rowOut) }
         if Tape.needsGrad(self) {
-            Tape.record(out, inputs: [self]) { [self] g in
+            Tape.record(out, inputs: [self]) { [slot] g in
                 let pg = g.pointer
-                withZeroedGradient { d in
+                slot.withZeroedGradient { d in
                     for o in 0..<outer {
                         let a = d + o * rowIn + range.lowerBound * inner, b = pg + o * rowOut
                         for i in 0..<rowOut { a[i] += b[i] }
@@ -104,8 +104,8 @@ public func concat(_ parts: [Tensor], axis: Int) -> Tensor {
         offset += rowIn
     }
     if Tape.needsGrad(parts) {
-        Tape.record(out, inputs: parts) { g in
-            for (p, off) in zip(parts, offsets) where p.requiresGrad {
+        Tape.record(out, inputs: parts) { [slots = parts.map(\.slot)] g in
+            for (p, off) in zip(slots, offsets) where p.requiresGrad {
                 let rowIn = p.shape[ax] * inner, pg = g.pointer + off
                 p.withGradient { d, accumulate in
                     for o in 0..<outer {

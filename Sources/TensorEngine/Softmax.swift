@@ -70,9 +70,9 @@ public func softmax(_ x: Tensor, keyMask: KeyMask? = nil, causal: Bool = false) 
         }
     }
     if Tape.needsGrad(x) {
-        Tape.record(y, inputs: [x]) { dy in
-            let pg = dy.pointer
-            x.withGradient { dx, accumulate in
+        Tape.record(y, inputs: [x]) { [slot = x.slot, y] dy in   // the backward reads y, not x
+            let pg = dy.pointer, py = y.pointer
+            slot.withGradient { dx, accumulate in
                 parallelFor(rows, grain: 64) { range in
                     for r in range {
                         let yi = py + r * d, gi = pg + r * d, di = dx + r * d

@@ -6,9 +6,13 @@ import Foundation
 /// each training step starts with an empty tape. One tape per thread.
 public final class Tape {
     struct Entry {
-        let output: Tensor
+        /// The function that recorded it (a memory profile names ops by it).
+        let op: StaticString
+        /// The output's gradient side only: the values stay alive only if the
+        /// backward closure (or the caller) keeps the output.
+        let output: GradientSlot
         /// The op's inputs that are watched leaves (see `Tensor.readyIndex`).
-        let watched: [Tensor]
+        let watched: [GradientSlot]
         let backward: (_ dOutput: Tensor) -> Void
     }
 
@@ -46,6 +50,10 @@ public final class Tape {
     /// over, so a watched leaf whose `pendingUses` is 0 was not used by it.
     public var onBackwardStart: (() -> Void)?
 
+    /// Told of each op as it is recorded and again just before its backward runs,
+    /// with its place on the tape (a memory profile samples the live bytes here).
+    public var observer: ((TapeEvent) -> Void)?
+
     /// Drops recorded ops without running them (an evaluation pass, an aborted step).
     public func reset() {
         for entry in entries { for t in entry.watched { t.pendingUses = 0 } }
@@ -63,16 +71,24 @@ public final class Tape {
     }
 
     /// Records `output` as produced from `inputs` by an op whose backward is `backward`.
-    static func record(_ output: Tensor, inputs: [Tensor?], backward: @escaping (_ dOutput: Tensor) -> Void) {
+    static func record(_ output: Tensor, inputs: [Tensor?], op: StaticString = #function,
+                       backward: @escaping (_ dOutput: Tensor) -> Void) {
         output.requiresGrad = true
-        output.hasTapeEntry = true
-        var watched: [Tensor] = []
+        var watched: [GradientSlot] = []
         for case let t? in inputs where t.readyIndex != nil && t.requiresGrad {
-            t.pendingUses += 1
-            watched.append(t)
+            t.slot.pendingUses += 1
+            watched.append(t.slot)
         }
-        current.entries.append(Entry(output: output, watched: watched, backward: backward))
+        let tape = current
+        tape.entries.append(Entry(op: op, output: output.slot, watched: watched, backward: backward))
+        tape.observer?(.recorded(op: op, index: tape.entries.count - 1))
     }
+}
+
+/// What `Tape.observer` is told: an op recorded by the forward, or about to run its backward.
+public enum TapeEvent {
+    case recorded(op: StaticString, index: Int)
+    case backward(op: StaticString, index: Int)
 }
 
 /// Runs `body` on a fresh tape of its own, then puts the caller's tape back. A
@@ -115,6 +131,7 @@ extension Tensor {
         // (the op's inputs and output) is freed as soon as that backward is done, unless
         // an earlier op or the caller still holds it: activations go as backward passes them.
         while let entry = tape.entries.popLast() {
+            tape.observer?(.backward(op: entry.op, index: tape.entries.count))
             if let dOutput = entry.output.grad {
                 entry.backward(dOutput)
                 entry.output.grad = nil
@@ -126,24 +143,9 @@ extension Tensor {
         }
     }
 
-    /// Gives `body` this tensor's gradient buffer. `accumulate` is false when the
-    /// buffer is fresh (uninitialised): the kernel must overwrite it, not add to it.
     @inline(__always)
-    func withGradient(_ body: (_ dSelf: UnsafeMutablePointer<Float>, _ accumulate: Bool) -> Void) {
-        if let g = grad {
-            body(g.pointer, true)
-        } else {
-            let g = Tensor(uninitialized: shape)
-            body(g.pointer, false)
-            grad = g
-        }
-    }
+    func withGradient(_ body: (_ dSelf: UnsafeMutablePointer<Float>, _ accumulate: Bool) -> Void) { slot.withGradient(body) }
 
-    /// Like `withGradient`, but a fresh buffer is zeroed first, for kernels that
-    /// only know how to accumulate (broadcast reductions, scatter).
     @inline(__always)
-    func withZeroedGradient(_ body: (_ dSelf: UnsafeMutablePointer<Float>) -> Void) {
-        if grad == nil { grad = Tensor(zeros: shape) }
-        body(grad!.pointer)
-    }
+    func withZeroedGradient(_ body: (_ dSelf: UnsafeMutablePointer<Float>) -> Void) { slot.withZeroedGradient(body) }
 }

@@ -9,18 +9,34 @@ public final class Tensor {
     public let shape: [Int]
     public private(set) var storage: TensorStorage
     public var dtype: DType { .float32 }
+    /// The gradient side of this tensor, apart from its values: the tape and the
+    /// backward closures of ops that do not read this tensor's values hold only this,
+    /// so an activation no backward needs is freed as soon as the forward drops it.
+    public let slot: GradientSlot
     /// Whether backward() computes a gradient for this tensor.
-    public var requiresGrad: Bool
+    public var requiresGrad: Bool {
+        get { slot.requiresGrad }
+        set { slot.requiresGrad = newValue }
+    }
     /// The accumulated gradient (same shape), or nil before the first backward.
-    public var grad: Tensor?
-    /// True when this tensor was produced by a recorded op (not a leaf).
-    var hasTapeEntry = false
+    public var grad: Tensor? {
+        get { slot.grad }
+        set { slot.grad = newValue }
+    }
     /// Set on a leaf (a parameter) to be told when backward has finished its
     /// gradient: `Tape.onGradientReady` receives this index.
-    public var readyIndex: Int?
+    public var readyIndex: Int? {
+        get { slot.readyIndex }
+        set { slot.readyIndex = newValue }
+    }
     /// Recorded ops that use this watched leaf and have not run backward yet (0 when
     /// backward starts: the forward did not use it).
-    public internal(set) var pendingUses = 0
+    public var pendingUses: Int { slot.pendingUses }
+    /// How to make these values again from what the producing op keeps for its own
+    /// backward (a norm's input and statistics, an upsampling's source), set when
+    /// that is cheap and `engine.conv_input` is `recompute`: a conv's backward then
+    /// keeps this instead of the tensor (`SavedInput`).
+    var remake: (() -> Tensor)?
 
     /// A tensor over existing storage; `storage.count` must equal the shape's size.
     public init(shape: [Int], storage: TensorStorage, requiresGrad: Bool = false) {
@@ -29,7 +45,7 @@ public final class Tensor {
                      "storage of \(storage.count) floats does not fit shape \(shape)")
         self.shape = shape
         self.storage = storage
-        self.requiresGrad = requiresGrad
+        self.slot = GradientSlot(shape: shape, requiresGrad: requiresGrad)
     }
 
     /// Uninitialised memory: every element must be written before it is read.
@@ -94,6 +110,53 @@ public final class Tensor {
         } else {
             grad = nil
         }
+    }
+}
+
+/// A tensor's gradient and its bookkeeping on the tape, without its values.
+public final class GradientSlot {
+    public let shape: [Int]
+    public var count: Int { shape.reduce(1, *) }
+    public var requiresGrad: Bool
+    public var grad: Tensor?
+    public var readyIndex: Int?
+    public internal(set) var pendingUses = 0
+
+    init(shape: [Int], requiresGrad: Bool) {
+        self.shape = shape
+        self.requiresGrad = requiresGrad
+    }
+
+    /// Adds `g` (same shape) into the gradient, taking `g` over when there is none:
+    /// `g` must not be another slot's gradient.
+    func accumulate(_ g: Tensor) {
+        guard requiresGrad else { return }
+        if let existing = grad {
+            addInPlace(existing.pointer, g.pointer, existing.count)
+        } else {
+            grad = g
+        }
+    }
+
+    /// Gives `body` the gradient buffer. `accumulate` is false when the buffer is
+    /// fresh (uninitialised): the kernel must overwrite it, not add to it.
+    @inline(__always)
+    func withGradient(_ body: (_ dSelf: UnsafeMutablePointer<Float>, _ accumulate: Bool) -> Void) {
+        if let g = grad {
+            body(g.pointer, true)
+        } else {
+            let g = Tensor(uninitialized: shape)
+            body(g.pointer, false)
+            grad = g
+        }
+    }
+
+    /// Like `withGradient`, but a fresh buffer is zeroed first, for kernels that
+    /// only know how to accumulate (broadcast reductions, scatter).
+    @inline(__always)
+    func withZeroedGradient(_ body: (_ dSelf: UnsafeMutablePointer<Float>) -> Void) {
+        if grad == nil { grad = Tensor(zeros: shape) }
+        body(grad!.pointer)
     }
 }
 

@@ -46,6 +46,9 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
         (saved.u, saved.v) = (u, Engine.options.winogradInput == .keep ? v : nil)
     }
 
+    /// The forward's V serves the weight gradient when it was kept.
+    var readsInputForWeights: Bool { saved.v == nil }
+
     /// dV[ξ] = dM[ξ] · U[ξ]ᵀ, then dX = B dV Bᵀ added up over the tiles: the adjoint of
     /// the forward, with the forward's U.
     @_specialize(where Variant == WinogradF4)
@@ -63,10 +66,10 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
     /// dU[ξ] = V[ξ]ᵀ · dM[ξ], then dg = Gᵀ dU G.
     @_specialize(where Variant == WinogradF4)
     @_specialize(where Variant == WinogradF2)
-    func backwardWeights(x: UnsafeMutablePointer<Float>, dy: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
+    func backwardWeights(x: UnsafeMutablePointer<Float>?, dy: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
                          db: UnsafeMutablePointer<Float>?) {
         let (sv, sdm, sdu) = (operandStride(tiles * g.c), operandStride(tiles * g.o), planeStride(g.c * g.o))
-        let v = saved.v ?? { let v = operandPlanes(sv); transformInput(x, into: v); return v }()
+        let v = saved.v ?? { let v = operandPlanes(sv); transformInput(input(x), into: v); return v }()
         let dm = outputGradient(dy), du = Scratch(planes * sdu)
         DNNL.matmul(MatmulGeometry(batch: planes, m: g.c, k: tiles, n: g.o, transposeA: true, transposeB: false, accumulate: false,
                                    strideA: sv, strideB: sdm, strideC: sdu, operands: precision), v.raw, dm.raw, du.p)
