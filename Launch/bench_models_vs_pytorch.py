@@ -56,6 +56,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"],
                         help="SwiftLDM's compute precision; both: fp32 and bf16 alternately, with their ratio (PyTorch is fp32)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for SwiftLDM's side (repeatable), e.g. engine.winograd_input=recompute")
     parser.add_argument("--torch-peak-rss", action="store_true",
                         help="(internal) run 3 PyTorch steps of --model in this fresh process and print its peak RSS in MiB")
     args = parser.parse_args()
@@ -74,8 +76,9 @@ def main():
         return
 
     models = list(makers) if args.model == "all" else [args.model]
+    overrides = [a for kv in args.set for a in ("--set", kv)]
     print(f"training step at batch {args.batch_size}, {args.threads} thread(s) each side, best median of {args.rounds} alternating rounds; "
-          "peak RSS of each side's process (PyTorch's in a fresh one)")
+          "peak RSS of each side's process (PyTorch's in a fresh one)" + (f"; SwiftLDM with {', '.join(args.set)}" if args.set else ""))
     print(f"{'model':20}{'swift ms':>10}{'swift img/s':>13}{'torch ms':>10}{'torch img/s':>13}{'torch cl':>10}{'speedup':>9}"
           f"{'swift RSS':>11}{'torch RSS':>11}{'RSS ratio':>11}")
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
@@ -88,7 +91,7 @@ def main():
         for r in range(args.rounds):
             for precision in precisions:
                 out = subprocess.run([BINARY, "bench", model.split("-")[0], "--json", "--steps", str(steps), "--batch-size", str(args.batch_size),
-                                      "--threads", str(args.threads), "--precision", precision] + SWIFT_SETTINGS.get(model, []),
+                                      "--threads", str(args.threads), "--precision", precision] + SWIFT_SETTINGS.get(model, []) + overrides,
                                      check=True, capture_output=True, text=True, cwd=ROOT).stdout
                 row = json.loads(out.strip().splitlines()[-1])
                 ours[precision], rss[precision] = min(ours[precision], row["step_ms"]), max(rss[precision], row["peak_rss_mib"])

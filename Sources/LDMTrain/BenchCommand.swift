@@ -26,6 +26,8 @@ struct Bench: ParsableCommand {
     @Option(help: "ops: only shapes whose name contains this text.") var filter: String?
     @Option(help: "fp32 or bf16: what the convolutions and matrix products compute in (default: the config's autoencoder.training.precision, diffusion.training.precision, or engine.precision for ops).")
     var precision: Precision?
+    @Flag(help: "autoencoder, unet: profile one step's memory instead of timing steps: what is alive before it, the peak and where on the tape it falls, and what the forward keeps for the backward, by op.")
+    var memory = false
     @Flag(help: "One JSON object per line.") var json = false
     @Flag(help: "ops: print the shapes as JSON lines without timing them.") var list = false
 
@@ -57,7 +59,10 @@ struct Bench: ParsableCommand {
         case .autoencoder, .unet:
             try loaded.distributed.validate()
             try distributed { comm in
-                if let rounds = scalingRounds {
+                if memory {
+                    let profile = try MemoryProfile.run(target.rawValue, config: loaded, batch: batchSize, communicator: comm)
+                    if comm.isRoot { try report(profile) }
+                } else if let rounds = scalingRounds {
                     let timing = try ModelBenchmark.scaling(target.rawValue, config: loaded, batch: batchSize, steps: steps, rounds: rounds,
                                                             communicator: comm)
                     if comm.isRoot { try report(timing) }
@@ -85,6 +90,23 @@ struct Bench: ParsableCommand {
                          t.bench, t.batchSize, t.rounds, t.stepsPerBlock, t.soloImgPerS, t.ranks, t.parallelImgPerS, t.scaling,
                          t.exposedCommMs, t.parallelStepMs, t.ranks, t.independentImgPerS, t.ceiling, t.lockstepCeiling))
         }
+    }
+
+    private func report(_ p: MemoryProfile) throws {
+        guard !json else { return try printJSON(p) }
+        print(String(format: "memory %@: batch %d, %@, Winograd %@ (input %@), tensor memory in MiB", p.bench, p.batchSize,
+                     p.engine.precision.rawValue, p.engine.winograd.rawValue, p.engine.winogradInput.rawValue))
+        print(String(format: "  before the step  %7.0f  parameters, gradients, optimizer state, batch", p.beforeStepMib))
+        print(String(format: "  peak             %7.0f  %@, op %d of %d on the tape: %@", p.peakLiveMib, p.peakPhase,
+                     p.peakOpIndex + 1, p.tapeLength, p.peakOp))
+        print(String(format: "  kept by forward  %7.0f  net, by the op that recorded it:", p.keptByForwardMib))
+        for op in p.keptByOp where abs(op.mib) >= 0.5 {
+            print("    " + op.op.padding(toLength: 20, withPad: " ", startingAt: 0) + String(format: "%7.0f  (%d ops)", op.mib, op.count))
+        }
+        print(String(format: "  pool cache       %7.0f  free buffers kept for reuse after the step; %d mapped and %d returned during it",
+                     p.cachedMib, p.mappedDuringStep, p.unmappedDuringStep))
+        print(String(format: "  peak RSS         %7.0f  the process (code, oneDNN kernels, pool cache included); %.0f before the first step",
+                     p.peakRssMib, p.residentAtStartMib))
     }
 
     private func report(_ t: ModelTiming) throws {

@@ -138,11 +138,35 @@ struct BenchEngineTests {
             #expect((t["step_ms"] as? Double).map { $0 > 0 } == true)
             return try #require(t["engine"] as? [String: String])
         }
-        #expect(try timed([]) == ["precision": "fp32", "winograd": "f4", "winograd_input": "keep", "conv_layout": "auto"])
-        #expect(try timed(["--set", "engine.winograd=off", "--set", "engine.winograd_input=recompute", "--set", "engine.conv_layout=nhwc"])
-                == ["precision": "fp32", "winograd": "off", "winograd_input": "recompute", "conv_layout": "nhwc"])
+        #expect(try timed([]) == ["precision": "fp32", "winograd": "f4", "winograd_input": "keep", "conv_input": "recompute", "conv_layout": "auto"])
+        #expect(try timed(["--set", "engine.winograd=off", "--set", "engine.winograd_input=recompute", "--set", "engine.conv_input=keep",
+                           "--set", "engine.conv_layout=nhwc"])
+                == ["precision": "fp32", "winograd": "off", "winograd_input": "recompute", "conv_input": "keep", "conv_layout": "nhwc"])
         #expect(try timed(["--set", "diffusion.training.precision=bf16"])["precision"] == "bf16")
         #expect(try timed(["--set", "diffusion.training.precision=bf16", "--precision", "fp32"])["precision"] == "fp32")
         #expect(try timed(["--precision", "bf16"])["precision"] == "bf16")
+    }
+
+    @Test("bench --memory profiles one step: the peak is at least what was alive before it and falls on the tape; convolutions keep the most; re-transforming Winograd's input keeps less")
+    func memoryProfile() throws {
+        func profile(_ extra: [String]) throws -> [String: Any] {
+            let r = try ldmTrain(["bench", "autoencoder"] + smoke + ["--json", "--memory", "--threads", "1", "--batch-size", "4"] + extra)
+            #expect(r.status == 0, "\(r.err)")
+            let line = try #require(r.out.split(separator: "\n").last)
+            return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        }
+        let keep = try profile([]), lean = try profile(["--set", "engine.winograd_input=recompute"])
+        for p in [keep, lean] {
+            let before = try #require(p["before_step_mib"] as? Double), peak = try #require(p["peak_live_mib"] as? Double)
+            #expect(before > 0 && peak > before)
+            let index = try #require(p["peak_op_index"] as? Int), length = try #require(p["tape_length"] as? Int)
+            #expect(index >= 0 && index <= length && length > 20)
+            let ops = try #require(p["kept_by_op"] as? [[String: Any]])
+            #expect(ops.first?["op"] as? String == "conv2d")
+            #expect((p["peak_rss_mib"] as? Double ?? 0) >= peak)
+        }
+        let kept = { (p: [String: Any]) in p["kept_by_forward_mib"] as? Double ?? 0 }
+        #expect(kept(lean) < kept(keep))
+        #expect((lean["engine"] as? [String: String])?["winograd_input"] == "recompute")
     }
 }
