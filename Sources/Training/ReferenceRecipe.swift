@@ -37,7 +37,7 @@ autoencoder:
     disc_start: 50001
     disc_weight: 0.5
   optimizer:
-    base_lr: 7.8125e-6       # × global batch (scale_lr): 1e-3 at 2 ranks × 64
+    base_lr: 3.125e-5        # × global batch (scale_lr): 1e-3 at 2 ranks × 16
     scale_lr: true
     beta1: 0.5
     beta2: 0.9
@@ -45,8 +45,8 @@ autoencoder:
     lr_decay: cosine         # decay to 2% of the peak by the last step
     min_lr_ratio: 0.02
   training:
-    steps: 1700
-    batch_size: 64           # per rank
+    steps: 3700              # 25 minutes on 2 cores in fp32
+    batch_size: 16           # per rank: at equal time, 16 beat 32 and 64 by 1.8 and 4.1 dB
     accumulate: 1
     log_every: 25
     image_every: 200
