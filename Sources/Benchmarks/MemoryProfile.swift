@@ -16,13 +16,19 @@ public struct MemoryProfile: Codable, Sendable {
         public var mib: Double
     }
 
+    /// Where in the step the peak fell.
+    public enum Phase: String, Codable, Sendable {
+        case forward, backward
+        /// The last backward, the all-reduce or the optimizer.
+        case afterBackward = "after backward"
+    }
+
     public var bench: String
     public var batchSize: Int
     /// Parameters, their gradients, the optimizer's state and the batch.
     public var beforeStepMib: Double
     public var peakLiveMib: Double
-    /// "forward", "backward" or "after backward" (all-reduce, optimizer).
-    public var peakPhase: String
+    public var peakPhase: Phase
     /// The op in whose forward or backward the peak fell, its place on the tape and the tape's length.
     public var peakOp: String
     public var peakOpIndex: Int
@@ -83,8 +89,8 @@ public struct MemoryProfile: Codable, Sendable {
         var lastLive: Int, lastPeak: Int
         var kept: [String: Int] = [:], counts: [String: Int] = [:]
         var forwardEnd = 0, tapeLength = 0
-        var previous: (phase: String, op: String, index: Int) = ("forward", "(before the first op)", 0)
-        var peak: (phase: String, op: String, index: Int) = ("forward", "(before the first op)", 0)
+        var previous: (phase: Phase, op: String, index: Int) = (.forward, "(before the first op)", 0)
+        var peak: (phase: Phase, op: String, index: Int) = (.forward, "(before the first op)", 0)
         var inForward = true
 
         init(before: Int) { (lastLive, lastPeak) = (before, before) }
@@ -96,19 +102,19 @@ public struct MemoryProfile: Codable, Sendable {
                 let name = Self.name(op)
                 kept[name, default: 0] += live - lastLive
                 counts[name, default: 0] += 1
-                if peakNow > lastPeak { peak = ("forward", name, index) }
-                previous = ("forward", name, index)
+                if peakNow > lastPeak { peak = (.forward, name, index) }
+                previous = (.forward, name, index)
                 tapeLength = index + 1
             case let .backward(op, index):
                 if inForward { (inForward, forwardEnd) = (false, live) }
-                if peakNow > lastPeak { peak = previous.phase == "forward" ? ("forward", "(the loss, before backward)", tapeLength) : previous }
-                previous = ("backward", Self.name(op), index)
+                if peakNow > lastPeak { peak = previous.phase == .forward ? (.forward, "(the loss, before backward)", tapeLength) : previous }
+                previous = (.backward, Self.name(op), index)
             }
             (lastLive, lastPeak) = (live, peakNow)
         }
 
         mutating func finish(_ pool: BufferPool) {
-            if pool.peakLiveBytes > lastPeak { peak = ("after backward", "(the last backward, all-reduce or optimizer)", previous.index) }
+            if pool.peakLiveBytes > lastPeak { peak = (.afterBackward, "(the last backward, all-reduce or optimizer)", previous.index) }
         }
 
         /// "conv2d(_:weight:bias:stride:padding:)" → "conv2d".

@@ -97,7 +97,7 @@ struct Bench: ParsableCommand {
         print(String(format: "memory %@: batch %d, %@, Winograd %@ (input %@), tensor memory in MiB", p.bench, p.batchSize,
                      p.engine.precision.rawValue, p.engine.winograd.rawValue, p.engine.winogradInput.rawValue))
         print(String(format: "  before the step  %7.0f  parameters, gradients, optimizer state, batch", p.beforeStepMib))
-        print(String(format: "  peak             %7.0f  %@, op %d of %d on the tape: %@", p.peakLiveMib, p.peakPhase,
+        print(String(format: "  peak             %7.0f  %@, op %d of %d on the tape: %@", p.peakLiveMib, p.peakPhase.rawValue,
                      p.peakOpIndex + 1, p.tapeLength, p.peakOp))
         print(String(format: "  kept by forward  %7.0f  net, by the op that recorded it:", p.keptByForwardMib))
         for op in p.keptByOp where abs(op.mib) >= 0.5 {
