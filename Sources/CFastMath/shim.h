@@ -15,3 +15,9 @@ static inline void ldm_round_to_bf16(const float *src, unsigned short *dst, long
         dst[i] = (unsigned short)((b & 0x7FFFFFFFu) > 0x7F800000u ? (b >> 16) | 0x40u : r);
     }
 }
+
+// A hint that the cache line holding `p` will be read soon.
+static inline void ldm_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+
+// A hint that the cache line holding `p` will be written soon.
+static inline void ldm_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }
