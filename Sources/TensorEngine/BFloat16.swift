@@ -21,11 +21,12 @@ struct BF16: Equatable {
 
     var float: Float { Float(bitPattern: UInt32(bits) << 16) }
 
-    /// dst[i] = bf16(src[i]) for i in 0..<count (ties to even, as the CPU's VCVTNEPS2BF16
-    /// rounds), split across threads.
+    /// dst[i] = bf16(src[i]) for i in 0..<count (ties to even), split across threads; by
+    /// the CPU's VCVTNEPS2BF16 where it has one, which also makes float32 subnormals zero.
     static func convert(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<BF16>, count: Int) {
         let bits = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt16.self)
-        parallelFor(count, grain: 1 << 17) { r in ldm_round_to_bf16(src + r.lowerBound, bits + r.lowerBound, r.count) }
+        let round = hasInstruction ? ldm_round_to_bf16_avx512 : ldm_round_to_bf16
+        parallelFor(count, grain: 1 << 17) { r in round(src + r.lowerBound, bits + r.lowerBound, r.count) }
     }
 
     /// Stores the first `lanes` values of `v` rounded to bfloat16 at `p`.
@@ -37,6 +38,8 @@ struct BF16: Equatable {
             }
         }
     }
+
+    private static let hasInstruction = isSupported
 
     /// Whether this CPU has the AVX512-BF16 instructions oneDNN's bf16 kernels run on.
     /// oneDNN also runs bf16 on plain AVX-512 by emulation, slower than float32, so a

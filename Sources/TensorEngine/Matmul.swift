@@ -24,33 +24,37 @@ private func product(_ a: Tensor, _ b: Tensor, transposeA: Bool, transposeB: Boo
     let out = Tensor(uninitialized: lead + [m, n])
     precondition(bias == nil || (!batched && bias!.shape == [n]), "matmul: bias \(bias!.shape) does not match \(n) columns")
     let multiply = Multiplier(Engine.options.precision)
+    // The backward reads the operands as the forward's product did: under bf16 it keeps
+    // their bfloat16 copies (half the bytes) instead of a and b, and rounds nothing again.
+    let opA = multiply.operand(a), opB = multiply.operand(b)
     multiply(MatmulGeometry(batch: batch, m: rows, k: k, n: n, transposeA: transposeA, transposeB: transposeB,
-                            accumulate: false, bias: bias != nil), multiply.operand(a), multiply.operand(b), out.pointer,
-             bias: bias?.pointer)
+                            accumulate: false, bias: bias != nil), opA, opB, out.pointer, bias: bias?.pointer)
     if Tape.needsGrad(a, b, bias) {
-        Tape.record(out, inputs: [a, b, bias]) { dc in
-            if let bias, bias.requiresGrad { bias.accumulateGradient(columnSums(dc.pointer, rows: rows, columns: n)) }
+        // dA reads only B and dB only A: an operand no gradient reads is not kept.
+        let readA = b.requiresGrad ? opA : nil, readB = a.requiresGrad ? opB : nil
+        Tape.record(out, inputs: [a, b, bias]) { [sa = a.slot, sb = b.slot, sBias = bias?.slot] dc in
+            if let sBias, sBias.requiresGrad { sBias.accumulate(columnSums(dc.pointer, rows: rows, columns: n)) }
             // C = op(A)·op(B)  ⇒  d op(A) = dC·op(B)ᵀ,  d op(B) = op(A)ᵀ·dC.
             let dcOperand = multiply.operand(dc)
-            if a.requiresGrad {
-                a.withGradient { da, accumulate in
+            if let opB = readB {
+                sa.withGradient { da, accumulate in
                     if transposeA {   // dA, stored K×M, = op(B)·dCᵀ
                         multiply(MatmulGeometry(batch: batch, m: k, k: n, n: rows, transposeA: transposeB, transposeB: true,
-                                                accumulate: accumulate), multiply.operand(b), dcOperand, da)
+                                                accumulate: accumulate), opB, dcOperand, da)
                     } else {          // dA, stored M×K, = dC·op(B)ᵀ
                         multiply(MatmulGeometry(batch: batch, m: rows, k: n, n: k, transposeA: false, transposeB: !transposeB,
-                                                accumulate: accumulate), dcOperand, multiply.operand(b), da)
+                                                accumulate: accumulate), dcOperand, opB, da)
                     }
                 }
             }
-            if b.requiresGrad {
-                b.withGradient { db, accumulate in
+            if let opA = readA {
+                sb.withGradient { db, accumulate in
                     if transposeB {   // dB, stored N×K, = dCᵀ·op(A)
                         multiply(MatmulGeometry(batch: batch, m: n, k: rows, n: k, transposeA: true, transposeB: transposeA,
-                                                accumulate: accumulate), dcOperand, multiply.operand(a), db)
+                                                accumulate: accumulate), dcOperand, opA, db)
                     } else {          // dB, stored K×N, = op(A)ᵀ·dC
                         multiply(MatmulGeometry(batch: batch, m: k, k: rows, n: n, transposeA: !transposeA, transposeB: false,
-                                                accumulate: accumulate), multiply.operand(a), dcOperand, db)
+                                                accumulate: accumulate), opA, dcOperand, db)
                     }
                 }
             }
@@ -74,16 +78,18 @@ private struct Multiplier {
     let precision: Precision
     init(_ precision: Precision) { self.precision = precision }
 
-    /// A tensor as the product reads it: itself, or its bfloat16 copy (kept alive by `copy`).
+    /// A tensor as the product reads it: itself, or its bfloat16 copy. Holding an
+    /// operand keeps what `pointer` points into alive.
     struct Operand {
         let pointer: UnsafeMutableRawPointer
-        let copy: Scratch?
+        private let owner: AnyObject
+
+        init(_ t: Tensor) { (pointer, owner) = (UnsafeMutableRawPointer(t.pointer), t) }
+        init(_ copy: Scratch) { (pointer, owner) = (copy.raw, copy) }
     }
 
     func operand(_ t: Tensor) -> Operand {
-        guard precision == .bf16 else { return Operand(pointer: UnsafeMutableRawPointer(t.pointer), copy: nil) }
-        let copy = Scratch(roundingToBF16: t.pointer, count: t.count)
-        return Operand(pointer: copy.raw, copy: copy)
+        precision == .bf16 ? Operand(Scratch(roundingToBF16: t.pointer, count: t.count)) : Operand(t)
     }
 
     func callAsFunction(_ g: MatmulGeometry, _ a: Operand, _ b: Operand, _ c: UnsafeMutablePointer<Float>,
