@@ -75,9 +75,8 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
         DNNL.matmul(MatmulGeometry(batch: planes, m: g.c, k: tiles, n: g.o, transposeA: true, transposeB: false, accumulate: false,
                                    strideA: sv, strideB: sdm, strideC: sdu, operands: precision), v.raw, dm.raw, du.p)
         (saved.v, saved.dm) = (nil, nil)
-        // dg = Gᵀ dU G for each (c, o), sixteen outputs o at a time, into [C][9][O], then into OIHW.
+        // dg = Gᵀ dU G for each (c, o), sixteen outputs o at a time, straight into OIHW.
         let (c, o, plane, alpha) = (g.c, g.o, sdu, alpha)
-        let outputsInner = Scratch(c * 9 * o)
         parallelFor(c, grain: 8) { range in
             withTile { tile, work, result in
                 for cc in range {
@@ -85,13 +84,11 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
                         let lanes = min(WinogradVector.scalarCount, o - o0), src = du.p + cc * o + o0
                         loadPlanes(alpha * alpha, from: src, stride: plane, lanes, into: tile, ahead: prefetchTiles * o)
                         transform2D(.gt, inner: alpha, outer: 3, tile, work, result)
-                        let dst = outputsInner.p + cc * 9 * o + o0
-                        for k in 0..<9 { storeVector(result[k], dst + k * o, lanes) }
+                        storeKernels(result, into: dw, c: cc, o0: o0, lanes)
                     }
                 }
             }
         }
-        transposeKernel(outputsInner.p, toOIHW: dw)
         if let db {
             let n = g.n * g.outH * g.outW
             for oo in 0..<o { db[oo] = 0 }
@@ -206,14 +203,12 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
     /// U[ξ][c][o] = (G g Gᵀ)[ξ] with g[i][j] = w[o][c][i][j], sixteen outputs o at a time.
     private func transformWeights<E: PlaneElement>(_ w: UnsafeMutablePointer<Float>, into u: UnsafeMutablePointer<E>) {
         let (c, o, plane, alpha) = (g.c, g.o, operandStride(g.c * g.o), alpha)
-        let outputsInner = Scratch(c * 9 * o)
-        transposeKernel(w, toOutputsInner: outputsInner.p)
         parallelFor(c, grain: 8) { range in
             withTile { tile, work, result in
                 for cc in range {
                     for o0 in stride(from: 0, to: o, by: WinogradVector.scalarCount) {
-                        let lanes = min(WinogradVector.scalarCount, o - o0), origin = outputsInner.p + cc * 9 * o + o0
-                        for k in 0..<9 { tile[k] = loadVector(origin + k * o, lanes) }
+                        let lanes = min(WinogradVector.scalarCount, o - o0)
+                        loadKernels(w, c: cc, o0: o0, lanes, into: tile)
                         transform2D(.g, inner: 3, outer: alpha, tile, work, result)
                         let dst = u + cc * o + o0
                         storePlanes(alpha * alpha, result, to: dst, stride: plane, lanes, ahead: prefetchTiles * o)
@@ -223,16 +218,30 @@ struct WinogradConv<Variant: WinogradVariant>: ConvKernels {
         }
     }
 
-    /// t[(c·9 + k)·O + o] = w[o][c][k]: the 3×3 kernels with the outputs innermost, so
-    /// that a transform loads sixteen outputs as one vector. w is an O × 9C matrix, t its
-    /// transpose.
-    private func transposeKernel(_ w: UnsafeMutablePointer<Float>, toOutputsInner t: UnsafeMutablePointer<Float>) {
-        transposeMatrix(w, rows: g.o, columns: 9 * g.c, into: t)
+    /// tile[k] = the vector of w[o0 + l][c][k] over the lanes l, for the nine k: the 3×3
+    /// kernels of sixteen outputs at input channel c, read from OIHW (rows of 9C floats)
+    /// through a 9 × 16 block on the stack, so that a transform loads them as vectors.
+    @inline(__always)
+    private func loadKernels(_ w: UnsafeMutablePointer<Float>, c cc: Int, o0: Int, _ lanes: Int,
+                             into tile: UnsafeMutablePointer<WinogradVector>) {
+        let row = 9 * g.c, width = WinogradVector.scalarCount
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 9 * width) { buffer in
+            let block = buffer.baseAddress!
+            for l in 0..<lanes { let src = w + (o0 + l) * row + cc * 9; for k in 0..<9 { block[k * width + l] = src[k] } }
+            for k in 0..<9 { tile[k] = loadVector(block + k * width, lanes) }
+        }
     }
 
-    /// The inverse of `transposeKernel`.
-    private func transposeKernel(_ t: UnsafeMutablePointer<Float>, toOIHW w: UnsafeMutablePointer<Float>) {
-        transposeMatrix(t, rows: 9 * g.c, columns: g.o, into: w)
+    /// The inverse of `loadKernels`: w[o0 + l][c][k] = values[k][l].
+    @inline(__always)
+    private func storeKernels(_ values: UnsafeMutablePointer<WinogradVector>, into w: UnsafeMutablePointer<Float>, c cc: Int,
+                              o0: Int, _ lanes: Int) {
+        let row = 9 * g.c, width = WinogradVector.scalarCount
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 9 * width) { buffer in
+            let block = buffer.baseAddress!
+            for k in 0..<9 { storeVector(values[k], block + k * width, lanes) }
+            for l in 0..<lanes { let dst = w + (o0 + l) * row + cc * 9; for k in 0..<9 { dst[k] = block[k * width + l] } }
+        }
     }
 
     /// V[ξ][tile][c] = (Bᵀ d B)[ξ] for every α×α input tile d (zero outside the image).
@@ -480,21 +489,6 @@ extension BF16: PlaneElement {}
 
 /// The channels one transform step works on.
 typealias WinogradVector = SIMD16<Float>
-
-/// dst = srcᵀ for a rows × columns matrix, in 16 × 16 blocks (each block's reads and
-/// writes then stay within 16 cache lines), block rows split across threads.
-private func transposeMatrix(_ src: UnsafeMutablePointer<Float>, rows: Int, columns: Int, into dst: UnsafeMutablePointer<Float>) {
-    let block = 16
-    parallelFor((rows + block - 1) / block, grain: 4) { blockRows in
-        for br in blockRows {
-            let r0 = br * block, r1 = min(r0 + block, rows)
-            for c0 in stride(from: 0, to: columns, by: block) {
-                let c1 = min(c0 + block, columns)
-                for r in r0..<r1 { for c in c0..<c1 { dst[c * rows + r] = src[r * columns + c] } }
-            }
-        }
-    }
-}
 
 /// How many tiles (or rows of a weight transform) ahead the transforms ask for the
 /// lines they will read or write. A transform walks α² planes (or, for the input, α²
