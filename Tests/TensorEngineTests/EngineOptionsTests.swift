@@ -28,7 +28,7 @@ struct EngineOptionsTests {
         }
     }
 
-    @Test("f4, f2 and off compute the naive convolution (forward and input gradient) and round differently")
+    @Test("f4, f2 and off compute the naive convolution (forward, input and weight gradient) and round differently")
     func winogradChoices() {
         let c = Self.winogradCase
         let results = EngineOptions.Winograd.allCases.map { run(c, EngineOptions(winograd: $0)) }
@@ -37,6 +37,7 @@ struct EngineOptionsTests {
         for (choice, r) in zip(EngineOptions.Winograd.allCases, results) {
             #expect(zip(r.y, ref).allSatisfy { abs(Double($0) - $1) <= 2e-4 * rms }, "\(choice)")
             #expect(zip(r.dx, results[2].dx).allSatisfy { abs($0 - $1) <= 2e-4 * max(1, abs($1)) }, "\(choice): input gradient")
+            #expect(zip(r.dw, results[2].dw).allSatisfy { abs($0 - $1) <= 2e-4 * max(1, abs($1)) }, "\(choice): weight gradient")
         }
         #expect(results[0].y != results[1].y && results[0].y != results[2].y && results[1].y != results[2].y)
     }
