@@ -25,12 +25,14 @@ public struct KeyMask: Sendable, Equatable {
     }
 }
 
-/// y = exp(x − max) / Σ exp(x − max) along the last axis; dx = y ⊙ (dy − Σ dy ⊙ y).
+/// y = exp(s·(x − max)) / Σ exp(s·(x − max)) along the last axis, the softmax of s·x for
+/// a `scale` s > 0 (attention's 1/√D, without a pass of its own); dx = s · y ⊙ (dy − Σ dy ⊙ y).
 /// With a key mask, x is [B, T, S] with B = samples × groups (heads of a sample
 /// adjacent) and S = keys: masked keys get y = 0 exactly (and so no gradient).
 /// `causal`: x is [B, T, T] and query t sees keys 0...t only (an autoregressive decoder).
-public func softmax(_ x: Tensor, keyMask: KeyMask? = nil, causal: Bool = false) -> Tensor {
+public func softmax(_ x: Tensor, scale: Float = 1, keyMask: KeyMask? = nil, causal: Bool = false) -> Tensor {
     precondition(x.rank >= 1, "softmax: needs at least one axis, got \(x.shape)")
+    precondition(scale > 0, "softmax: scale \(scale) is not positive")
     let d = x.shape.last!, rows = x.count / max(d, 1)
     let y = Tensor(uninitialized: x.shape)
     let px = x.pointer, py = y.pointer
@@ -50,7 +52,7 @@ public func softmax(_ x: Tensor, keyMask: KeyMask? = nil, causal: Bool = false) 
                     var m = -Float.infinity
                     for j in 0..<visible where vi[j] { m = max(m, xi[j]) }
                     var sum: Float = 0
-                    for j in 0..<d { yi[j] = j < visible && vi[j] ? fastExp(xi[j] - m) : 0; sum += yi[j] }
+                    for j in 0..<d { yi[j] = j < visible && vi[j] ? fastExp(scale * (xi[j] - m)) : 0; sum += yi[j] }
                     // A causal row whose visible keys are all masked (padding before a real
                     // key) has no weight anywhere: it stays zero.
                     let inv = sum > 0 ? 1 / sum : 0
@@ -63,7 +65,7 @@ public func softmax(_ x: Tensor, keyMask: KeyMask? = nil, causal: Bool = false) 
             for r in range {
                 let xi = px + r * d, yi = py + r * d
                 let m = rowMax(xi, d)
-                for j in 0..<d { yi[j] = fastExp(xi[j] - m) }
+                for j in 0..<d { yi[j] = fastExp(scale * (xi[j] - m)) }
                 let inv = 1 / rowSum(yi, d)
                 for j in 0..<d { yi[j] *= inv }
             }
@@ -77,7 +79,11 @@ public func softmax(_ x: Tensor, keyMask: KeyMask? = nil, causal: Bool = false) 
                     for r in range {
                         let yi = py + r * d, gi = pg + r * d, di = dx + r * d
                         let s = rowDot(gi, yi, d)
-                        if accumulate { for j in 0..<d { di[j] += yi[j] * (gi[j] - s) } } else { for j in 0..<d { di[j] = yi[j] * (gi[j] - s) } }
+                        if accumulate {
+                            for j in 0..<d { di[j] += scale * yi[j] * (gi[j] - s) }
+                        } else {
+                            for j in 0..<d { di[j] = scale * yi[j] * (gi[j] - s) }
+                        }
                     }
                 }
             }
@@ -87,7 +93,7 @@ public func softmax(_ x: Tensor, keyMask: KeyMask? = nil, causal: Bool = false) 
 }
 
 /// softmax(q·kᵀ · scale)·v for q: [B, Tq, D], k: [B, Tk, D], v: [B, Tk, Dv] → [B, Tq, Dv].
-/// `scale` defaults to 1/√D. Composite of matmul, scale and softmax; with a key mask
+/// `scale` defaults to 1/√D. Composite of matmul and softmax (which applies the scale); with a key mask
 /// (B a multiple of its samples), no query attends to a masked key; `causal`, no query
 /// attends to a later key.
 public func attention(query q: Tensor, key k: Tensor, value v: Tensor, scale: Float? = nil, keyMask: KeyMask? = nil,
@@ -96,6 +102,6 @@ public func attention(query q: Tensor, key k: Tensor, value v: Tensor, scale: Fl
                  && q.shape[2] == k.shape[2] && k.shape[1] == v.shape[1],
                  "attention: query \(q.shape), key \(k.shape), value \(v.shape) do not match")
     let s = scale ?? 1 / Float(q.shape[2]).squareRoot()
-    let weights = softmax(matmul(q, k, transposeB: true).scaled(by: s), keyMask: keyMask, causal: causal)
+    let weights = softmax(matmul(q, k, transposeB: true), scale: s, keyMask: keyMask, causal: causal)
     return matmul(weights, v)
 }

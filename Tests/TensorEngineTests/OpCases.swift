@@ -126,6 +126,7 @@ let opCases: [OpCase] = [
         layerNorm($0[0], weight: $0[1], bias: $0[2])
     },
     OpCase("softmax", shapes: [[3, 4, 9]], tiny: [[2, 4]]) { softmax($0[0]) },
+    OpCase("softmax of scaled logits", shapes: [[3, 4, 9]], tiny: [[2, 4]]) { softmax($0[0], scale: 2.7) },
     OpCase("attention", shapes: [[2, 5, 8], [2, 6, 8], [2, 6, 4]], tiny: [[1, 2, 2], [1, 3, 2], [1, 3, 2]]) {
         attention(query: $0[0], key: $0[1], value: $0[2])
     },
